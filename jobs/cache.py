@@ -1,0 +1,166 @@
+"""The analytics cache: Redis (or Vercel KV's Redis URL), or an embedded ops_cache table.
+
+Both keep the same keys, the same values and the same expiry, so the dashboard
+reads what the job wrote whichever is configured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import redis
+from sqlalchemy import delete, select
+from sqlalchemy.engine import Engine
+
+from jobs.db import insert_ignore, ops_cache, redact, transaction
+from jobs.errors import UnreachableError
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class CachedValue:
+    key: str
+    value: str
+    ttl: int | None  # seconds left; None = no expiry
+
+
+class Cache(Protocol):
+    """What the jobs and the faces need of a cache."""
+
+    @property
+    def description(self) -> str: ...
+
+    def ping(self) -> None: ...
+
+    def set_many(self, values: Mapping[str, str], ttl: int) -> None:
+        """Write (overwrite) every key with the same time to live, in seconds."""
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, CachedValue]:
+        """The keys that exist and have not expired."""
+
+    def get(self, key: str) -> CachedValue | None: ...
+
+
+class RedisCache:
+    """Redis; writes are pipelined `SET key value EX ttl`."""
+
+    def __init__(self, url: str, prefix: str = "", client: redis.Redis | None = None) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._client = client or redis.Redis.from_url(
+            url, socket_connect_timeout=3, socket_timeout=10, decode_responses=True
+        )
+
+    @property
+    def description(self) -> str:
+        return f"redis {redact(self.url)}"
+
+    def _guard(self, what: Callable[[], object]) -> object:
+        try:
+            return what()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise UnreachableError("cache", redact(self.url), str(exc) or type(exc).__name__) from None
+
+    def ping(self) -> None:
+        self._guard(self._client.ping)
+
+    def set_many(self, values: Mapping[str, str], ttl: int) -> None:
+        def write() -> None:
+            with self._client.pipeline(transaction=False) as pipe:
+                for key, value in values.items():
+                    pipe.set(self.prefix + key, value, ex=ttl)
+                pipe.execute()
+
+        if values:
+            self._guard(write)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, CachedValue]:
+        keys = list(keys)
+
+        def read() -> list[object]:
+            with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(self.prefix + key)
+                    pipe.ttl(self.prefix + key)
+                return list(pipe.execute())
+
+        raw = self._guard(read) if keys else []
+        assert isinstance(raw, list)
+        out: dict[str, CachedValue] = {}
+        for i, key in enumerate(keys):
+            value, ttl = raw[2 * i], raw[2 * i + 1]
+            if value is None:
+                continue
+            assert isinstance(ttl, int)
+            out[key] = CachedValue(key, str(value), ttl if ttl >= 0 else None)
+        return out
+
+    def get(self, key: str) -> CachedValue | None:
+        return self.get_many([key]).get(key)
+
+
+class TableCache:
+    """The embedded cache: the ops_cache table, expiry checked on read and swept on write."""
+
+    def __init__(self, engine: Engine, clock: Clock = time.time) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    @property
+    def description(self) -> str:
+        return "embedded (ops_cache table)"
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    def ping(self) -> None:
+        with transaction(self.engine) as conn:
+            conn.execute(select(ops_cache.c.key).limit(1))
+
+    def set_many(self, values: Mapping[str, str], ttl: int) -> None:
+        if not values:
+            return
+        now = self._now()
+        expires = now + timedelta(seconds=ttl)
+        with transaction(self.engine) as conn:
+            conn.execute(delete(ops_cache).where(ops_cache.c.key.in_(list(values))))
+            conn.execute(delete(ops_cache).where(ops_cache.c.expires_at <= now))
+            insert_ignore(
+                conn,
+                ops_cache,
+                [{"key": k, "value": v, "expires_at": expires} for k, v in values.items()],
+                ["key"],
+            )
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, CachedValue]:
+        keys = list(keys)
+        if not keys:
+            return {}
+        now = self._now()
+        with transaction(self.engine) as conn:
+            rows = conn.execute(
+                select(ops_cache.c.key, ops_cache.c.value, ops_cache.c.expires_at).where(
+                    ops_cache.c.key.in_(keys)
+                )
+            ).all()
+        out: dict[str, CachedValue] = {}
+        for key, value, expires in rows:
+            if expires is not None and expires <= now:
+                continue
+            ttl = None if expires is None else int((expires - now).total_seconds())
+            out[key] = CachedValue(key, value, ttl)
+        return out
+
+    def get(self, key: str) -> CachedValue | None:
+        return self.get_many([key]).get(key)
+
+
+def open_cache(cache_url: str | None, engine: Engine, prefix: str = "") -> Cache:
+    if cache_url:
+        return RedisCache(cache_url, prefix=prefix)
+    return TableCache(engine)

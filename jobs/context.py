@@ -1,0 +1,133 @@
+"""What a job receives: its settings, the reference time, the database, the cache, and
+a place to report items. The same object serves a real run and a preview."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import insert, update
+from sqlalchemy.engine import Engine
+
+from jobs.cache import Cache
+from jobs.db import ops_run_items, ops_runs, transaction
+from jobs.records import ItemResult, ItemStatus, Progress, RunParams
+from jobs.settings import JobConfig, Settings
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class ItemSink:
+    """Collects a run's items; for a real run, also writes them to ops_run_items in batches
+    and keeps the run row's counts current, so other processes can watch progress."""
+
+    FLUSH_EVERY = 500
+    FLUSH_SECONDS = 1.0
+
+    def __init__(self, engine: Engine, job_id: str, run_id: int | None,
+                 on_progress: ProgressCallback | None) -> None:
+        self.engine = engine
+        self.job_id = job_id
+        self.run_id = run_id
+        self.on_progress = on_progress
+        self.items: list[ItemResult] = []
+        self.errors = 0
+        self.total: int | None = None
+        self._flushed = 0
+        self._last_flush = time.monotonic()
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+        if self.run_id is not None:
+            with transaction(self.engine) as conn:
+                conn.execute(update(ops_runs).where(ops_runs.c.id == self.run_id).values(total=total))
+        self._notify()
+
+    def add(self, item: ItemResult) -> None:
+        self.items.append(item)
+        if item.status is ItemStatus.ERROR:
+            self.errors += 1
+        if self.run_id is not None and (
+            len(self.items) - self._flushed >= self.FLUSH_EVERY
+            or time.monotonic() - self._last_flush >= self.FLUSH_SECONDS
+        ):
+            self.flush()
+        self._notify()
+
+    def flush(self) -> None:
+        if self.run_id is None:
+            return
+        pending = self.items[self._flushed :]
+        with transaction(self.engine) as conn:
+            if pending:
+                conn.execute(
+                    insert(ops_run_items),
+                    [
+                        {
+                            "run_id": self.run_id,
+                            "seq": self._flushed + i,
+                            "tenant_id": item.tenant_id,
+                            "tenant_name": item.tenant_name,
+                            "action": item.action,
+                            "status": str(item.status),
+                            "detail": dict(item.detail),
+                            "error": item.error,
+                        }
+                        for i, item in enumerate(pending)
+                    ],
+                )
+            conn.execute(
+                update(ops_runs).where(ops_runs.c.id == self.run_id)
+                .values(processed=len(self.items), errors=self.errors)
+            )
+        self._flushed = len(self.items)
+        self._last_flush = time.monotonic()
+
+    def _notify(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(
+                Progress(self.job_id, self.run_id, len(self.items), self.total, self.errors)
+            )
+
+
+@dataclass
+class RunContext:
+    engine: Engine
+    settings: Settings
+    job: JobConfig
+    now: datetime  # the reference time: the slot, or the wall clock / --now of a manual run
+    dry_run: bool
+    params: RunParams
+    run_id: int | None
+    sink: ItemSink
+    cache_factory: Callable[[], Cache]
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    @cached_property
+    def cache(self) -> Cache:
+        # Opened on first use, so a Redis outage only touches the job that needs the cache.
+        return self.cache_factory()
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return self.job.schedule.timezone
+
+    @property
+    def stop_requested(self) -> bool:
+        """True after SIGTERM: finish the tenant in hand, then return."""
+        return self.stop_event.is_set()
+
+    def record(self, item: ItemResult) -> None:
+        self.sink.add(item)
+
+    def set_total(self, total: int) -> None:
+        self.sink.set_total(total)
+
+
+JobFunction = Callable[[RunContext], dict[str, Any]]

@@ -1,0 +1,428 @@
+"""Database access: engines, the platform tables as the jobs see them, and the ops_ tables.
+
+The platform tables belong to StoreFlow: the console reads and writes their rows
+but never creates or alters them (only `demo` does, for its own database). The
+ops_ tables are the console's own, created and migrated by Alembic.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import FunctionElement
+from sqlalchemy.types import TypeDecorator
+
+from jobs.errors import UnreachableError, UsageError
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend.
+
+    PostgreSQL stores timestamptz. SQLite has no time type: the platform keeps UTC
+    text in SQLAlchemy's format, so aware values are converted to naive UTC on the
+    way in and given their UTC zone back on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # SQLite rows written by other tools
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class ts(FunctionElement[datetime]):  # noqa: N801 - reads as a SQL function
+    """A platform timestamp column, comparable with bound datetimes on every backend.
+
+    SQLite compares these as text, and the platform's format makes the fraction
+    optional ('2026-11-27 00:00:00' or '2026-11-27 00:00:00.000000'). Without
+    normalising, an order at exactly midnight would sort before the bound
+    '2026-11-27 00:00:00.000000' and fall out of its own day.
+    """
+
+    inherit_cache = True
+    type = UTCDateTime()
+
+
+@compiles(ts)
+def _ts_default(element: ts, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(ts, "sqlite")
+def _ts_sqlite(element: ts, compiler: Any, **kw: Any) -> str:
+    inner = compiler.process(element.clauses, **kw)
+    return f"substr(replace({inner}, 'T', ' ') || '.000000', 1, 26)"
+
+
+Money = Numeric(12, 2, asdecimal=True)
+
+# --- the platform's tables (storeflow-schema.sql), as the jobs read and write them --------
+
+platform = MetaData()
+
+tenants = Table(
+    "tenants",
+    platform,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("email", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="active"),
+    Column("expire_date", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False, server_default=func.now()),
+    Index("tenants_expire_idx", "expire_date"),
+)
+
+customers = Table(
+    "customers",
+    platform,
+    Column("id", Text, primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("email", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("customers_tenant_created_idx", "tenant_id", "created_at"),
+)
+
+products = Table(
+    "products",
+    platform,
+    Column("id", Text, primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("price", Money, nullable=False),
+)
+
+orders = Table(
+    "orders",
+    platform,
+    Column("id", Text, primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("customer_id", Text, nullable=True),
+    Column("total_amount", Money, nullable=False),
+    Column("payment_status", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("orders_tenant_created_idx", "tenant_id", "created_at"),
+)
+
+order_products = Table(
+    "order_products",
+    platform,
+    Column("id", Text, primary_key=True),
+    Column("order_id", Text, nullable=False),
+    Column("product_id", Text, nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("price", Money, nullable=False),
+    Index("order_products_order_idx", "order_id"),
+)
+
+cart_items = Table(
+    "cart_items",
+    platform,
+    Column("id", Text, primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("product_id", Text, nullable=False),
+    Column("customer_id", Text, nullable=True),
+    Column("quantity", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("cart_items_created_idx", "created_at"),
+    Index("cart_items_product_idx", "product_id"),
+)
+
+# --- the console's own tables ---------------------------------------------------------------
+
+ops = MetaData()
+
+Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER only
+
+ops_runs = Table(
+    "ops_runs",
+    ops,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), nullable=False),
+    Column("trigger", String(16), nullable=False),
+    Column("scheduled_for", UTCDateTime, nullable=True),
+    Column("attempt", Integer, nullable=False, server_default="1"),
+    Column("status", String(16), nullable=False),
+    Column("started_by", Text, nullable=False),
+    Column("runner_id", String(64), nullable=True),
+    Column("reference_time", UTCDateTime, nullable=False),
+    Column("params", JSON, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("total", Integer, nullable=True),
+    Column("processed", Integer, nullable=False, server_default="0"),
+    Column("errors", Integer, nullable=False, server_default="0"),
+    Column("summary", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    # A slot is claimed by inserting its run: the unique key is what makes it exactly once.
+    UniqueConstraint("job_id", "scheduled_for", "attempt", name="ops_runs_slot_uq"),
+    Index("ops_runs_job_created_idx", "job_id", "id"),
+    Index("ops_runs_status_idx", "status"),
+)
+
+ops_run_items = Table(
+    "ops_run_items",
+    ops,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("run_id", Id, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("tenant_id", Text, nullable=True),
+    Column("tenant_name", Text, nullable=True),
+    Column("action", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("detail", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ops_run_items_run_idx", "run_id", "seq"),
+)
+
+ops_email_outbox = Table(
+    "ops_email_outbox",
+    ops,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("idempotency_key", String(255), nullable=False, unique=True),
+    Column("tenant_id", Text, nullable=True),
+    Column("kind", String(64), nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("body_text", Text, nullable=False),
+    Column("body_html", Text, nullable=False),
+    Column("status", String(16), nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime, nullable=True),
+    Column("run_id", Id, nullable=True),
+    Column("message_id", Text, nullable=True),
+    Column("claimed_by", String(64), nullable=True),
+    Column("claimed_until", UTCDateTime, nullable=True),
+    Index("ops_email_outbox_status_idx", "status", "next_attempt_at"),
+    Index("ops_email_outbox_tenant_idx", "tenant_id"),
+)
+
+ops_cache = Table(
+    "ops_cache",
+    ops,
+    Column("key", String(512), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=True),
+)
+
+ops_runners = Table(
+    "ops_runners",
+    ops,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),  # runner | cli | console
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+    Column("stopped_at", UTCDateTime, nullable=True),
+)
+
+ops_job_state = Table(
+    "ops_job_state",
+    ops,
+    Column("job_id", String(64), primary_key=True),
+    Column("paused", Boolean, nullable=False, server_default="0"),
+    Column("paused_at", UTCDateTime, nullable=True),
+    Column("paused_by", Text, nullable=True),
+    Column("resumed_at", UTCDateTime, nullable=True),
+    # The run holding the job's overlap lock; NULL when idle.
+    Column("active_run_id", Id, nullable=True),
+)
+
+
+# --- engines --------------------------------------------------------------------------------
+
+
+def default_sqlite_path() -> Path:
+    """The embedded database: $XDG_DATA_HOME/storeflow-ops/storeflow.sqlite3."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "storeflow-ops" / "storeflow.sqlite3"
+
+
+def normalise_url(url: str) -> str:
+    """Accept the URLs platforms hand out (postgres://, postgresql://) and use psycopg 3."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def redact(url: str) -> str:
+    """A URL fit for a log line or an error message: never the password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets the console read while a runner writes; busy_timeout makes
+    # concurrent writers (several runners on one file) wait instead of failing.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=OFF")
+    cur.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # Take the write lock at BEGIN, so a read-then-write transaction cannot
+    # deadlock against another process doing the same (SQLITE_BUSY on upgrade).
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise UsageError(f"database URL {redact(url)!r} is not a valid URL: {exc}") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            parsed,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            isolation_level=None,
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        # pysqlite's own transaction handling is off (isolation_level=None); we
+        # issue BEGIN IMMEDIATE ourselves.
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    if parsed.get_backend_name() != "postgresql":
+        raise UsageError(
+            f"database URL {redact(url)!r}: only postgresql:// and sqlite:// are supported"
+        )
+    try:
+        return create_engine(
+            parsed,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=10,
+            connect_args={"connect_timeout": 5, "application_name": "storeflow-ops"},
+        )
+    except ModuleNotFoundError as exc:  # pragma: no cover - psycopg is a dependency
+        raise UsageError(f"database driver missing: {exc}") from None
+
+
+def check_reachable(engine: Engine) -> None:
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except (OperationalError, DBAPIError) as exc:
+        raise UnreachableError("database", redact(str(engine.url)), first_line(exc)) from None
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """One transaction; turns a lost connection into UnreachableError."""
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except OperationalError as exc:
+        if exc.connection_invalidated or _is_connect_error(exc):
+            raise UnreachableError("database", redact(str(engine.url)), first_line(exc)) from None
+        raise
+
+
+def _is_connect_error(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return any(
+        s in text
+        for s in ("connection refused", "could not connect", "unable to open", "timeout expired",
+                  "server closed", "connection failed", "no such host", "name or service")
+    )
+
+
+def is_sqlite(engine: Engine | Connection) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]],
+                  conflict: list[str]) -> int:
+    """INSERT ... ON CONFLICT DO NOTHING on either backend; returns rows inserted."""
+    if not rows:
+        return 0
+    if is_sqlite(conn):
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt_s = sqlite_insert(table).on_conflict_do_nothing(index_elements=conflict)
+        return int(conn.execute(stmt_s, rows).rowcount or 0)
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    stmt_p = pg_insert(table).on_conflict_do_nothing(index_elements=conflict)
+    return int(conn.execute(stmt_p, rows).rowcount or 0)
+
+
+__all__ = [
+    "UTCDateTime",
+    "cart_items",
+    "customers",
+    "make_engine",
+    "ops",
+    "ops_cache",
+    "ops_email_outbox",
+    "ops_job_state",
+    "ops_run_items",
+    "ops_runners",
+    "ops_runs",
+    "order_products",
+    "orders",
+    "platform",
+    "products",
+    "tenants",
+    "ts",
+]

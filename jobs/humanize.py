@@ -1,0 +1,12 @@
+"""Dates in plain words for emails and screens."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+
+def long_date(value: datetime, tz: ZoneInfo) -> str:
+    """`Saturday 5 December 2026, 00:00 UTC` in the job's timezone."""
+    local = value.astimezone(tz)
+    return f"{local:%A} {local.day} {local:%B %Y, %H:%M} {local.tzname()}"

@@ -1,0 +1,188 @@
+"""Queueing emails: render a template, validate the recipient, insert one outbox row.
+
+Jobs never talk SMTP. They write into ops_email_outbox inside the same
+transaction as the status change the email announces, keyed by an idempotency
+key so a second run queues nothing twice. The sender drains it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, Engine
+
+from jobs.db import insert_ignore, ops_email_outbox, transaction
+from jobs.errors import InvalidRecipientError
+
+KINDS = ("subscription_expired", "subscription_suspended", "renewal_reminder", "payment_due")
+
+
+@dataclass(frozen=True)
+class Email:
+    """A rendered email, ready to queue."""
+
+    idempotency_key: str
+    tenant_id: str | None
+    kind: str
+    recipient: str
+    subject: str
+    body_text: str
+    body_html: str
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    id: int
+    idempotency_key: str
+    tenant_id: str | None
+    kind: str
+    recipient: str
+    subject: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    body_text: str
+    body_html: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "tenant_id": self.tenant_id,
+            "to": self.recipient,
+            "subject": self.subject,
+            "status": self.status,
+            "attempts": self.attempts,
+            "idempotency_key": self.idempotency_key,
+            "last_error": self.last_error,
+        }
+
+
+_env = Environment(
+    loader=PackageLoader("jobs", "templates"),
+    autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+
+
+def _one_line(text: str) -> str:
+    # Subjects become headers: no CR, LF or other line breaks from tenant data may reach them.
+    return " ".join(text.split())
+
+
+def check_recipient(address: str) -> str:
+    """The normalised address, or InvalidRecipientError with the reason."""
+    try:
+        return validate_email(address, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise InvalidRecipientError(f"invalid recipient {address!r}: {exc}") from None
+
+
+def render(kind: str, *, idempotency_key: str, tenant_id: str | None, recipient: str,
+           context: Mapping[str, Any]) -> Email:
+    if kind not in KINDS:
+        raise ValueError(f"unknown email kind {kind!r}")
+    to = check_recipient(recipient)
+    subject = _one_line(_env.get_template(f"{kind}.subject.txt").render(**context))
+    text = _env.get_template(f"{kind}.txt").render(**context)
+    html = _env.get_template(f"{kind}.html").render(subject=subject, **context)
+    return Email(idempotency_key, tenant_id, kind, to, subject, text, html)
+
+
+def queue(conn: Connection, email: Email, *, now: datetime, run_id: int | None) -> bool:
+    """Insert the email unless its key exists; True when it was queued now."""
+    return bool(
+        insert_ignore(
+            conn,
+            ops_email_outbox,
+            [
+                {
+                    "idempotency_key": email.idempotency_key,
+                    "tenant_id": email.tenant_id,
+                    "kind": email.kind,
+                    "recipient": email.recipient,
+                    "subject": email.subject,
+                    "body_text": email.body_text,
+                    "body_html": email.body_html,
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                    "run_id": run_id,
+                }
+            ],
+            ["idempotency_key"],
+        )
+    )
+
+
+def existing_keys(conn: Connection, keys: Iterable[str]) -> set[str]:
+    """Which of these idempotency keys are already in the outbox (one query per 500 keys)."""
+    keys = list(dict.fromkeys(keys))
+    found: set[str] = set()
+    for i in range(0, len(keys), 500):
+        chunk = keys[i : i + 500]
+        found.update(
+            conn.execute(
+                select(ops_email_outbox.c.idempotency_key).where(
+                    ops_email_outbox.c.idempotency_key.in_(chunk)
+                )
+            ).scalars()
+        )
+    return found
+
+
+def _entry(row: Any) -> OutboxEntry:
+    return OutboxEntry(
+        id=row.id,
+        idempotency_key=row.idempotency_key,
+        tenant_id=row.tenant_id,
+        kind=row.kind,
+        recipient=row.recipient,
+        subject=row.subject,
+        status=row.status,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        last_error=row.last_error,
+        created_at=row.created_at,
+        sent_at=row.sent_at,
+        body_text=row.body_text,
+        body_html=row.body_html,
+    )
+
+
+def list_entries(engine: Engine, *, status: str | None = None, tenant_id: str | None = None,
+                 limit: int = 200, offset: int = 0) -> list[OutboxEntry]:
+    q = select(ops_email_outbox).order_by(ops_email_outbox.c.id.desc()).limit(limit).offset(offset)
+    if status:
+        q = q.where(ops_email_outbox.c.status == status)
+    if tenant_id:
+        q = q.where(ops_email_outbox.c.tenant_id == tenant_id)
+    with transaction(engine) as conn:
+        return [_entry(r) for r in conn.execute(q)]
+
+
+def get_entry(engine: Engine, entry_id: int) -> OutboxEntry | None:
+    with transaction(engine) as conn:
+        row = conn.execute(select(ops_email_outbox).where(ops_email_outbox.c.id == entry_id)).first()
+    return None if row is None else _entry(row)
+
+
+def counts_by_status(engine: Engine) -> dict[str, int]:
+    with transaction(engine) as conn:
+        rows = conn.execute(
+            select(ops_email_outbox.c.status, func.count()).group_by(ops_email_outbox.c.status)
+        ).all()
+    return {status: int(n) for status, n in rows}

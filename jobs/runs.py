@@ -1,0 +1,501 @@
+"""The one run path. A manual trigger, a scheduled slot, an HTTP call and a preview all
+come through `execute`; they differ only in their arguments.
+
+Bookkeeping:
+- a real run is a row in ops_runs; a preview writes nothing anywhere and has no row;
+- a slot is claimed by inserting its run under the unique (job, scheduled_for, attempt);
+- a job's overlap lock is ops_job_state.active_run_id, taken with a conditional UPDATE,
+  so two processes can never both hold it; a holder whose process stopped
+  heartbeating is marked `interrupted` and its lock taken over.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from jobs.cache import Cache, open_cache
+from jobs.context import ItemSink, ProgressCallback, RunContext
+from jobs.db import insert_ignore, ops_job_state, ops_run_items, ops_runners, ops_runs, transaction
+from jobs.errors import ExitCode, JobRunningError, OpsError
+from jobs.records import (
+    ItemResult,
+    ItemStatus,
+    RunParams,
+    RunRecord,
+    RunReport,
+    RunStatus,
+    Trigger,
+)
+from jobs.registry import get_job
+from jobs.settings import Settings
+from jobs.timeutil import utc_now
+
+log = logging.getLogger("storeflow.runs")
+Clock = Callable[[], datetime]
+
+
+# --- locks and staleness ---------------------------------------------------------------------
+
+
+def _ensure_state(conn: Connection, job_id: str) -> None:
+    insert_ignore(conn, ops_job_state, [{"job_id": job_id, "paused": False}], ["job_id"])
+
+
+def _run_is_dead(conn: Connection, run_id: int, now: datetime, stale_after: float) -> bool:
+    row = conn.execute(
+        select(ops_runs.c.status, ops_runs.c.runner_id, ops_runners.c.heartbeat_at,
+               ops_runners.c.stopped_at)
+        .select_from(ops_runs.outerjoin(ops_runners, ops_runners.c.id == ops_runs.c.runner_id))
+        .where(ops_runs.c.id == run_id)
+    ).first()
+    if row is None or row.status != RunStatus.RUNNING:
+        return True  # finished (or gone) but its lock was never released
+    if row.heartbeat_at is None:
+        return row.runner_id is not None  # its process row vanished
+    return bool(
+        row.stopped_at is not None
+        or row.heartbeat_at < now - timedelta(seconds=stale_after)
+    )
+
+
+def _interrupt(conn: Connection, run_id: int, now: datetime, reason: str) -> bool:
+    res = conn.execute(
+        update(ops_runs)
+        .where(ops_runs.c.id == run_id, ops_runs.c.status == RunStatus.RUNNING)
+        .values(status=RunStatus.INTERRUPTED, finished_at=now, error=reason)
+    )
+    return bool(res.rowcount)
+
+
+def _try_lock(conn: Connection, job_id: str, run_id: int, now: datetime,
+              stale_after: float) -> int | None:
+    """Take the job's overlap lock for run_id; returns the holder's run id when refused."""
+    _ensure_state(conn, job_id)
+    got = conn.execute(
+        update(ops_job_state)
+        .where(ops_job_state.c.job_id == job_id, ops_job_state.c.active_run_id.is_(None))
+        .values(active_run_id=run_id)
+    ).rowcount
+    if got:
+        return None
+    holder = conn.execute(
+        select(ops_job_state.c.active_run_id).where(ops_job_state.c.job_id == job_id)
+    ).scalar_one_or_none()
+    if holder is None:  # released between our two statements
+        return _try_lock(conn, job_id, run_id, now, stale_after)
+    if _run_is_dead(conn, holder, now, stale_after):
+        _interrupt(conn, holder, now, "its process stopped heartbeating")
+        took = conn.execute(
+            update(ops_job_state)
+            .where(ops_job_state.c.job_id == job_id, ops_job_state.c.active_run_id == holder)
+            .values(active_run_id=run_id)
+        ).rowcount
+        if took:
+            log.warning("job %s: took over the lock of dead run %s", job_id, holder)
+            return None
+    return int(holder)
+
+
+def _release_lock(conn: Connection, job_id: str, run_id: int) -> None:
+    conn.execute(
+        update(ops_job_state)
+        .where(ops_job_state.c.job_id == job_id, ops_job_state.c.active_run_id == run_id)
+        .values(active_run_id=None)
+    )
+
+
+def _new_run(conn: Connection, *, job_id: str, trigger: Trigger, status: RunStatus,
+             started_by: str, runner_id: str | None, reference_time: datetime, created: datetime,
+             params: RunParams, scheduled_for: datetime | None = None, attempt: int = 1,
+             ) -> int | None:
+    """Insert a run; None when its (job, slot, attempt) is already claimed."""
+    row: dict[str, Any] = {
+        "job_id": job_id, "trigger": str(trigger), "scheduled_for": scheduled_for,
+        "attempt": attempt, "status": str(status), "started_by": started_by,
+        "runner_id": runner_id, "reference_time": reference_time, "params": params.to_json(),
+        "created_at": created,
+        "started_at": created if status is RunStatus.RUNNING else None,
+        "finished_at": None if status is RunStatus.RUNNING else created,
+    }
+    if scheduled_for is None:
+        return int(conn.execute(ops_runs.insert().values(**row)).inserted_primary_key[0])
+    inserted = insert_ignore(conn, ops_runs, [row], ["job_id", "scheduled_for", "attempt"])
+    if not inserted:
+        return None
+    return int(conn.execute(
+        select(ops_runs.c.id).where(
+            ops_runs.c.job_id == job_id, ops_runs.c.scheduled_for == scheduled_for,
+            ops_runs.c.attempt == attempt,
+        )
+    ).scalar_one())
+
+
+# --- claiming ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of claiming a slot."""
+
+    run_id: int | None  # the run to execute; None when not ours to run
+    status: str  # "claimed" | "taken" (another runner has it) | "skipped" (overlap)
+    holder_run_id: int | None = None
+
+
+def claim_slot(engine: Engine, settings: Settings, job_id: str, scheduled_for: datetime, *,
+               runner_id: str, started_by: str, clock: Clock = utc_now,
+               attempt: int = 1) -> Claim:
+    """Claim one slot for this runner: exactly one runner ever gets `claimed` for it."""
+    job = settings.job(job_id)
+    now = clock()
+    with transaction(engine) as conn:
+        run_id = _new_run(
+            conn, job_id=job_id, trigger=Trigger.SCHEDULE, status=RunStatus.RUNNING,
+            started_by=started_by, runner_id=runner_id, reference_time=scheduled_for,
+            created=now, params=RunParams(), scheduled_for=scheduled_for, attempt=attempt,
+        )
+        if run_id is None:
+            return Claim(None, "taken")
+        if job.concurrency == "forbid":
+            holder = _try_lock(conn, job_id, run_id, now, settings.runner.stale_after)
+            if holder is not None:
+                conn.execute(
+                    update(ops_runs).where(ops_runs.c.id == run_id).values(
+                        status=RunStatus.SKIPPED, finished_at=now, started_at=None,
+                        error=f"previous run {holder} was still running",
+                    )
+                )
+                return Claim(None, "skipped", holder)
+    return Claim(run_id, "claimed")
+
+
+def record_missed(engine: Engine, job_id: str, slots: list[datetime], *, runner_id: str,
+                  started_by: str, clock: Clock = utc_now, reason: str) -> int:
+    """Record slots that will not fire as `missed`, unless some runner has them already."""
+    if not slots:
+        return 0
+    now = clock()
+    rows = [
+        {
+            "job_id": job_id, "trigger": str(Trigger.SCHEDULE), "scheduled_for": s,
+            "attempt": 1, "status": str(RunStatus.MISSED), "started_by": started_by,
+            "runner_id": runner_id, "reference_time": s, "params": {}, "created_at": now,
+            "started_at": None, "finished_at": now, "error": reason,
+        }
+        for s in slots
+    ]
+    with transaction(engine) as conn:
+        return insert_ignore(conn, ops_runs, rows, ["job_id", "scheduled_for", "attempt"])
+
+
+def recover_stale_runs(engine: Engine, now: datetime, stale_after: float) -> list[RunRecord]:
+    """Mark `running` runs of dead processes `interrupted` and free their locks."""
+    cutoff = now - timedelta(seconds=stale_after)
+    dead = (
+        select(ops_runs.c.id)
+        .select_from(ops_runs.outerjoin(ops_runners, ops_runners.c.id == ops_runs.c.runner_id))
+        .where(
+            ops_runs.c.status == RunStatus.RUNNING,
+            or_(
+                ops_runners.c.id.is_(None),
+                ops_runners.c.heartbeat_at < cutoff,
+                ops_runners.c.stopped_at.is_not(None),
+            ),
+        )
+    )
+    recovered: list[int] = []
+    with transaction(engine) as conn:
+        for run_id in conn.execute(dead).scalars().all():
+            if _interrupt(conn, run_id, now, "its process stopped heartbeating"):
+                recovered.append(run_id)
+                conn.execute(
+                    update(ops_job_state).where(ops_job_state.c.active_run_id == run_id)
+                    .values(active_run_id=None)
+                )
+    return [r for r in (get_run(engine, i) for i in recovered) if r is not None]
+
+
+# --- executing ---------------------------------------------------------------------------------
+
+
+def execute(
+    engine: Engine,
+    settings: Settings,
+    job_id: str,
+    *,
+    now: datetime,
+    started_by: str,
+    trigger: Trigger = Trigger.MANUAL,
+    dry_run: bool = False,
+    runner_id: str | None = None,
+    params: RunParams | None = None,
+    claimed_run_id: int | None = None,
+    scheduled_for: datetime | None = None,
+    cache: Cache | None = None,
+    on_progress: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
+    on_started: Callable[[int | None], None] | None = None,
+    clock: Clock = utc_now,
+) -> RunReport:
+    """Run (or preview) one job at reference time `now` and return its report.
+
+    Raises JobRunningError (exit 4) when a real manual run finds the job running, and
+    OpsError for problems before the run starts (database unreachable). Once started,
+    failures are recorded in the run and returned in the report, never raised.
+    """
+    spec = get_job(job_id)
+    job = settings.job(job_id)
+    params = params or RunParams()
+    started = clock()
+    run_id = claimed_run_id
+    if not dry_run and run_id is None:
+        with transaction(engine) as conn:
+            run_id = _new_run(
+                conn, job_id=job_id, trigger=trigger, status=RunStatus.RUNNING,
+                started_by=started_by, runner_id=runner_id, reference_time=now,
+                created=started, params=params,
+            )
+            assert run_id is not None
+            holder = _try_lock(conn, job_id, run_id, started, settings.runner.stale_after)
+            if holder is not None:
+                # Roll the whole transaction back: a refused trigger leaves no trace.
+                raise JobRunningError(job_id, holder)
+    if on_started is not None:
+        on_started(run_id)
+
+    sink = ItemSink(engine, job_id, None if dry_run else run_id, on_progress)
+    ctx = RunContext(
+        engine=engine, settings=settings, job=job, now=now, dry_run=dry_run, params=params,
+        run_id=run_id, sink=sink,
+        cache_factory=(lambda: cache) if cache is not None else (
+            lambda: open_cache(settings.cache_url, engine, settings.cache_prefix)
+        ),
+        stop_event=stop or threading.Event(),
+    )
+    status = RunStatus.SUCCEEDED
+    summary: dict[str, Any] = {}
+    error: str | None = None
+    error_code: ExitCode | None = None
+    try:
+        summary = spec.run(ctx)
+        if ctx.stop_requested:
+            status = RunStatus.INTERRUPTED
+            error = "stopped by a shutdown request"
+    except OpsError as exc:
+        status, error, error_code = RunStatus.FAILED, exc.message, exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - a job's bug is recorded in its run, not a crash
+        log.exception("job %s failed", job_id)
+        status, error = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
+    if status is RunStatus.SUCCEEDED and sink.errors:
+        status = RunStatus.PARTIAL
+
+    finished = clock()
+    if run_id is not None and not dry_run:
+        _finish(engine, job_id, run_id, sink, status, summary, error, finished)
+    return RunReport(
+        job_id=job_id, run_id=None if dry_run else run_id, trigger=trigger, dry_run=dry_run,
+        status=status, reference_time=now, started_at=started, finished_at=finished,
+        summary=summary, items=tuple(sink.items), error=error, error_exit_code=error_code,
+        scheduled_for=scheduled_for,
+    )
+
+
+def _finish(engine: Engine, job_id: str, run_id: int, sink: ItemSink, status: RunStatus,
+            summary: dict[str, Any], error: str | None, finished: datetime) -> None:
+    """Write the outcome. Retried once: losing the outcome of a finished run is worse than
+    a short wait, and the lock must not leak."""
+    for attempt in (1, 2):
+        try:
+            sink.flush()
+            with transaction(engine) as conn:
+                conn.execute(
+                    update(ops_runs).where(ops_runs.c.id == run_id).values(
+                        status=str(status), finished_at=finished, summary=summary,
+                        processed=len(sink.items), errors=sink.errors, error=error,
+                    )
+                )
+                _release_lock(conn, job_id, run_id)
+            return
+        except OpsError:
+            if attempt == 2:
+                raise
+
+
+def preview(engine: Engine, settings: Settings, job_id: str, *, now: datetime,
+            started_by: str, **kw: Any) -> RunReport:
+    return execute(engine, settings, job_id, now=now, started_by=started_by, dry_run=True, **kw)
+
+
+# --- reading history -----------------------------------------------------------------------
+
+
+def _record(row: Any) -> RunRecord:
+    return RunRecord(
+        run_id=row.id, job_id=row.job_id, trigger=Trigger(row.trigger),
+        scheduled_for=row.scheduled_for, attempt=row.attempt, status=RunStatus(row.status),
+        started_by=row.started_by, reference_time=row.reference_time, created_at=row.created_at,
+        started_at=row.started_at, finished_at=row.finished_at, total=row.total,
+        processed=row.processed, errors=row.errors, summary=row.summary, error=row.error,
+    )
+
+
+def get_run(engine: Engine, run_id: int) -> RunRecord | None:
+    with transaction(engine) as conn:
+        row = conn.execute(select(ops_runs).where(ops_runs.c.id == run_id)).first()
+    return None if row is None else _record(row)
+
+
+def history(engine: Engine, job_id: str | None = None, *, limit: int = 50,
+            before_id: int | None = None, statuses: tuple[str, ...] = ()) -> list[RunRecord]:
+    """Runs newest first; page with `before_id` (keyset, so deep pages stay fast)."""
+    q = select(ops_runs).order_by(ops_runs.c.id.desc()).limit(limit)
+    if job_id:
+        q = q.where(ops_runs.c.job_id == job_id)
+    if before_id is not None:
+        q = q.where(ops_runs.c.id < before_id)
+    if statuses:
+        q = q.where(ops_runs.c.status.in_(statuses))
+    with transaction(engine) as conn:
+        return [_record(r) for r in conn.execute(q)]
+
+
+def last_runs(engine: Engine) -> dict[str, RunRecord]:
+    """Each job's most recent run that actually ran (not missed or skipped)."""
+    latest = (
+        select(ops_runs.c.job_id, ops_runs.c.id)
+        .where(ops_runs.c.status.not_in([RunStatus.MISSED, RunStatus.SKIPPED]))
+        .order_by(ops_runs.c.id.desc())
+    )
+    out: dict[str, RunRecord] = {}
+    with transaction(engine) as conn:
+        ids: dict[str, int] = {}
+        for job_id in get_job_ids():
+            rid = conn.execute(latest.where(ops_runs.c.job_id == job_id).limit(1)).first()
+            if rid is not None:
+                ids[job_id] = rid.id
+        if ids:
+            for row in conn.execute(select(ops_runs).where(ops_runs.c.id.in_(ids.values()))):
+                out[row.job_id] = _record(row)
+    return out
+
+
+def get_job_ids() -> tuple[str, ...]:
+    from jobs.settings import JOB_IDS
+
+    return JOB_IDS
+
+
+def run_items(engine: Engine, run_id: int, *, errors_only: bool = False, search: str = "",
+              limit: int | None = None, offset: int = 0) -> list[ItemResult]:
+    q = select(ops_run_items).where(ops_run_items.c.run_id == run_id).order_by(
+        ops_run_items.c.seq
+    )
+    if errors_only:
+        q = q.where(ops_run_items.c.status == ItemStatus.ERROR)
+    if search:
+        like = f"%{search.lower()}%"
+        q = q.where(or_(func.lower(ops_run_items.c.tenant_id).like(like),
+                        func.lower(ops_run_items.c.tenant_name).like(like)))
+    if limit is not None:
+        q = q.limit(limit).offset(offset)
+    with transaction(engine) as conn:
+        return [
+            ItemResult(
+                tenant_id=r.tenant_id, action=r.action, status=ItemStatus(r.status),
+                detail=r.detail or {}, error=r.error, tenant_name=r.tenant_name,
+            )
+            for r in conn.execute(q)
+        ]
+
+
+def report_for(engine: Engine, record: RunRecord, *, errors_only: bool = False) -> RunReport:
+    """The SPEC report of a stored run (what `show` prints)."""
+    items = tuple(run_items(engine, record.run_id, errors_only=errors_only))
+    return RunReport(
+        job_id=record.job_id, run_id=record.run_id, trigger=record.trigger, dry_run=False,
+        status=record.status, reference_time=record.reference_time,
+        started_at=record.started_at or record.created_at,
+        finished_at=record.finished_at or record.created_at,
+        summary=record.summary or {}, items=items, error=record.error,
+        scheduled_for=record.scheduled_for,
+    )
+
+
+def running_runs(engine: Engine, job_id: str | None = None) -> list[RunRecord]:
+    q = select(ops_runs).where(ops_runs.c.status == RunStatus.RUNNING)
+    if job_id:
+        q = q.where(ops_runs.c.job_id == job_id)
+    with transaction(engine) as conn:
+        return [_record(r) for r in conn.execute(q)]
+
+
+# --- pause / resume ------------------------------------------------------------------------
+
+
+def set_paused(engine: Engine, job_id: str, paused: bool, *, by: str, now: datetime) -> bool:
+    """Pause or resume; returns whether the state changed. Resuming records `resumed_at`,
+    from which the runner counts slots, so no burst of old slots follows."""
+    get_job(job_id)
+    with transaction(engine) as conn:
+        _ensure_state(conn, job_id)
+        values: dict[str, Any] = {"paused": paused}
+        if paused:
+            values.update(paused_at=now, paused_by=by)
+        else:
+            values.update(resumed_at=now)
+        res = conn.execute(
+            update(ops_job_state)
+            .where(ops_job_state.c.job_id == job_id, ops_job_state.c.paused == (not paused))
+            .values(**values)
+        )
+        return bool(res.rowcount)
+
+
+@dataclass(frozen=True)
+class JobState:
+    job_id: str
+    paused: bool
+    paused_at: datetime | None
+    paused_by: str | None
+    resumed_at: datetime | None
+    active_run_id: int | None
+
+
+def job_states(engine: Engine) -> dict[str, JobState]:
+    with transaction(engine) as conn:
+        rows = conn.execute(select(ops_job_state)).all()
+    out = {
+        r.job_id: JobState(r.job_id, bool(r.paused), r.paused_at, r.paused_by, r.resumed_at,
+                           r.active_run_id)
+        for r in rows
+    }
+    for job_id in get_job_ids():
+        out.setdefault(job_id, JobState(job_id, False, None, None, None, None))
+    return out
+
+
+__all__ = [
+    "Claim",
+    "JobState",
+    "claim_slot",
+    "execute",
+    "get_run",
+    "history",
+    "job_states",
+    "last_runs",
+    "preview",
+    "record_missed",
+    "recover_stale_runs",
+    "report_for",
+    "run_items",
+    "running_runs",
+    "set_paused",
+]

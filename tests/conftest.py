@@ -1,0 +1,146 @@
+"""Fixtures: every database test runs on SQLite and on PostgreSQL, every cache test on
+Redis and on the embedded table. Each test gets its own PostgreSQL schema and its own
+Redis key prefix, so runs never see each other's data.
+
+A missing PostgreSQL or Redis skips its tests locally; with STOREFLOW_REQUIRE_SERVICES=1
+(set by .ci/run) it fails them instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from jobs.cache import Cache, RedisCache, TableCache
+from jobs.db import make_engine, platform
+from jobs.migrate import upgrade
+from jobs.settings import Overrides, Settings, load_settings
+
+PG_URL = os.environ.get("STOREFLOW_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("STOREFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REQUIRE = os.environ.get("STOREFLOW_REQUIRE_SERVICES") == "1"
+RUN_TAG = uuid.uuid4().hex[:8]
+
+
+def _unavailable(what: str, reason: str) -> None:
+    if REQUIRE:
+        pytest.fail(f"{what} is required (STOREFLOW_REQUIRE_SERVICES=1) but unavailable: {reason}")
+    pytest.skip(f"{what} unavailable: {reason}")
+
+
+_pg_admin: Engine | None = None
+_pg_error: str | None = None
+
+
+def _pg() -> Engine:
+    global _pg_admin, _pg_error
+    if _pg_admin is None and _pg_error is None:
+        try:
+            eng = sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"),
+                                   isolation_level="AUTOCOMMIT",
+                                   connect_args={"connect_timeout": 3})
+            with eng.connect() as c:
+                c.exec_driver_sql("SELECT 1")
+            _pg_admin = eng
+        except Exception as exc:  # noqa: BLE001
+            _pg_error = str(exc).splitlines()[0]
+    if _pg_admin is None:
+        _unavailable("PostgreSQL", _pg_error or "")
+    assert _pg_admin is not None
+    return _pg_admin
+
+
+@pytest.fixture
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database URL: a SQLite file or a PostgreSQL schema of its own."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'storeflow.sqlite3'}"
+        return
+    admin = _pg()
+    schema = f"t_{RUN_TAG}_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as c:
+        c.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    base = PG_URL.replace("postgresql://", "postgresql+psycopg://")
+    sep = "&" if "?" in base else "?"
+    yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    with admin.connect() as c:
+        c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_url" in metafunc.fixturenames:
+        metafunc.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+    if "cache_kind" in metafunc.fixturenames:
+        metafunc.parametrize("cache_kind", ["embedded", "redis"])
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """The database with the platform tables (as StoreFlow has them) and the ops_ tables."""
+    eng = make_engine(db_url)
+    platform.create_all(eng)
+    upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def env(db_url: str, redis_prefix: str) -> dict[str, str]:
+    """Environment for settings and subprocesses: this test's database, no Redis by default."""
+    return {
+        "DATABASE_URL": db_url,
+        "STOREFLOW_CACHE_PREFIX": redis_prefix,
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/root"),
+    }
+
+
+@pytest.fixture
+def settings(engine: Engine, env: dict[str, str], tmp_path: Path) -> Settings:
+    return load_settings(Overrides(), env=env, cwd=tmp_path)
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    prefix = f"sfops-test:{RUN_TAG}:{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass
+
+
+@pytest.fixture
+def redis_url() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        _unavailable("Redis", str(exc))
+    return REDIS_URL
+
+
+@pytest.fixture
+def clock_value() -> list[float]:
+    """A fake wall clock for the embedded cache's expiry: tests move it by hand."""
+    return [datetime(2026, 11, 28, 1, 0, tzinfo=UTC).timestamp()]
+
+
+@pytest.fixture
+def cache(cache_kind: str, engine: Engine, redis_prefix: str,
+          request: pytest.FixtureRequest, clock_value: list[float]) -> Cache:
+    if cache_kind == "redis":
+        url = request.getfixturevalue("redis_url")
+        return RedisCache(url, prefix=redis_prefix)
+    return TableCache(engine, clock=lambda: clock_value[0])

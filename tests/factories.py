@@ -1,0 +1,84 @@
+"""Platform rows for tests and benchmarks, written the way StoreFlow writes them."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from jobs.db import cart_items, customers, order_products, orders, products, tenants
+
+_ids = itertools.count(1)
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}-{next(_ids):06d}"
+
+
+def add_tenant(engine: Engine, *, id: str | None = None, name: str | None = None,
+               email: str | None = None, status: str = "active",
+               expire_date: datetime | None = None,
+               created_at: datetime | None = None) -> str:
+    tid = id or _id("t")
+    row: dict[str, Any] = {
+        "id": tid, "name": name or f"Store {tid}", "email": email or f"owner-{tid}@example.com",
+        "status": status, "expire_date": expire_date,
+    }
+    if created_at is not None:
+        row["created_at"] = created_at
+    with engine.begin() as c:
+        c.execute(tenants.insert().values(**row))
+    return tid
+
+
+def add_customer(engine: Engine, tenant_id: str, created_at: datetime) -> str:
+    cid = _id("c")
+    with engine.begin() as c:
+        c.execute(customers.insert().values(id=cid, tenant_id=tenant_id, email=f"{cid}@example.com",
+                                            created_at=created_at))
+    return cid
+
+
+def add_product(engine: Engine, tenant_id: str, price: str = "10.00", id: str | None = None) -> str:
+    pid = id or _id("p")
+    with engine.begin() as c:
+        c.execute(products.insert().values(id=pid, tenant_id=tenant_id, name=f"Product {pid}",
+                                           price=Decimal(price)))
+    return pid
+
+
+def add_order(engine: Engine, tenant_id: str, created_at: datetime, total: str,
+              payment_status: str = "paid", lines: list[tuple[str, int]] | None = None,
+              id: str | None = None) -> str:
+    oid = id or _id("o")
+    with engine.begin() as c:
+        c.execute(orders.insert().values(id=oid, tenant_id=tenant_id, customer_id=None,
+                                         total_amount=Decimal(total),
+                                         payment_status=payment_status, created_at=created_at))
+        for product_id, qty in lines or []:
+            c.execute(order_products.insert().values(id=_id("op"), order_id=oid,
+                                                     product_id=product_id, quantity=qty,
+                                                     price=Decimal("1.00")))
+    return oid
+
+
+def add_order_product(engine: Engine, order_id: str, product_id: str, quantity: int = 1) -> str:
+    opid = _id("op")
+    with engine.begin() as c:
+        c.execute(order_products.insert().values(id=opid, order_id=order_id,
+                                                 product_id=product_id, quantity=quantity,
+                                                 price=Decimal("1.00")))
+    return opid
+
+
+def add_cart_item(engine: Engine, tenant_id: str, product_id: str, created_at: datetime,
+                  quantity: int = 1) -> str:
+    cid = _id("ci")
+    with engine.begin() as c:
+        c.execute(cart_items.insert().values(id=cid, tenant_id=tenant_id, product_id=product_id,
+                                             customer_id=None, quantity=quantity,
+                                             created_at=created_at))
+    return cid
