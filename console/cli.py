@@ -1,0 +1,158 @@
+"""`storeflow-ops`: the command line. Data on stdout, diagnostics on stderr, exit codes
+from jobs.errors.ExitCode, and never a traceback for an expected error."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from importlib import import_module
+
+from jobs.errors import ExitCode, OpsError
+from jobs.settings import JOB_IDS, Overrides, load_settings
+
+from console.context import CliContext
+
+# command -> "module:function"; imported on demand so `storeflow-ops jobs` never pays for Textual.
+HANDLERS: dict[str, str] = {
+    "tui": "console.app:cmd_tui",
+    "demo": "console.commands:cmd_demo",
+    "run": "console.runner:cmd_run",
+    "jobs": "console.commands:cmd_jobs",
+    "trigger": "console.commands:cmd_trigger",
+    "preview": "console.commands:cmd_trigger",
+    "history": "console.commands:cmd_history",
+    "show": "console.commands:cmd_show",
+    "analytics": "console.commands:cmd_analytics",
+    "outbox": "console.commands:cmd_outbox",
+    "outbox send": "console.mail_commands:cmd_outbox_send",
+    "outbox retry": "console.mail_commands:cmd_outbox_retry",
+    "pause": "console.commands:cmd_pause",
+    "resume": "console.commands:cmd_resume",
+    "status": "console.commands:cmd_status",
+    "db upgrade": "console.commands:cmd_db_upgrade",
+    "import-vercel": "console.vercel_import:cmd_import_vercel",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(ExitCode.USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="storeflow-ops",
+                description="Run and inspect StoreFlow's recurring jobs.")
+    p.add_argument("--config", metavar="PATH", help="schedules.toml to use")
+    p.add_argument("--database-url", metavar="URL", help="overrides DATABASE_URL")
+    p.add_argument("--cache-url", metavar="URL", help="Redis URL; overrides REDIS_URL/KV_URL")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def job_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("job", metavar="JOB", help=f"one of: {', '.join(JOB_IDS)}")
+
+    def json_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--json", action="store_true", help="print one JSON document")
+
+    sp = sub.add_parser("tui", help="open the console (the default)")
+    sp.add_argument("--read-only", action="store_true", help="hide every action that writes")
+
+    sp = sub.add_parser("demo", help="build an embedded demo database and open the console")
+    sp.add_argument("--tenants", type=int, default=40, metavar="N")
+    sp.add_argument("--path", metavar="FILE", help="where to write the demo SQLite file")
+    sp.add_argument("--no-tui", action="store_true", help="build the database only")
+    sp.add_argument("--read-only", action="store_true")
+
+    sp = sub.add_parser("run", help="the headless runner: fire every slot exactly once")
+    sp.add_argument("--http", metavar="HOST:PORT", help="also serve the seed's HTTP endpoints")
+    sp.add_argument("--log-format", choices=("text", "json"), default="text")
+
+    sp = sub.add_parser("jobs", help="jobs, schedules, next runs, last runs")
+    sp.add_argument("--now", metavar="TS", help="reference time (ISO 8601 with offset)")
+    sp.add_argument("--count", type=int, default=3, metavar="N", help="next N slots")
+    json_arg(sp)
+
+    for name in ("trigger", "preview"):
+        sp = sub.add_parser(name, help="run a job now" if name == "trigger"
+                            else "show what a run would do, writing nothing")
+        job_arg(sp)
+        if name == "trigger":
+            sp.add_argument("--dry-run", action="store_true", help="same as preview")
+        sp.add_argument("--now", metavar="TS", help="reference time (ISO 8601 with offset)")
+        sp.add_argument("--date", metavar="D", help="analytics: the day to aggregate")
+        sp.add_argument("--from", dest="date_from", metavar="D", help="analytics: backfill from")
+        sp.add_argument("--to", dest="date_to", metavar="D", help="analytics: backfill to")
+        json_arg(sp)
+
+    sp = sub.add_parser("history", help="run history")
+    sp.add_argument("job", nargs="?", metavar="JOB")
+    sp.add_argument("--limit", type=int, default=20, metavar="N")
+    json_arg(sp)
+
+    sp = sub.add_parser("show", help="one run and its items")
+    sp.add_argument("run_id", type=int, metavar="RUN_ID")
+    sp.add_argument("--errors", action="store_true", help="only the items that failed")
+    json_arg(sp)
+
+    sp = sub.add_parser("analytics", help="a tenant's cached daily analytics")
+    sp.add_argument("tenant", metavar="TENANT")
+    sp.add_argument("--date", metavar="D", help="one day (default: the last 14 days)")
+    json_arg(sp)
+
+    sp = sub.add_parser("outbox", help="the email outbox")
+    sp.add_argument("action", nargs="?", choices=("send", "retry"), help="deliver now / retry")
+    sp.add_argument("ids", nargs="*", type=int, metavar="ID", help="retry: the emails")
+    sp.add_argument("--status", choices=("pending", "sent", "failed", "dead"))
+    sp.add_argument("--limit", type=int, default=50, metavar="N")
+    json_arg(sp)
+
+    for name in ("pause", "resume"):
+        sp = sub.add_parser(name, help=f"{name} a job's schedule")
+        job_arg(sp)
+
+    sp = sub.add_parser("status", help="runners and jobs; exits 1 when no runner is alive")
+    json_arg(sp)
+
+    sp = sub.add_parser("db", help="database maintenance")
+    sp.add_argument("action", choices=("upgrade",))
+
+    sp = sub.add_parser("import-vercel", help="turn a vercel.json's crons into schedules.toml")
+    sp.add_argument("path", metavar="VERCEL_JSON")
+    sp.add_argument("--write", metavar="TOML", help="write to this file instead of stdout")
+    return p
+
+
+def _handler(args: argparse.Namespace) -> Callable[[CliContext, argparse.Namespace], int]:
+    command = args.command or "tui"
+    if command == "outbox" and args.action:
+        command = f"outbox {args.action}"
+    elif command == "db":
+        command = f"db {args.action}"
+    module, _, func = HANDLERS[command].partition(":")
+    handler: Callable[[CliContext, argparse.Namespace], int] = getattr(import_module(module), func)
+    return handler
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        args.read_only = False
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="storeflow-ops: %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(Overrides(args.config, args.database_url, args.cache_url))
+        ctx = CliContext(settings, json=bool(getattr(args, "json", False)))
+        return int(_handler(args)(ctx, args))
+    except OpsError as exc:
+        print(f"storeflow-ops: {exc.message}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("storeflow-ops: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

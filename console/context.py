@@ -1,0 +1,45 @@
+"""What every command gets: parsed settings and a lazily opened, migrated database."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, TextIO
+
+from sqlalchemy.engine import Engine
+
+from jobs.cache import Cache, open_cache
+from jobs.db import check_reachable, make_engine
+from jobs.migrate import ensure_schema
+from jobs.settings import Settings
+
+
+@dataclass
+class CliContext:
+    settings: Settings
+    json: bool = False
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The database, reachable and with current ops_ tables (or UnreachableError)."""
+        engine = make_engine(self.settings.database_url)
+        check_reachable(engine)
+        ensure_schema(engine)
+        return engine
+
+    def cache(self) -> Cache:
+        return open_cache(self.settings.cache_url, self.engine, self.settings.cache_prefix)
+
+    def out(self, text: str = "") -> None:
+        print(text, file=self.stdout)
+
+    def err(self, text: str) -> None:
+        print(text, file=self.stderr)
+
+    def emit_json(self, data: Any) -> None:
+        import json
+
+        print(json.dumps(data, indent=2, default=str), file=self.stdout)
