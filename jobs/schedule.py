@@ -42,7 +42,6 @@ _NICKNAMES = {
 
 _FIELD_NAMES = ("minute", "hour", "day-of-month", "month", "day-of-week", "second")
 _HOUR = 1
-_SECOND = 5
 
 # croniter accepts "H" only with a hash_id and silently picks a fresh random
 # value per croniter instance for "R", so a job would fire at different times
@@ -78,14 +77,20 @@ class CronSchedule:
         return self._fields[_HOUR].startswith("*")
 
     def slots_after(self, after: datetime) -> Iterator[datetime]:
+        # Checked here, not in the generator, so a naive datetime fails at the
+        # call rather than at the first next().
         _require_aware(after, "after")
+        return self._slots_after(after)
+
+    def _slots_after(self, after: datetime) -> Iterator[datetime]:
         tz = self.timezone
         local = after.astimezone(tz)
         start = local.replace(tzinfo=None)
-        if local.fold == 0 and _is_ambiguous(start, tz):
+        fold_size = _fold_size(start, tz)
+        if local.fold == 0 and fold_size > timedelta(0):
             # `after` lies in the first copy of a repeated hour: wall times
             # earlier than its own come round again (fold=1) after it.
-            start -= _fold_size(start, tz)
+            start -= fold_size
 
         naive_slots = croniter(self._croniter_expression, start, ret_type=datetime)
         pending: list[datetime] = []
@@ -230,11 +235,8 @@ def _require_aware(moment: datetime, name: str) -> None:
         raise ValueError(f"{name} must be timezone-aware, got naive {moment.isoformat()}")
 
 
-def _is_ambiguous(naive: datetime, tz: ZoneInfo) -> bool:
-    return _fold_size(naive, tz) > timedelta(0)
-
-
 def _fold_size(naive: datetime, tz: ZoneInfo) -> timedelta:
+    """How far the clock went back if `naive` is a repeated wall time, else <= 0."""
     first = naive.replace(tzinfo=tz, fold=0).utcoffset()
     second = naive.replace(tzinfo=tz, fold=1).utcoffset()
     assert first is not None and second is not None  # ZoneInfo always has an offset

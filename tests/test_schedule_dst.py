@@ -396,6 +396,8 @@ def test_parse_accepts_zoneinfo_and_keeps_expression_as_written() -> None:
 def test_naive_datetimes_are_rejected() -> None:
     schedule = CronSchedule.parse("0 0 * * *")
     with pytest.raises(ValueError, match="timezone-aware"):
+        schedule.slots_after(datetime(2026, 1, 1))
+    with pytest.raises(ValueError, match="timezone-aware"):
         schedule.next_slots(datetime(2026, 1, 1), 1)
     with pytest.raises(ValueError, match="timezone-aware"):
         schedule.previous_slots(datetime(2026, 1, 2), utc(2026, 1, 1))
