@@ -64,7 +64,8 @@ class RedisCache:
         try:
             return what()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            raise UnreachableError("cache", redact(self.url), str(exc) or type(exc).__name__) from None
+            reason = str(exc) or type(exc).__name__
+            raise UnreachableError("cache", redact(self.url), reason) from None
 
     def ping(self) -> None:
         self._guard(self._client.ping)

@@ -46,7 +46,9 @@ class ItemSink:
         self.total = total
         if self.run_id is not None:
             with transaction(self.engine) as conn:
-                conn.execute(update(ops_runs).where(ops_runs.c.id == self.run_id).values(total=total))
+                conn.execute(
+                    update(ops_runs).where(ops_runs.c.id == self.run_id).values(total=total)
+                )
         self._notify()
 
     def add(self, item: ItemResult) -> None:

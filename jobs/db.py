@@ -68,12 +68,13 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if isinstance(value, str):  # SQLite rows written by other tools
             value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
 
 
-class ts(FunctionElement[datetime]):  # noqa: N801 - reads as a SQL function
+class ts(FunctionElement[datetime]):
     """A platform timestamp column, comparable with bound datetimes on every backend.
 
     SQLite compares these as text, and the platform's format makes the fraction

@@ -176,7 +176,9 @@ def list_entries(engine: Engine, *, status: str | None = None, tenant_id: str | 
 
 def get_entry(engine: Engine, entry_id: int) -> OutboxEntry | None:
     with transaction(engine) as conn:
-        row = conn.execute(select(ops_email_outbox).where(ops_email_outbox.c.id == entry_id)).first()
+        row = conn.execute(
+            select(ops_email_outbox).where(ops_email_outbox.c.id == entry_id)
+        ).first()
     return None if row is None else _entry(row)
 
 

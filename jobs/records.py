@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -63,9 +64,9 @@ class ItemResult:
 class RunParams:
     """Optional arguments of a run: analytics' `--date` or `--from/--to` range."""
 
-    date: date | None = None
-    date_from: date | None = None
-    date_to: date | None = None
+    date: dt.date | None = None
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
 
     def to_json(self) -> dict[str, str]:
         out = {}
@@ -78,7 +79,7 @@ class RunParams:
     @classmethod
     def from_json(cls, data: Mapping[str, str] | None) -> RunParams:
         data = data or {}
-        return cls(**{k: date.fromisoformat(v) for k, v in data.items()})
+        return cls(**{k: dt.date.fromisoformat(v) for k, v in data.items()})
 
 
 @dataclass(frozen=True)

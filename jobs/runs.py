@@ -126,7 +126,9 @@ def _new_run(conn: Connection, *, job_id: str, trigger: Trigger, status: RunStat
         "finished_at": None if status is RunStatus.RUNNING else created,
     }
     if scheduled_for is None:
-        return int(conn.execute(ops_runs.insert().values(**row)).inserted_primary_key[0])
+        pk = conn.execute(ops_runs.insert().values(**row)).inserted_primary_key
+        assert pk is not None
+        return int(pk[0])
     inserted = insert_ignore(conn, ops_runs, [row], ["job_id", "scheduled_for", "attempt"])
     if not inserted:
         return None
@@ -183,7 +185,7 @@ def record_missed(engine: Engine, job_id: str, slots: list[datetime], *, runner_
     if not slots:
         return 0
     now = clock()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "job_id": job_id, "trigger": str(Trigger.SCHEDULE), "scheduled_for": s,
             "attempt": 1, "status": str(RunStatus.MISSED), "started_by": started_by,
@@ -291,7 +293,7 @@ def execute(
             error = "stopped by a shutdown request"
     except OpsError as exc:
         status, error, error_code = RunStatus.FAILED, exc.message, exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - a job's bug is recorded in its run, not a crash
+    except Exception as exc:
         log.exception("job %s failed", job_id)
         status, error = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
     if status is RunStatus.SUCCEEDED and sink.errors:

@@ -50,7 +50,7 @@ def _pg() -> Engine:
             with eng.connect() as c:
                 c.exec_driver_sql("SELECT 1")
             _pg_admin = eng
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _pg_error = str(exc).splitlines()[0]
     if _pg_admin is None:
         _unavailable("PostgreSQL", _pg_error or "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -11,7 +12,7 @@ from sqlalchemy.engine import Engine
 from jobs import runs
 from jobs.db import ops_email_outbox, ops_run_items, ops_runs, tenants
 from jobs.errors import ExitCode, JobRunningError
-from jobs.records import ItemStatus, RunStatus
+from jobs.records import ItemStatus, RunReport, RunStatus
 from jobs.settings import Settings
 from tests.factories import add_tenant
 
@@ -30,8 +31,8 @@ def outbox_rows(engine: Engine) -> list[tuple[str, str, str]]:
                    ops_email_outbox.c.recipient).order_by(ops_email_outbox.c.tenant_id))]
 
 
-def trigger(engine: Engine, settings: Settings, now: datetime = NOW, **kw: object) -> runs.RunReport:  # type: ignore[name-defined]
-    return runs.execute(engine, settings, "expiry-checker", now=now, started_by="test", **kw)  # type: ignore[arg-type]
+def trigger(engine: Engine, settings: Settings, now: datetime = NOW, **kw: Any) -> RunReport:
+    return runs.execute(engine, settings, "expiry-checker", now=now, started_by="test", **kw)
 
 
 def test_boundaries(engine: Engine, settings: Settings) -> None:

@@ -9,7 +9,9 @@ from jobs.db import ops
 VERSION_TABLE = "ops_alembic_version"
 
 
-def _include(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+def _include(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
     # The platform's tables live in the same database and are never ours to touch.
     if type_ == "table":
         return bool(name and name.startswith("ops_"))
