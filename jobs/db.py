@@ -32,6 +32,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -360,6 +361,27 @@ def check_reachable(engine: Engine) -> None:
             conn.exec_driver_sql("SELECT 1")
     except (OperationalError, DBAPIError) as exc:
         raise UnreachableError("database", redact(str(engine.url)), first_line(exc)) from None
+
+
+_platform_ok: set[str] = set()
+
+
+def require_platform_tables(engine: Engine) -> None:
+    """Fail early, in plain words, when the database is not StoreFlow's (e.g. an empty file)."""
+    key = str(engine.url)
+    if key in _platform_ok:
+        return
+    try:
+        present = set(inspect(engine).get_table_names())
+    except (OperationalError, DBAPIError) as exc:
+        raise UnreachableError("database", redact(key), first_line(exc)) from None
+    missing = [name for name in platform.tables if name not in present]
+    if missing:
+        raise UsageError(
+            f"database {redact(key)} has no StoreFlow platform tables ({', '.join(missing)}); "
+            "set DATABASE_URL to StoreFlow's database, or try `storeflow-ops demo`"
+        )
+    _platform_ok.add(key)
 
 
 def first_line(exc: BaseException) -> str:

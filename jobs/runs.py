@@ -23,7 +23,15 @@ from sqlalchemy.engine import Connection, Engine
 
 from jobs.cache import Cache, open_cache
 from jobs.context import ItemSink, ProgressCallback, RunContext
-from jobs.db import insert_ignore, ops_job_state, ops_run_items, ops_runners, ops_runs, transaction
+from jobs.db import (
+    insert_ignore,
+    ops_job_state,
+    ops_run_items,
+    ops_runners,
+    ops_runs,
+    require_platform_tables,
+    transaction,
+)
 from jobs.errors import ExitCode, JobRunningError, OpsError
 from jobs.records import (
     ItemResult,
@@ -256,6 +264,7 @@ def execute(
     spec = get_job(job_id)
     job = settings.job(job_id)
     params = params or RunParams()
+    require_platform_tables(engine)
     started = clock()
     run_id = claimed_run_id
     if not dry_run and run_id is None:
