@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
 
+from console.context import CliContext
 from jobs.errors import ExitCode, OpsError
 from jobs.settings import JOB_IDS, Overrides, load_settings
-
-from console.context import CliContext
 
 # command -> "module:function"; imported on demand so `storeflow-ops jobs` never pays for Textual.
 HANDLERS: dict[str, str] = {
@@ -152,6 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("storeflow-ops: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
+    except Exception as exc:
+        # A bug, not an operator error: one line by default, the traceback on request.
+        if os.environ.get("STOREFLOW_DEBUG"):
+            raise
+        print(f"storeflow-ops: internal error: {type(exc).__name__}: {exc} "
+              "(set STOREFLOW_DEBUG=1 for the traceback)", file=sys.stderr)
+        return int(ExitCode.FAILED)
 
 
 if __name__ == "__main__":  # pragma: no cover
