@@ -328,7 +328,12 @@ def make_engine(url: str) -> Engine:
         raise UsageError(f"database URL {redact(url)!r} is not a valid URL: {exc}") from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(parsed.database).expanduser().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                reason = f"cannot create folder {folder}: {exc.strerror or exc}"
+                raise UnreachableError("database", redact(url), reason) from None
         engine = create_engine(
             parsed,
             connect_args={"timeout": 30, "check_same_thread": False},
