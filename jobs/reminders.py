@@ -79,7 +79,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
         ).all()
         due_rows = conn.execute(
             select(tenants.c.id, tenants.c.name, tenants.c.email, tenants.c.expire_date)
-            .where(tenants.c.status == "expired", tenants.c.expire_date.is_not(None))
+            .where(
+                tenants.c.status == "expired",
+                tenants.c.expire_date.is_not(None),
+                # In grace only: past its end the tenant is the expiry-checker's to suspend,
+                # and a notice saying "will be suspended on <a past date>" helps no one.
+                ts(tenants.c.expire_date) > ctx.now - ctx.job.grace_period_days * DAY,
+            )
             .order_by(tenants.c.id)
         ).all()
         reminders = [

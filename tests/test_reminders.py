@@ -283,3 +283,13 @@ def test_stop_request_finishes_the_tenant_in_hand(engine: Engine, settings: Sett
     assert report.status is RunStatus.INTERRUPTED and report.exit_code is ExitCode.INTERRUPTED
     assert items(report) == [(first, "renewal_reminder", ItemStatus.OK)]
     assert keys(engine) == [f"renewal_reminder:{first}:{(NOW + DAY).isoformat()}:7d"]
+
+
+def test_payment_due_only_while_in_grace(engine: Engine, settings: Settings) -> None:
+    in_grace = add_tenant(engine, status="expired", expire_date=NOW - 7 * DAY + timedelta(seconds=1))
+    at_grace_end = add_tenant(engine, status="expired", expire_date=NOW - 7 * DAY)
+    report = trigger(engine, settings)
+    # Past the grace end the tenant is the expiry-checker's to suspend, not to remind.
+    assert items(report) == [(in_grace, "payment_due", ItemStatus.OK)]
+    assert keys(engine) == [f"payment_due:{in_grace}:2026-11-28"]
+    assert status_of(engine, at_grace_end) == "expired"
