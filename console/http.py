@@ -1,0 +1,396 @@
+"""The runner's optional HTTP face (SPEC 9): the seed's four trigger paths and /healthz.
+
+Teams leaving Vercel Cron keep their URLs, their curl scripts and their token. Every
+trigger goes through `jobs.runs.execute` (trigger `http`), in a worker thread so the
+runner's event loop keeps firing slots while a job runs.
+
+Status codes of a trigger:
+- 200: the run finished (`succeeded` or `partial`: item errors are in the body) or,
+  with `?dry_run=1`, the preview;
+- 401 `{"message": "Unauthorized"}`: no, malformed or wrong `Authorization: Bearer`;
+- 409: the job is already running (the holder's run id is in the body);
+- 500: the run started and failed (its report is the body, with the error);
+- 503: the database did not answer before the run could start, the runner is shutting
+  down, or the run was interrupted by the shutdown (its report is the body);
+- 404 unknown path, 405 other methods, 413 a body over MAX_BODY (bodies are ignored).
+
+The token never reaches a log: the access log has no headers and no query string, and
+aiohttp's own error log (which quotes the start of a malformed header line) is redacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Protocol
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from jobs.db import first_line, ops_runners, transaction
+from jobs.errors import ConfigError, JobRunningError, UnreachableError
+from jobs.records import RunReport, RunStatus, Trigger
+from jobs.registry import JOBS
+from jobs.runs import execute
+from jobs.settings import Settings
+from jobs.timeutil import iso_z, utc_now
+
+log = logging.getLogger("storeflow.http")
+server_log = logging.getLogger("storeflow.http.server")
+access_log = logging.getLogger("storeflow.http.access")
+
+MIN_TOKEN_LENGTH = 16
+MAX_BODY = 64 * 1024  # trigger bodies are ignored; anything bigger is refused with 413
+HEALTH_TIMEOUT = 5.0  # seconds /healthz waits for the database before answering 503
+TOKEN_ENV = "CRON_SECRET_TOKEN"
+
+_TRUE = {"1", "true", "yes"}
+_FALSE = {"", "0", "false", "no"}
+
+
+class HttpHost(Protocol):
+    """What the HTTP face needs from the runner that hosts it."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def runner_id(self) -> str: ...  # the runner's Presence id: runs are tied to its heartbeat
+
+    @property
+    def stop(self) -> threading.Event: ...  # set on shutdown: runs finish the tenant in hand
+
+
+def check_token(settings: Settings) -> str:
+    """The token, or ConfigError: the HTTP face fails closed (the seed let everyone in
+    when its token was unset)."""
+    token = settings.cron_token
+    if not token:
+        raise ConfigError(
+            "environment", TOKEN_ENV,
+            f"not set; the HTTP endpoints need a token of at least {MIN_TOKEN_LENGTH} "
+            "characters in CRON_SECRET_TOKEN (or CRON_SECRET)",
+        )
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(
+            "environment", TOKEN_ENV,
+            f"is {len(token)} characters long; the HTTP endpoints need at least "
+            f"{MIN_TOKEN_LENGTH}",
+        )
+    if token != token.strip():
+        # HTTP strips whitespace around a header value, so no client could ever send it.
+        raise ConfigError("environment", TOKEN_ENV,
+                          "has leading or trailing whitespace; remove it")
+    if not token.isprintable():
+        raise ConfigError("environment", TOKEN_ENV,
+                          "contains control characters, which no HTTP header can carry")
+    return token
+
+
+def parse_listen(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """`HOST:PORT`, `:PORT`, `PORT` or `[::1]:PORT` -> (host, port); UsageError otherwise."""
+    raw = text.strip()
+    host, sep, port_text = raw.rpartition(":")
+    if not sep:
+        host, port_text = "", raw
+    host = host.strip("[]") or default_host
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError("--http", text, "expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return host, int(port_text)
+
+
+# --- logging without secrets -----------------------------------------------------------------
+
+_CREDENTIALS = re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s'\"\\]+")
+
+
+class _Redact(logging.Filter):
+    """Keeps the token (and any credentials a client sent) out of log records."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def redact(self, text: str) -> str:
+        return _CREDENTIALS.sub(r"\1\2[redacted]", text.replace(self.secret, "[redacted]"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            # A malformed request: aiohttp quotes the offending bytes, which may be an
+            # Authorization header. Its type and status are all an operator needs.
+            text = f"{record.getMessage()}: {type(exc).__name__} ({exc.code})"
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        else:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+        record.msg, record.args = self.redact(text), ()
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+class _AccessLogger(AbstractAccessLogger):
+    """One line per request: client, method, path (no query, no headers), status, time."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        level = logging.DEBUG if request.path == "/healthz" else logging.INFO
+        self.logger.log(level, "%s %s %s %s %.1fms", request.remote or "-", request.method,
+                        request.path, response.status, time * 1000)
+
+
+# --- the application -------------------------------------------------------------------------
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None,
+          ) -> web.Response:
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _unauthorized() -> web.Response:
+    return _json(401, {"message": "Unauthorized"}, {"WWW-Authenticate": 'Bearer realm="storeflow-ops"'})
+
+
+def _auth_failure(header: str | None, token: bytes) -> str | None:
+    """Why a request is not authorised, or None when it is. Constant time in the token."""
+    if header is None:
+        return "no Authorization header"
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 9110), the token not
+        return "not a Bearer token"
+    if not hmac.compare_digest(credentials.encode("utf-8", "surrogateescape"), token):
+        return "wrong token"
+    return None
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own errors (404, 405, 413) as JSON, like every other answer; size first,
+    so a large body is refused before anyone reads it."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return _json(413, {"message": "Request Entity Too Large", "max_bytes": MAX_BODY})
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return _json(exc.status, {"message": exc.reason}, headers)
+
+
+class _HealthProbe:
+    """One database probe at a time: concurrent /healthz calls share its answer, so a burst
+    of health checks costs one query, not one thread and one connection each."""
+
+    def __init__(self, host: HttpHost) -> None:
+        self.host = host
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-health")
+        self._inflight: asyncio.Future[dict[str, Any]] | None = None
+
+    def _probe(self) -> dict[str, Any]:
+        now = utc_now()
+        try:
+            with transaction(self.host.engine) as conn:
+                row = conn.execute(
+                    select(ops_runners.c.heartbeat_at, ops_runners.c.stopped_at)
+                    .where(ops_runners.c.id == self.host.runner_id)
+                ).first()
+        except UnreachableError as exc:
+            return {"reachable": False, "error": exc.message, "alive": None}
+        except Exception as exc:  # any database failure makes us unhealthy
+            return {"reachable": False, "error": first_line(exc), "alive": None}
+        stale = timedelta(seconds=self.host.settings.runner.stale_after)
+        alive = row is not None and row.stopped_at is None and row.heartbeat_at >= now - stale
+        return {"reachable": True, "error": None, "alive": alive}
+
+    async def check(self) -> dict[str, Any]:
+        if self._inflight is None:
+            loop = asyncio.get_running_loop()
+            fut = asyncio.ensure_future(loop.run_in_executor(self.pool, self._probe))
+            self._inflight = fut
+
+            def done(_: object) -> None:
+                self._inflight = None
+
+            fut.add_done_callback(done)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._inflight), HEALTH_TIMEOUT)
+        except TimeoutError:
+            return {"reachable": False, "alive": None,
+                    "error": f"no answer within {HEALTH_TIMEOUT:g} s"}
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+_HOST = web.AppKey("host", HttpHost)
+_TOKEN = web.AppKey("token", bytes)
+_RUNS = web.AppKey("runs", ThreadPoolExecutor)
+_HEALTH = web.AppKey("health", _HealthProbe)
+
+
+def _version() -> str:
+    try:
+        return version("storeflow-ops")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    host = request.app[_HOST]
+    state = await request.app[_HEALTH].check()
+    body = {
+        "status": "ok" if state["reachable"] else "unavailable",
+        "version": _version(),
+        "runner": {"id": host.runner_id, "alive": state["alive"],
+                   "stopping": host.stop.is_set()},
+        "database": {"reachable": state["reachable"], "error": state["error"]},
+        "timestamp": iso_z(utc_now()),
+    }
+    return _json(200 if state["reachable"] else 503, body)
+
+
+def _dry_run(request: web.Request) -> bool | None:
+    value = request.query.get("dry_run", "").strip().lower()
+    if value in _TRUE:
+        return True
+    return False if value in _FALSE else None
+
+
+def _report_status(report: RunReport) -> int:
+    if report.status is RunStatus.FAILED:
+        return 500
+    if report.status is RunStatus.INTERRUPTED:
+        return 503
+    return 200
+
+
+def _trigger_handler(job_id: str) -> Handler:
+    async def trigger(request: web.Request) -> web.StreamResponse:
+        host = request.app[_HOST]
+        client = request.remote or "unknown"
+        why = _auth_failure(request.headers.get("Authorization"), request.app[_TOKEN])
+        if why is not None:
+            log.warning("refused %s %s from %s: %s", request.method, request.path, client, why)
+            return _unauthorized()
+        await request.read()  # ignored, but read: a chunked body over the limit is a 413
+        dry_run = _dry_run(request)
+        if dry_run is None:
+            return _json(400, {"message": "dry_run must be 1 or 0", "job": job_id})
+        if host.stop.is_set():
+            return _json(503, {"message": "Runner is shutting down", "job": job_id})
+        run = partial(
+            execute, host.engine, host.settings, job_id, now=utc_now(), trigger=Trigger.HTTP,
+            started_by=f"http:{client}", runner_id=host.runner_id, dry_run=dry_run,
+            stop=host.stop,
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            report = await loop.run_in_executor(request.app[_RUNS], run)
+        except JobRunningError as exc:
+            log.info("http %s from %s: refused, run %s is running", job_id, client, exc.run_id)
+            return _json(409, {"message": "Job already running", "job": job_id,
+                               "run_id": exc.run_id})
+        except UnreachableError as exc:
+            log.warning("http %s from %s: %s", job_id, client, exc.message)
+            return _json(503, {"message": "Database unreachable", "job": job_id,
+                               "error": exc.message})
+        log.info("http %s from %s: %s %s (%d items, %d errors)", job_id, client,
+                 "preview" if report.dry_run else f"run {report.run_id}", report.status,
+                 report.processed, len(report.errors))
+        return _json(_report_status(report), report.to_json())
+
+    return trigger
+
+
+def build_app(state: HttpHost) -> web.Application:
+    """The application; `start_http` serves it. Checks the token (fail closed)."""
+    token = check_token(state.settings).encode("utf-8")
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors])
+    app[_HOST] = state
+    app[_TOKEN] = token
+    # Runs get threads of their own, so a long job never starves /healthz or the runner.
+    app[_RUNS] = ThreadPoolExecutor(max_workers=2 * len(JOBS), thread_name_prefix="http-run")
+    app[_HEALTH] = _HealthProbe(state)
+    for spec in JOBS.values():
+        handler = _trigger_handler(spec.id)
+        app.router.add_route("GET", spec.endpoint, handler, name=spec.id)
+        app.router.add_route("POST", spec.endpoint, handler)
+    app.router.add_get("/healthz", _healthz, name="healthz")
+
+    async def close_pools(app: web.Application) -> None:
+        app[_HEALTH].close()
+        app[_RUNS].shutdown(wait=False)
+
+    app.on_cleanup.append(close_pools)
+    return app
+
+
+# --- serving ---------------------------------------------------------------------------------
+
+
+@dataclass
+class HttpServer:
+    """A listening HTTP face; `await cleanup()` stops it."""
+
+    runner: web.AppRunner
+    host: str
+    port: int
+    redact: _Redact
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def cleanup(self) -> None:
+        try:
+            await self.runner.cleanup()
+        finally:
+            for logger in (log, server_log, access_log):
+                logger.removeFilter(self.redact)
+
+
+async def start_http(state: HttpHost, host: str, port: int) -> HttpServer:
+    """Serve the HTTP face on host:port (0 = any free port); ConfigError (exit 2) when
+    no usable token is set or the address cannot be bound."""
+    app = build_app(state)
+    redact = _Redact(state.settings.cron_token or "")
+    for logger in (log, server_log, access_log):
+        logger.addFilter(redact)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log_class=_AccessLogger, access_log=access_log,
+        logger=server_log, shutdown_timeout=state.settings.runner.shutdown_timeout,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        for logger in (log, server_log, access_log):
+            logger.removeFilter(redact)
+        raise ConfigError("--http", f"{host}:{port}",
+                          f"cannot listen: {exc.strerror or exc}") from None
+    bound = runner.addresses[0][1] if runner.addresses else port
+    log.info("http: serving %s on %s:%s", ", ".join(j.endpoint for j in JOBS.values()),
+             host, bound)
+    return HttpServer(runner, host, bound, redact)
