@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from jobs import analytics, cleanup, expiry, reminders
 from jobs.context import JobFunction
-from jobs.errors import UnknownJobError
-from jobs.settings import JOB_IDS
+from jobs.errors import UnknownJobError, UsageError
+from jobs.records import RunParams
+from jobs.settings import JOB_IDS, JobConfig
+
+# Checks a run's parameters before anything is written: a bad request leaves no run behind.
+ParamsCheck = Callable[[JobConfig, RunParams, datetime], None]
+
+
+def _no_params(job: JobConfig, params: RunParams, now: datetime) -> None:
+    if params != RunParams():
+        raise UsageError(f"--date, --from and --to apply to analytics-aggregate only, not {job.job_id}")
+
+
+def _analytics_params(job: JobConfig, params: RunParams, now: datetime) -> None:
+    analytics.days_for(params, now, job.schedule.timezone)
 
 
 @dataclass(frozen=True)
@@ -18,6 +33,7 @@ class JobSpec:
     endpoint: str
     run: JobFunction
     summary_keys: tuple[str, ...]
+    check_params: ParamsCheck = _no_params
 
 
 JOBS: dict[str, JobSpec] = {
@@ -40,6 +56,7 @@ JOBS: dict[str, JobSpec] = {
             "Aggregates yesterday's orders, revenue, new customers and products sold per tenant",
             "/api/admin/analytics/aggregate", analytics.run,
             ("date", "tenants", "cache_writes", "orders", "revenue"),
+            _analytics_params,
         ),
         JobSpec(
             "cleanup", "Data cleanup",

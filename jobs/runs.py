@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from jobs.cache import Cache, open_cache
@@ -215,7 +215,8 @@ def recover_stale_runs(engine: Engine, now: datetime, stale_after: float) -> lis
         .where(
             ops_runs.c.status == RunStatus.RUNNING,
             or_(
-                ops_runners.c.id.is_(None),
+                # A run with no runner_id (a CLI without presence) has no heartbeat to lose.
+                and_(ops_runs.c.runner_id.is_not(None), ops_runners.c.id.is_(None)),
                 ops_runners.c.heartbeat_at < cutoff,
                 ops_runners.c.stopped_at.is_not(None),
             ),
@@ -264,6 +265,7 @@ def execute(
     spec = get_job(job_id)
     job = settings.job(job_id)
     params = params or RunParams()
+    spec.check_params(job, params, now)
     require_platform_tables(engine)
     started = clock()
     run_id = claimed_run_id

@@ -214,10 +214,13 @@ def test_date_and_backfill(engine: Engine, settings: Settings, cache: Cache) -> 
 def test_bad_range_is_a_usage_error(engine: Engine, settings: Settings, cache: Cache,
                                     params: RunParams) -> None:
     tid = add_tenant(engine)
-    report = trigger(engine, settings, cache, params=params)
-    assert report.status is RunStatus.FAILED and report.exit_code is ExitCode.USAGE
-    assert report.items == ()
+    # Refused before anything is written: no run row, no key.
+    with pytest.raises(UsageError) as exc:
+        trigger(engine, settings, cache, params=params)
+    assert exc.value.exit_code is ExitCode.USAGE
     assert cached(cache, tid, params.date_from or DAY) is None
+    with engine.connect() as c:
+        assert c.execute(select(ops_runs)).all() == []
 
 
 def test_preview_writes_no_key_and_reports_the_same(engine: Engine, settings: Settings,
