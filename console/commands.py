@@ -1,0 +1,516 @@
+"""The scriptable commands of SPEC 8. Each is `cmd_x(ctx, args) -> exit code`.
+
+Data goes to stdout (one JSON document with --json, else compact aligned tables);
+diagnostics and progress go to stderr. Expected failures are raised as OpsError and
+printed by console.cli as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import date, datetime, timedelta
+from importlib import import_module
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from sqlalchemy import or_, select
+
+from console.context import CliContext
+from jobs import runs
+from jobs.db import check_reachable, make_engine, redact, tenants, transaction
+from jobs.errors import ExitCode, UnknownJobError, UsageError
+from jobs.presence import Presence, list_runners, who_am_i
+from jobs.records import ItemStatus, Progress, RunParams, RunRecord, RunReport
+from jobs.settings import JOB_IDS
+from jobs.timeutil import as_utc, iso, parse_timestamp, utc_now
+
+ANALYTICS_JOB = "analytics-aggregate"
+ANALYTICS_DAYS = 14
+
+# --- small helpers for human output ---------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Columns padded to their widest cell; the last column is left ragged."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else f"{as_utc(value):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _span(seconds: float) -> str:
+    s = int(abs(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s" if s < 600 else f"{s // 60}m"
+    if s < 86_400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86_400}d {s % 86_400 // 3600}h"
+
+
+def _relative(value: datetime, now: datetime) -> str:
+    delta = (value - now).total_seconds()
+    return f"in {_span(delta)}" if delta >= 0 else f"{_span(delta)} ago"
+
+
+def _summary_words(summary: Any) -> str:
+    if not summary:
+        return "-"
+    return ", ".join(f"{k}={v}" for k, v in dict(summary).items())
+
+
+def _check_job(job_id: str) -> str:
+    if job_id not in JOB_IDS:
+        raise UnknownJobError(job_id, list(JOB_IDS))
+    return job_id
+
+
+def _parse_now(text: str | None) -> datetime:
+    if text is None:
+        return utc_now()
+    try:
+        return parse_timestamp(text)
+    except ValueError as exc:
+        raise UsageError(f"--now: {exc}") from None
+
+
+def _parse_date(flag: str, text: str | None) -> date | None:
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"{flag}: {text!r} is not a date; write YYYY-MM-DD") from None
+
+
+# --- jobs ------------------------------------------------------------------------------------
+
+
+def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
+    now = _parse_now(args.now)
+    if args.count < 0:
+        raise UsageError("--count: must not be negative")
+    engine = ctx.engine  # the schedules need no cache: it is never opened here
+    states = runs.job_states(engine)
+    last = runs.last_runs(engine)
+    rows: list[dict[str, Any]] = []
+    for job_id in JOB_IDS:
+        job = ctx.settings.job(job_id)
+        tz = job.schedule.timezone
+        record = last.get(job_id)
+        rows.append({
+            "job": job_id,
+            "schedule": job.schedule.expression,
+            "timezone": job.timezone,
+            "enabled": job.enabled,
+            "paused": states[job_id].paused,
+            # In the job's own zone, so the offset says which wall clock the cron reads.
+            "next_runs": [s.astimezone(tz).isoformat()
+                          for s in job.schedule.next_slots(now, args.count)],
+            "last_run": None if record is None else record.to_json(),
+        })
+    if ctx.json:
+        ctx.emit_json(rows)
+        return ExitCode.OK
+
+    human = []
+    for row in rows:
+        job = ctx.settings.job(row["job"])
+        record = last.get(row["job"])
+        nxt = job.schedule.next_slots(now, 1)
+        state = "disabled" if not job.enabled else "paused" if row["paused"] else "active"
+        human.append((
+            row["job"],
+            f"{job.schedule.expression}  ({job.schedule.describe()})",
+            "-" if not nxt else f"{nxt[0].astimezone(job.schedule.timezone):%Y-%m-%d %H:%M %Z}"
+                                f" ({_relative(nxt[0], now)})",
+            "never" if record is None
+            else f"{record.status} {_relative(record.finished_at or record.created_at, now)}",
+            state,
+        ))
+    ctx.out(table(("JOB", "SCHEDULE", "NEXT RUN", "LAST RUN", "STATE"), human))
+    return ExitCode.OK
+
+
+# --- trigger / preview -----------------------------------------------------------------------
+
+
+def _run_params(args: argparse.Namespace) -> RunParams:
+    the_date = _parse_date("--date", args.date)
+    date_from = _parse_date("--from", args.date_from)
+    date_to = _parse_date("--to", args.date_to)
+    if (the_date or date_from or date_to) and args.job != ANALYTICS_JOB:
+        raise UsageError(f"--date, --from and --to apply to {ANALYTICS_JOB} only, not {args.job}")
+    if the_date and (date_from or date_to):
+        raise UsageError("give either --date or --from/--to, not both")
+    if (date_from is None) != (date_to is None):
+        raise UsageError("--from needs --to (and --to needs --from): a backfill is a range")
+    if date_from and date_to and date_from > date_to:
+        raise UsageError(f"--from {date_from} is after --to {date_to}")
+    return RunParams(date=the_date, date_from=date_from, date_to=date_to)
+
+
+class _ProgressLine:
+    """At most one progress line a second on stderr, for people watching a long run."""
+
+    def __init__(self, ctx: CliContext, job_id: str) -> None:
+        self.ctx = ctx
+        self.job_id = job_id
+        self.last = time.monotonic()  # quiet for runs shorter than a second
+
+    def __call__(self, p: Progress) -> None:
+        now = time.monotonic()
+        if now - self.last < 1.0:
+            return
+        self.last = now
+        total = "?" if p.total is None else str(p.total)
+        errors = f", {p.errors} failed" if p.errors else ""
+        self.ctx.err(f"{self.job_id}: {p.done}/{total} items{errors}")
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event, ctx: CliContext) -> Iterator[None]:
+    """Ctrl-C / SIGTERM ask the job to stop after the tenant in hand, so the run is recorded
+    as interrupted instead of left `running`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        ctx.err("storeflow-ops: stopping after the tenant in hand (again to abort)")
+
+    previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def cmd_trigger(ctx: CliContext, args: argparse.Namespace) -> int:
+    job_id = _check_job(args.job)
+    dry_run = args.command == "preview" or bool(getattr(args, "dry_run", False))
+    now = _parse_now(args.now)
+    params = _run_params(args)
+    engine = ctx.engine
+    stop = threading.Event()
+    progress = None if ctx.json else _ProgressLine(ctx, job_id)
+
+    def started(run_id: int | None) -> None:
+        if not ctx.json:
+            what = "previewing" if run_id is None else f"run {run_id}:"
+            ctx.err(f"{what} {job_id} at {iso(now)}")
+
+    def execute(runner_id: str | None) -> RunReport:
+        with _stop_on_signals(stop, ctx):
+            return runs.execute(
+                engine, ctx.settings, job_id, now=now, started_by=who_am_i(),
+                dry_run=dry_run, runner_id=runner_id, params=params, on_progress=progress,
+                stop=stop, on_started=started,
+            )
+
+    if dry_run:
+        report = execute(None)
+    else:
+        # Registered while the run lasts, so a killed CLI leaves a run that a runner or the
+        # next trigger recognises as dead (its heartbeat stops) and recovers.
+        presence = Presence(engine, "cli", clock=utc_now,
+                            interval=ctx.settings.runner.heartbeat_interval)
+        with presence:
+            report = execute(presence.id)
+
+    if ctx.json:
+        ctx.emit_json(report.to_json())
+    else:
+        _print_report(ctx, report)
+    return int(report.exit_code)
+
+
+def _print_report(ctx: CliContext, report: RunReport, record: RunRecord | None = None) -> None:
+    run = "preview" if report.run_id is None else f"run {report.run_id}"
+    ctx.out(f"{report.message}: {report.job_id} ({run}, {report.status}, {report.trigger})")
+    ctx.out(f"  now:       {_when(report.reference_time)}")
+    if report.scheduled_for is not None:
+        ctx.out(f"  slot:      {_when(report.scheduled_for)}")
+    if record is not None:
+        ctx.out(f"  by:        {record.started_by}")
+    ctx.out(f"  started:   {_when(report.started_at)}  "
+            f"took {_span((report.finished_at - report.started_at).total_seconds())}")
+    ctx.out(f"  summary:   {_summary_words(report.summary)}")
+    processed, failed = (report.processed, len(report.errors)) if record is None else (
+        record.processed, record.errors)
+    ctx.out(f"  items:     {processed} ({failed} failed)")
+    if report.error:
+        ctx.out(f"  error:     {report.error}")
+    if report.items:
+        ctx.out("")
+        ctx.out(_items_table(report))
+
+
+def _items_table(report: RunReport) -> str:
+    rows = []
+    for item in report.items:
+        if item.status is ItemStatus.ERROR:
+            note = item.error or ""
+        else:
+            note = " ".join(f"{k}={v}" for k, v in dict(item.detail).items()
+                            if not isinstance(v, dict | list))
+        rows.append((item.tenant_id or "-", item.tenant_name or "", item.action,
+                     str(item.status), note))
+    return table(("TENANT", "NAME", "ACTION", "STATUS", "DETAIL / ERROR"), rows)
+
+
+# --- history / show --------------------------------------------------------------------------
+
+
+def cmd_history(ctx: CliContext, args: argparse.Namespace) -> int:
+    job_id = _check_job(args.job) if args.job else None
+    if args.limit < 1:
+        raise UsageError("--limit: must be at least 1")
+    records = runs.history(ctx.engine, job_id, limit=args.limit)
+    if ctx.json:
+        ctx.emit_json([r.to_json() for r in records])
+        return ExitCode.OK
+    if not records:
+        ctx.err("no runs yet")
+        return ExitCode.OK
+    rows = [
+        (r.run_id, r.job_id, r.trigger, r.status, _when(r.scheduled_for or r.reference_time),
+         _when(r.started_at),
+         "-" if r.duration_seconds is None else _span(r.duration_seconds),
+         r.processed, r.errors)
+        for r in records
+    ]
+    ctx.out(table(("RUN", "JOB", "TRIGGER", "STATUS", "SLOT / NOW", "STARTED", "TOOK",
+                   "ITEMS", "ERRORS"), rows))
+    return ExitCode.OK
+
+
+def cmd_show(ctx: CliContext, args: argparse.Namespace) -> int:
+    record = runs.get_run(ctx.engine, args.run_id)
+    if record is None:
+        raise UsageError(f"no run {args.run_id}")
+    report = runs.report_for(ctx.engine, record, errors_only=args.errors)
+    if ctx.json:
+        ctx.emit_json(report.to_json())
+    else:
+        _print_report(ctx, report, record)
+    return ExitCode.OK
+
+
+# --- analytics -------------------------------------------------------------------------------
+
+
+def _find_tenant(ctx: CliContext, key: str) -> tuple[str, str]:
+    """(id, name) of the tenant with this id, or else this exact name."""
+    with transaction(ctx.engine) as conn:
+        rows = conn.execute(
+            select(tenants.c.id, tenants.c.name)
+            .where(or_(tenants.c.id == key, tenants.c.name == key))
+            .order_by((tenants.c.id == key).desc())
+            .limit(2)
+        ).all()
+    if not rows:
+        raise UsageError(f"unknown tenant {key!r}")
+    if len(rows) > 1 and rows[0].id != key:
+        raise UsageError(f"several tenants are named {key!r}; give the tenant id")
+    return str(rows[0].id), str(rows[0].name)
+
+
+def cmd_analytics(ctx: CliContext, args: argparse.Namespace) -> int:
+    from jobs.analytics import cache_key, last_days, read_days
+
+    the_date = _parse_date("--date", args.date)
+    tenant_id, name = _find_tenant(ctx, args.tenant)
+    if the_date is not None:
+        days = [the_date]
+    else:
+        tz = ctx.settings.job(ANALYTICS_JOB).schedule.timezone
+        today = utc_now().astimezone(tz).date()
+        days = last_days(today - timedelta(days=1), ANALYTICS_DAYS)
+    cache = ctx.cache()
+    values = read_days(cache, tenant_id, days)
+    if ctx.json:
+        ctx.emit_json([
+            {"date": v.day.isoformat(), "key": cache_key(tenant_id, v.day), "value": v.value,
+             "ttl": v.ttl}
+            for v in values
+        ])
+        return ExitCode.OK
+    ctx.err(f"{name} ({tenant_id}), from {cache.description}")
+    rows: list[tuple[object, ...]] = []
+    for v in values:
+        if v.value is None:
+            rows.append((v.day.isoformat(), "-", "-", "-", "-", "not cached"))
+            continue
+        d = v.value
+        revenue = d.get("revenue")
+        rows.append((v.day.isoformat(), d.get("orders"),
+                     f"{revenue:.2f}" if isinstance(revenue, int | float) else revenue,
+                     d.get("newCustomers"),
+                     d.get("productsSold"), "no expiry" if v.ttl is None else _span(v.ttl)))
+    ctx.out(table(("DATE", "ORDERS", "REVENUE", "NEW CUSTOMERS", "PRODUCTS SOLD", "TTL"), rows))
+    return ExitCode.OK
+
+
+# --- outbox ----------------------------------------------------------------------------------
+
+
+def cmd_outbox(ctx: CliContext, args: argparse.Namespace) -> int:
+    from jobs.outbox import counts_by_status, list_entries
+
+    if args.limit < 1:
+        raise UsageError("--limit: must be at least 1")
+    entries = list_entries(ctx.engine, status=args.status, limit=args.limit)
+    if ctx.json:
+        ctx.emit_json([e.to_json() for e in entries])
+        return ExitCode.OK
+    rows = [(e.id, e.kind, e.tenant_id or "-", e.recipient, e.status, e.attempts,
+             _when(e.created_at), e.subject) for e in entries]
+    if rows:
+        ctx.out(table(("ID", "KIND", "TENANT", "TO", "STATUS", "ATTEMPTS", "QUEUED", "SUBJECT"),
+                      rows))
+    else:
+        ctx.err("the outbox is empty" if args.status is None else f"no {args.status} emails")
+    pending = counts_by_status(ctx.engine).get("pending", 0)
+    if pending and not ctx.settings.smtp_url:
+        ctx.err(
+            f"note: {pending} pending email(s) are not being sent: SMTP_URL is not set. "
+            "Set SMTP_URL (smtp://user:pass@host:port) and MAIL_FROM, then run "
+            "`storeflow-ops outbox send` or the runner."
+        )
+    return ExitCode.OK
+
+
+# --- pause / resume / status -----------------------------------------------------------------
+
+
+def _set_paused(ctx: CliContext, args: argparse.Namespace, paused: bool) -> int:
+    job_id = _check_job(args.job)
+    changed = runs.set_paused(ctx.engine, job_id, paused, by=who_am_i(), now=utc_now())
+    word = "paused" if paused else "resumed"
+    if changed:
+        ctx.out(f"{job_id}: {word}")
+    else:
+        ctx.out(f"{job_id}: already {'paused' if paused else 'running on schedule'}; "
+                "nothing changed")
+    return ExitCode.OK
+
+
+def cmd_pause(ctx: CliContext, args: argparse.Namespace) -> int:
+    return _set_paused(ctx, args, True)
+
+
+def cmd_resume(ctx: CliContext, args: argparse.Namespace) -> int:
+    return _set_paused(ctx, args, False)
+
+
+def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
+    engine = ctx.engine
+    now = utc_now()
+    processes = list_runners(engine, now, ctx.settings.runner.stale_after,
+                             kinds=("runner", "console", "cli"))
+    alive = any(p.alive and p.kind == "runner" for p in processes)
+    states = runs.job_states(engine)
+    running = {r.job_id: r.run_id for r in runs.running_runs(engine)}
+    jobs = [
+        {"job": job_id, "enabled": ctx.settings.job(job_id).enabled,
+         "paused": states[job_id].paused, "running": job_id in running,
+         "run_id": running.get(job_id)}
+        for job_id in JOB_IDS
+    ]
+    if ctx.json:
+        ctx.emit_json({"runner_alive": alive, "runners": [p.to_json() for p in processes],
+                       "jobs": jobs, "database": redact(ctx.settings.database_url)})
+    else:
+        ctx.out(f"database: {redact(ctx.settings.database_url)}")
+        if processes:
+            ctx.out(table(
+                ("KIND", "HOST", "PID", "STARTED", "LAST HEARTBEAT", "ALIVE"),
+                [(p.kind, p.host, p.pid, _when(p.started_at),
+                  f"{_when(p.heartbeat_at)} ({_relative(p.heartbeat_at, now)})",
+                  "yes" if p.alive else "no") for p in processes],
+            ))
+        ctx.out("")
+        ctx.out(table(
+            ("JOB", "STATE", "RUNNING"),
+            [(j["job"], "disabled" if not j["enabled"] else "paused" if j["paused"] else "active",
+              f"run {j['run_id']}" if j["running"] else "-") for j in jobs],
+        ))
+    if not alive:
+        ctx.err("storeflow-ops: no runner is alive: scheduled slots are not firing "
+                "(start one with `storeflow-ops run`)")
+        return ExitCode.FAILED
+    return ExitCode.OK
+
+
+# --- db upgrade ------------------------------------------------------------------------------
+
+
+def cmd_db_upgrade(ctx: CliContext, args: argparse.Namespace) -> int:
+    from jobs.migrate import upgrade
+
+    # Not ctx.engine: that one migrates on open, and this command should report the change.
+    engine = make_engine(ctx.settings.database_url)
+    try:
+        check_reachable(engine)
+        before, after = upgrade(engine)
+    finally:
+        engine.dispose()
+    where = redact(ctx.settings.database_url)
+    if before == after:
+        ctx.out(f"ops_ tables already at revision {after} ({where})")
+    else:
+        ctx.out(f"ops_ tables upgraded: {before or 'none'} -> {after} ({where})")
+    return ExitCode.OK
+
+
+# --- demo ------------------------------------------------------------------------------------
+
+
+def default_demo_path() -> Path:
+    from jobs.db import default_sqlite_path
+
+    return default_sqlite_path().with_name("demo.sqlite3")
+
+
+def cmd_demo(ctx: CliContext, args: argparse.Namespace) -> int:
+    from jobs.demo import build_demo
+
+    if args.tenants < 1:
+        raise UsageError("--tenants: must be at least 1")
+    path = Path(args.path).expanduser().resolve() if args.path else default_demo_path()
+    url = f"sqlite:///{path}"
+    # The demo's own database and embedded cache, whatever DATABASE_URL / REDIS_URL say.
+    settings = replace(ctx.settings, database_url=url, cache_url=None)
+    ctx.err(f"building the demo database in {path} ...")
+    info = build_demo(path, args.tenants, utc_now(), settings=settings)
+    ctx.out(f"demo database: {path}")
+    ctx.out(f"  {info.tenants} tenants, {info.orders} orders, {info.runs} runs, "
+            f"{info.emails} emails")
+    ctx.out(f"  try: DATABASE_URL={url} storeflow-ops jobs")
+    if args.no_tui:
+        return ExitCode.OK
+    try:
+        # console.app is the Textual console; imported here so building needs no Textual.
+        run_app = import_module("console.app").run_app
+    except (ImportError, AttributeError) as exc:
+        ctx.err(f"storeflow-ops: the console cannot open yet ({exc}); "
+                "the demo database is ready for the commands above")
+        return ExitCode.OK
+    return int(run_app(settings, read_only=bool(args.read_only)))

@@ -1,0 +1,512 @@
+"""The CLI of SPEC 8: JSON documents, human tables, exit codes 0/1/2/3/4, and never a
+traceback. Exit codes and streams are checked on real `storeflow-ops` subprocesses;
+in-process `console.cli.main` is used where only the output matters."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from console.cli import main
+from jobs import runs
+from jobs.db import (
+    cart_items,
+    make_engine,
+    ops,
+    ops_email_outbox,
+    ops_runners,
+    ops_runs,
+    order_products,
+    orders,
+    platform,
+    tenants,
+)
+from jobs.presence import Presence
+from jobs.settings import Settings
+from jobs.timeutil import utc_now
+from tests.factories import add_customer, add_order, add_product, add_tenant
+
+NOW = datetime(2026, 11, 28, 0, 30, tzinfo=UTC)  # a Saturday
+NOW_ARG = "2026-11-28T00:30:00Z"
+EXE = str(Path(sys.executable).with_name("storeflow-ops"))
+CLEAN_ENV = ("REDIS_URL", "KV_URL", "STOREFLOW_CONFIG", "SMTP_URL",
+             "SUBSCRIPTION_GRACE_PERIOD_DAYS", "DATABASE_URL")
+
+
+def cli(env: dict[str, str], *args: str, cwd: Path | None = None,
+        timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([EXE, *args], env=env, capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "internal error" not in proc.stderr, proc.stderr
+    return proc
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("storeflow-ops")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+@pytest.fixture
+def run_cli(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+            capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """`storeflow-ops ARGS` in this process, with the test's environment."""
+    for key in CLEAN_ENV:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+
+    def call(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return code, out, err
+
+    return call
+
+
+def run_json(run_cli: Callable[..., tuple[int, str, str]], *args: str,
+             expect: int = 0) -> Any:
+    code, out, err = run_cli(*args, "--json")
+    assert code == expect, err
+    return json.loads(out)
+
+
+def snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every platform and ops_ table."""
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    with engine.connect() as c:
+        for table in [*platform.sorted_tables, *ops.sorted_tables]:
+            rows = c.execute(select(table)).all()
+            out[table.name] = sorted(tuple(map(repr, r)) for r in rows)
+    return out
+
+
+def expiring_tenants(engine: Engine) -> tuple[str, str]:
+    """One tenant that expires at NOW's run, one that is past its grace."""
+    a = add_tenant(engine, id="t-expires", expire_date=NOW - timedelta(hours=1))
+    b = add_tenant(engine, id="t-past-grace", status="expired",
+                   expire_date=NOW - timedelta(days=9))
+    add_tenant(engine, id="t-fine", expire_date=NOW + timedelta(days=90))
+    return a, b
+
+
+SPEC_REPORT_KEYS = {"message", "job", "run_id", "trigger", "dry_run", "results", "timestamp"}
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def assert_report_shape(report: dict[str, Any]) -> None:
+    assert set(report) >= SPEC_REPORT_KEYS
+    assert set(report["results"]) == {"processed", "errors", "summary", "items"}
+    assert TIMESTAMP.match(report["timestamp"]), report["timestamp"]
+    assert isinstance(report["results"]["processed"], int)
+    assert report["results"]["processed"] == len(report["results"]["items"])
+    for item in report["results"]["items"]:
+        assert set(item) == {"tenant_id", "action", "status", "detail", "error"}
+        assert item["status"] in ("ok", "error", "skipped")
+    for error in report["results"]["errors"]:
+        assert set(error) == {"tenant_id", "error"}
+
+
+# --- jobs ------------------------------------------------------------------------------------
+
+
+def test_jobs_json_fields_next_runs_and_last_run(engine: Engine, run_cli: Any) -> None:
+    rows = run_json(run_cli, "jobs", "--now", NOW_ARG, "--count", "3")
+    assert [r["job"] for r in rows] == ["expiry-checker", "payment-reminders",
+                                        "analytics-aggregate", "cleanup"]
+    by_job = {r["job"]: r for r in rows}
+    for row in rows:
+        assert set(row) == {"job", "schedule", "timezone", "enabled", "paused", "next_runs",
+                            "last_run"}
+        assert row["timezone"] == "UTC" and row["enabled"] is True and row["paused"] is False
+        assert row["last_run"] is None
+    assert by_job["expiry-checker"]["schedule"] == "0 0 * * *"
+    assert by_job["expiry-checker"]["next_runs"] == [
+        "2026-11-29T00:00:00+00:00", "2026-11-30T00:00:00+00:00", "2026-12-01T00:00:00+00:00"]
+    assert by_job["analytics-aggregate"]["next_runs"][0] == "2026-11-28T01:00:00+00:00"
+    assert by_job["cleanup"]["next_runs"] == [  # Sundays at 02:00
+        "2026-11-29T02:00:00+00:00", "2026-12-06T02:00:00+00:00", "2026-12-13T02:00:00+00:00"]
+
+    expiring_tenants(engine)
+    code, _, _ = run_cli("trigger", "expiry-checker", "--now", NOW_ARG)
+    assert code == 0
+    last = {r["job"]: r["last_run"] for r in run_json(run_cli, "jobs", "--now", NOW_ARG)}
+    assert last["expiry-checker"]["status"] == "succeeded"
+    assert last["expiry-checker"]["trigger"] == "manual"
+    assert last["expiry-checker"]["processed"] == 2
+    assert last["cleanup"] is None
+
+    code, out, _ = run_cli("jobs", "--now", NOW_ARG)
+    assert code == 0
+    line = next(ln for ln in out.splitlines() if ln.startswith("expiry-checker"))
+    assert "0 0 * * *" in line and "daily at 00:00" in line
+    assert "2026-11-29 00:00" in line and "succeeded" in line
+
+
+def test_jobs_next_runs_in_the_jobs_timezone_with_cron_dst_rules(
+        engine: Engine, run_cli: Any, tmp_path: Path) -> None:
+    config = tmp_path / "berlin.toml"
+    config.write_text('[jobs.expiry-checker]\nschedule = "30 2 * * *"\n'
+                      'timezone = "Europe/Berlin"\n')
+    rows = run_json(run_cli, "--config", str(config), "jobs", "--now", "2026-03-28T12:00:00Z",
+                    "--count", "3")
+    row = rows[0]
+    assert row["timezone"] == "Europe/Berlin"
+    # 02:30 does not exist on 29 March: the slot fires once at the first valid minute.
+    assert row["next_runs"] == ["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00",
+                                "2026-03-31T02:30:00+02:00"]
+
+
+def test_jobs_does_not_need_the_cache(engine: Engine, env: dict[str, str]) -> None:
+    proc = cli({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}, "jobs", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == 4
+
+
+# --- trigger / preview -----------------------------------------------------------------------
+
+
+def test_trigger_json_is_the_spec_report(engine: Engine, env: dict[str, str],
+                                         tmp_path: Path) -> None:
+    a, b = expiring_tenants(engine)
+    proc = cli(env, "trigger", "expiry-checker", "--now", NOW_ARG, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert_report_shape(report)
+    assert report["message"] == "Job completed"
+    assert report["job"] == "expiry-checker"
+    assert report["trigger"] == "manual" and report["dry_run"] is False
+    assert isinstance(report["run_id"], int)
+    results = report["results"]
+    assert results["processed"] == 2 and results["errors"] == []
+    assert results["summary"] == {"expired": 1, "suspended": 1, "unchanged": 0,
+                                  "emails_queued": 2}
+    assert {(i["tenant_id"], i["action"], i["status"]) for i in results["items"]} == {
+        (a, "expired", "ok"), (b, "suspended", "ok")}
+    with engine.connect() as c:
+        run = c.execute(select(ops_runs)).one()
+        assert run.id == report["run_id"] and run.status == "succeeded"
+        # The CLI registered itself for the run's duration, and signed off afterwards.
+        runner = c.execute(select(ops_runners).where(ops_runners.c.id == run.runner_id)).one()
+        assert runner.kind == "cli" and runner.stopped_at is not None
+        assert "@" in run.started_by
+
+
+def test_trigger_human_summary_and_item_error_exit_1(engine: Engine, env: dict[str, str],
+                                                     tmp_path: Path) -> None:
+    add_tenant(engine, id="t-bad-mail", email="owner@gmail,com",
+               expire_date=NOW - timedelta(hours=2))
+    add_tenant(engine, id="t-good", expire_date=NOW - timedelta(hours=2))
+    proc = cli(env, "trigger", "expiry-checker", "--now", NOW_ARG, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "Job completed with errors" in proc.stdout
+    assert "expired=1" in proc.stdout
+    bad = next(ln for ln in proc.stdout.splitlines() if ln.startswith("t-bad-mail"))
+    assert "error" in bad and "gmail,com" in bad
+    with engine.connect() as c:
+        status = {r.id: r.status for r in c.execute(select(tenants.c.id, tenants.c.status))}
+    assert status == {"t-bad-mail": "active", "t-good": "expired"}
+
+
+@pytest.mark.parametrize("how", [("preview",), ("trigger", "--dry-run")])
+def test_preview_reports_the_real_run_and_writes_nothing(
+        engine: Engine, run_cli: Any, how: tuple[str, ...]) -> None:
+    expiring_tenants(engine)
+    before = snapshot(engine)
+    preview = run_json(run_cli, *how, "expiry-checker", "--now", NOW_ARG)
+    assert snapshot(engine) == before
+    assert_report_shape(preview)
+    assert preview["message"] == "Preview completed"
+    assert preview["dry_run"] is True and preview["run_id"] is None
+
+    real = run_json(run_cli, "trigger", "expiry-checker", "--now", NOW_ARG)
+    assert real["results"]["summary"] == preview["results"]["summary"]
+    assert [(i["tenant_id"], i["action"]) for i in real["results"]["items"]] == [
+        (i["tenant_id"], i["action"]) for i in preview["results"]["items"]]
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "HOME": str(tmp_path),
+           "PATH": "/usr/bin:/bin"}
+    seed = make_engine(env["DATABASE_URL"])
+    platform.create_all(seed)
+    seed.dispose()
+    cases: list[tuple[list[str], list[str]]] = [
+        (["trigger", "nope"], ["unknown job 'nope'", "expiry-checker", "cleanup"]),
+        (["preview", "nope", "--json"], ["unknown job 'nope'"]),
+        (["trigger", "expiry-checker", "--now", "yesterday"], ["--now"]),
+        (["trigger", "expiry-checker", "--now", "2026-11-28T00:00:00"], ["--now", "offset"]),
+        (["trigger", "analytics-aggregate", "--date", "2026-13-01"], ["--date", "YYYY-MM-DD"]),
+        (["trigger", "expiry-checker", "--date", "2026-11-01"], ["analytics-aggregate only"]),
+        (["trigger", "analytics-aggregate", "--from", "2026-11-01"], ["--from needs --to"]),
+        (["trigger", "analytics-aggregate", "--from", "2026-11-05", "--to", "2026-11-01"],
+         ["after --to"]),
+        (["history", "nope"], ["unknown job 'nope'"]),
+        (["pause", "nope"], ["unknown job 'nope'"]),
+        (["show", "999"], ["no run 999"]),
+        (["analytics", "no-such-tenant"], ["unknown tenant 'no-such-tenant'"]),
+        (["analytics", "x", "--date", "soon"], ["--date"]),
+        (["jobs", "--now", "noon"], ["--now"]),
+        (["demo", "--tenants", "0", "--no-tui", "--path", str(tmp_path / "d.sqlite3")],
+         ["--tenants"]),
+    ]
+    for args, words in cases:
+        proc = cli(env, *args, cwd=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr)
+        line = one_line_error(proc)
+        for word in words:
+            assert word in line, (args, line)
+        assert proc.stdout == "", args
+    with make_engine(env["DATABASE_URL"]).connect() as c:
+        assert c.execute(select(ops_runs)).all() == []  # refused before anything was recorded
+
+
+def test_unreachable_database_exit_3(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    base = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    for url in ("postgresql://postgres@127.0.0.1:1/x", f"sqlite:///{blocker}/sub/db.sqlite3"):
+        for args in (["jobs"], ["trigger", "expiry-checker", "--json"], ["status"]):
+            proc = cli({**base, "DATABASE_URL": url}, *args, cwd=tmp_path)
+            assert proc.returncode == 3, (url, args, proc.stderr)
+            assert "database unreachable" in one_line_error(proc)
+            assert proc.stdout == ""
+
+
+def test_unreachable_redis_fails_analytics_only(engine: Engine, env: dict[str, str],
+                                                tmp_path: Path) -> None:
+    tid = add_tenant(engine, id="t-shop", expire_date=NOW - timedelta(hours=1))
+    down = {**env, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    proc = cli(down, "trigger", "analytics-aggregate", "--now", NOW_ARG, "--json", cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["message"] == "Job failed"
+    assert any("cache unreachable" in (e["error"] or "") for e in report["results"]["errors"])
+
+    proc = cli(down, "analytics", tid, cwd=tmp_path)
+    assert proc.returncode == 3
+    assert "cache unreachable" in one_line_error(proc)
+
+    proc = cli(down, "trigger", "expiry-checker", "--now", NOW_ARG, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["results"]["summary"]["expired"] == 1
+
+
+@pytest.fixture
+def held_lock(engine: Engine, settings: Settings) -> Iterator[int]:
+    """expiry-checker running in another thread, paused inside its run, with a live
+    presence: the job's lock is genuinely held."""
+    add_tenant(engine, id="t-slow", expire_date=NOW - timedelta(hours=1))
+    started = threading.Event()
+    release = threading.Event()
+    run_ids: list[int | None] = []
+
+    def on_started(run_id: int | None) -> None:
+        run_ids.append(run_id)
+        started.set()
+        release.wait(60)
+
+    presence = Presence(engine, "cli", clock=utc_now).start()
+    worker = threading.Thread(target=runs.execute, args=(engine, settings, "expiry-checker"),
+                              kwargs={"now": NOW, "started_by": "test", "on_started": on_started,
+                                      "runner_id": presence.id})
+    worker.start()
+    try:
+        assert started.wait(30)
+        assert run_ids[0] is not None
+        yield run_ids[0]
+    finally:
+        release.set()
+        worker.join(30)
+        presence.stop()
+
+
+def test_job_already_running_exit_4(engine: Engine, env: dict[str, str], held_lock: int,
+                                    tmp_path: Path) -> None:
+    proc = cli(env, "trigger", "expiry-checker", "--now", NOW_ARG, "--json", cwd=tmp_path)
+    assert proc.returncode == 4, proc.stderr
+    line = one_line_error(proc)
+    assert "already running" in line and f"run {held_lock}" in line
+    with engine.connect() as c:
+        assert c.execute(select(ops_runs.c.id)).scalars().all() == [held_lock]
+    # A preview does not need the lock.
+    proc = cli(env, "preview", "expiry-checker", "--now", NOW_ARG, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    # status shows it running.
+    status = json.loads(cli(env, "status", "--json", cwd=tmp_path).stdout)
+    job = next(j for j in status["jobs"] if j["job"] == "expiry-checker")
+    assert job["running"] is True and job["run_id"] == held_lock
+
+
+# --- history / show --------------------------------------------------------------------------
+
+
+def test_history_and_show(engine: Engine, run_cli: Any) -> None:
+    add_tenant(engine, id="t-bad-mail", email="owner@gmail,com",
+               expire_date=NOW - timedelta(hours=2))
+    add_tenant(engine, id="t-good", expire_date=NOW - timedelta(hours=2))
+    first = run_json(run_cli, "trigger", "expiry-checker", "--now", NOW_ARG, expect=1)
+    second = run_json(run_cli, "trigger", "expiry-checker", "--now", NOW_ARG, expect=1)
+
+    rows = run_json(run_cli, "history")
+    assert [r["run_id"] for r in rows] == [second["run_id"], first["run_id"]]
+    for row in rows:
+        assert set(row) == {"run_id", "job", "trigger", "scheduled_for", "status", "started_at",
+                            "finished_at", "processed", "errors"}
+        assert row["status"] == "partial" and row["errors"] == 1
+        assert row["scheduled_for"] is None
+        assert datetime.fromisoformat(row["started_at"]).utcoffset() == timedelta(0)
+    assert rows[0]["processed"] == rows[1]["processed"] == 2
+    assert {(i["tenant_id"], i["action"]) for i in second["results"]["items"]} == {
+        ("t-bad-mail", "expired"), ("t-good", "unchanged")}
+    assert run_json(run_cli, "history", "cleanup") == []
+    assert len(run_json(run_cli, "history", "expiry-checker", "--limit", "1")) == 1
+
+    shown = run_json(run_cli, "show", str(first["run_id"]))
+    assert_report_shape(shown)
+    assert shown["message"] == "Job completed with errors"
+    assert shown["results"]["items"] == first["results"]["items"]
+    assert shown["results"]["errors"] == [
+        {"tenant_id": "t-bad-mail", "error": first["results"]["errors"][0]["error"]}]
+    only_errors = run_json(run_cli, "show", str(first["run_id"]), "--errors")
+    assert [i["tenant_id"] for i in only_errors["results"]["items"]] == ["t-bad-mail"]
+
+    code, out, _ = run_cli("history")
+    assert code == 0 and "partial" in out and out.splitlines()[0].startswith("RUN")
+    code, out, _ = run_cli("show", str(first["run_id"]))
+    assert code == 0 and "t-bad-mail" in out and "gmail,com" in out
+
+
+# --- analytics -------------------------------------------------------------------------------
+
+
+def test_analytics_command_reads_the_cache(engine: Engine, run_cli: Any) -> None:
+    tid = add_tenant(engine, id="t-shop", name="Copper Fox")
+    pid = add_product(engine, tid, price="10.00")
+    day = date(2026, 11, 27)
+    add_order(engine, tid, datetime(2026, 11, 27, 10, tzinfo=UTC), "20.00", lines=[(pid, 2)])
+    add_order(engine, tid, datetime(2026, 11, 27, 11, tzinfo=UTC), "5.00", "refunded")
+    add_customer(engine, tid, datetime(2026, 11, 27, 9, tzinfo=UTC))
+
+    report = run_json(run_cli, "trigger", "analytics-aggregate", "--date", day.isoformat())
+    assert report["results"]["summary"]["cache_writes"] == 1
+
+    values = run_json(run_cli, "analytics", tid, "--date", "2026-11-27")
+    assert len(values) == 1
+    v = values[0]
+    assert v["date"] == "2026-11-27"
+    assert v["key"] == f"analytics:{tid}:overview:daily:2026-11-27"
+    assert {k: v["value"][k] for k in ("orders", "revenue", "newCustomers", "productsSold")} == {
+        "orders": 2, "revenue": 20, "newCustomers": 1, "productsSold": 2}
+    assert 0 < v["ttl"] <= 86_400
+
+    # By name too; the default is the 14 days before today, uncached ones with null values.
+    recent = run_json(run_cli, "analytics", "Copper Fox")
+    assert len(recent) == 14
+    assert recent[0]["date"] == (utc_now().date() - timedelta(days=1)).isoformat()
+    assert all(r["value"] is None and r["ttl"] is None for r in recent
+               if r["date"] != "2026-11-27")
+
+    run_json(run_cli, "trigger", "analytics-aggregate", "--from", "2026-11-20",
+             "--to", "2026-11-21")
+    days = run_json(run_cli, "analytics", tid, "--date", "2026-11-21")
+    assert days[0]["value"]["orders"] == 0
+
+    code, out, _ = run_cli("analytics", tid, "--date", "2026-11-27")
+    assert code == 0 and "20.00" in out
+
+
+# --- outbox ----------------------------------------------------------------------------------
+
+
+def test_outbox_lists_emails_and_warns_without_smtp(engine: Engine, run_cli: Any) -> None:
+    a, b = expiring_tenants(engine)
+    run_json(run_cli, "trigger", "expiry-checker", "--now", NOW_ARG)
+    entries = run_json(run_cli, "outbox")
+    assert len(entries) == 2
+    for e in entries:
+        assert {"id", "kind", "tenant_id", "to", "subject", "status", "attempts",
+                "idempotency_key"} <= set(e)
+        assert e["status"] == "pending" and e["attempts"] == 0
+    assert {(e["tenant_id"], e["kind"], e["to"]) for e in entries} == {
+        (a, "subscription_expired", f"owner-{a}@example.com"),
+        (b, "subscription_suspended", f"owner-{b}@example.com")}
+    assert run_json(run_cli, "outbox", "--status", "sent") == []
+    assert len(run_json(run_cli, "outbox", "--limit", "1")) == 1
+
+    code, out, err = run_cli("outbox")
+    assert code == 0 and "subscription_expired" in out
+    assert "SMTP_URL" in err and "2 pending" in err
+
+
+# --- pause / resume / status -----------------------------------------------------------------
+
+
+def test_pause_resume_and_status(engine: Engine, run_cli: Any, env: dict[str, str],
+                                 tmp_path: Path) -> None:
+    code, out, _ = run_cli("pause", "cleanup")
+    assert code == 0 and "paused" in out and "already" not in out
+    code, out, _ = run_cli("pause", "cleanup")
+    assert code == 0 and "already" in out
+    paused = {r["job"]: r["paused"] for r in run_json(run_cli, "jobs")}
+    assert paused == {"expiry-checker": False, "payment-reminders": False,
+                      "analytics-aggregate": False, "cleanup": True}
+
+    proc = cli(env, "status", "--json", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "no runner is alive" in proc.stderr
+    status = json.loads(proc.stdout)
+    assert status["runner_alive"] is False
+    assert {j["job"]: j["paused"] for j in status["jobs"]}["cleanup"] is True
+
+    with Presence(engine, "runner", clock=utc_now) as runner:
+        proc = cli(env, "status", "--json", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        status = json.loads(proc.stdout)
+        assert status["runner_alive"] is True
+        mine = next(r for r in status["runners"] if r["id"] == runner.id)
+        assert mine["alive"] is True and mine["kind"] == "runner"
+        assert {"host", "pid", "started_at", "last_heartbeat"} <= set(mine)
+        code, out, _ = run_cli("status")
+        assert code == 0 and "runner" in out and "yes" in out
+
+    code, out, _ = run_cli("resume", "cleanup")
+    assert code == 0 and "resumed" in out
+    assert all(not r["paused"] for r in run_json(run_cli, "jobs"))
+    assert run_cli("status")[0] == 1  # the runner stopped
+
+
+# --- db upgrade and demo ---------------------------------------------------------------------
+
+
+def test_db_upgrade_reports_the_revision(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.sqlite3'}", "HOME": str(tmp_path),
+           "PATH": "/usr/bin:/bin"}
+    proc = cli(env, "db", "upgrade", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "none -> 0001" in proc.stdout
+    proc = cli(env, "db", "upgrade", cwd=tmp_path)
+    assert proc.returncode == 0 and "already at revision 0001" in proc.stdout
+    # Only the ops_ tables: the platform's are never created by an upgrade.
+    eng = make_engine(env["DATABASE_URL"])
+    from sqlalchemy import inspect
+    names = set(inspect(eng).get_table_names())
+    eng.dispose()
+    assert "ops_runs" in names and "tenants" not in names
+
