@@ -15,26 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
-
 from console.cli import main
 from jobs import runs
 from jobs.db import (
-    cart_items,
     make_engine,
     ops,
-    ops_email_outbox,
     ops_runners,
     ops_runs,
-    order_products,
-    orders,
     platform,
     tenants,
 )
 from jobs.presence import Presence
 from jobs.settings import Settings
 from jobs.timeutil import utc_now
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
 from tests.factories import add_customer, add_order, add_product, add_tenant
 
 NOW = datetime(2026, 11, 28, 0, 30, tzinfo=UTC)  # a Saturday
