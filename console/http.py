@@ -9,7 +9,9 @@ Status codes of a trigger:
   with `?dry_run=1`, the preview;
 - 401 `{"message": "Unauthorized"}`: no, malformed or wrong `Authorization: Bearer`;
 - 409: the job is already running (the holder's run id is in the body);
-- 500: the run started and failed (its report is the body, with the error);
+- 500: the run started and failed (its report is the body, with the error), or it
+  could not start (`{"message": "Job not started", "error": ...}`, e.g. a database
+  without StoreFlow's platform tables);
 - 503: the database did not answer before the run could start, the runner is shutting
   down, or the run was interrupted by the shutdown (its report is the body);
 - 404 unknown path, 405 other methods, 413 a body over MAX_BODY (bodies are ignored).
@@ -42,7 +44,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from jobs.db import first_line, ops_runners, transaction
-from jobs.errors import ConfigError, JobRunningError, UnreachableError
+from jobs.errors import ConfigError, JobRunningError, OpsError, UnreachableError
 from jobs.records import RunReport, RunStatus, Trigger
 from jobs.registry import JOBS
 from jobs.runs import execute
@@ -195,6 +197,9 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return _json(exc.status, {"message": exc.reason}, headers)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _json(500, {"message": "Internal Server Error"})
 
 
 class _HealthProbe:
@@ -255,14 +260,22 @@ def _version() -> str:
         return "unknown"
 
 
+_RUNNER_DETAILS = ("started_at", "last_loop_at", "next_wake", "running", "heartbeat_error")
+
+
 async def _healthz(request: web.Request) -> web.Response:
     host = request.app[_HOST]
     state = await request.app[_HEALTH].check()
+    runner: dict[str, Any] = {"id": host.runner_id, "alive": state["alive"],
+                              "stopping": host.stop.is_set()}
+    own = getattr(host, "health", None)  # the runner's own view, when the host has one
+    if callable(own):
+        details = own()
+        runner.update({k: details[k] for k in _RUNNER_DETAILS if k in details})
     body = {
         "status": "ok" if state["reachable"] else "unavailable",
         "version": _version(),
-        "runner": {"id": host.runner_id, "alive": state["alive"],
-                   "stopping": host.stop.is_set()},
+        "runner": runner,
         "database": {"reachable": state["reachable"], "error": state["error"]},
         "timestamp": iso_z(utc_now()),
     }
@@ -313,6 +326,10 @@ def _trigger_handler(job_id: str) -> Handler:
         except UnreachableError as exc:
             log.warning("http %s from %s: %s", job_id, client, exc.message)
             return _json(503, {"message": "Database unreachable", "job": job_id,
+                               "error": exc.message})
+        except OpsError as exc:  # refused before it started, e.g. no platform tables
+            log.error("http %s from %s: not started: %s", job_id, client, exc.message)
+            return _json(500, {"message": "Job not started", "job": job_id,
                                "error": exc.message})
         log.info("http %s from %s: %s %s (%d items, %d errors)", job_id, client,
                  "preview" if report.dry_run else f"run {report.run_id}", report.status,

@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.client
+import importlib.util
 import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -32,6 +35,7 @@ from console.http import HttpServer, check_token, parse_listen, start_http
 from jobs import runs
 from jobs.db import make_engine, ops_email_outbox, ops_runs, tenants
 from jobs.errors import ConfigError
+from jobs.migrate import upgrade
 from jobs.presence import Presence
 from jobs.registry import JOBS
 from jobs.settings import Overrides, Settings, load_settings
@@ -465,6 +469,22 @@ def test_healthz_is_503_when_the_database_is_unreachable(env: dict[str, str],
         s.close()
 
 
+def test_a_run_that_cannot_start_is_a_500_with_the_reason(env: dict[str, str],
+                                                         tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ops-only.sqlite3'}"
+    eng = make_engine(url)
+    upgrade(eng)  # ops_ tables, but none of StoreFlow's
+    settings = _settings_with(env, tmp_path, DATABASE_URL=url, CRON_SECRET_TOKEN=TOKEN)
+    s = Served(State(eng, settings, "runner-x", threading.Event()))
+    try:
+        reply = request(s.url + JOBS["cleanup"].endpoint, headers=bearer())
+    finally:
+        s.close()
+    assert reply.status == 500
+    assert reply.body["message"] == "Job not started" and reply.body["job"] == "cleanup"
+    assert "platform tables" in reply.body["error"]
+
+
 def test_a_stopping_runner_refuses_new_triggers(served: Served, engine: Engine) -> None:
     served.state.stop.set()
     reply = request(served.url + JOBS["expiry-checker"].endpoint, headers=bearer())
@@ -496,3 +516,87 @@ def test_parse_listen(text_: str, expected: tuple[str, int]) -> None:
 def test_parse_listen_refuses(bad: str) -> None:
     with pytest.raises(ConfigError):
         parse_listen(bad)
+
+
+# --- a real runner process -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def storeflow_ops() -> str:
+    return str(Path(sys.executable).with_name("storeflow-ops"))
+
+
+needs_runner = pytest.mark.skipif(importlib.util.find_spec("console.runner") is None,
+                                  reason="console/runner.py (storeflow-ops run) is not built yet")
+
+
+@pytest.mark.slow
+@needs_runner
+def test_a_real_runner_answers_the_seed_curl_commands(env: dict[str, str], engine: Engine,
+                                                      tmp_path: Path) -> None:
+    expired = add_tenant(engine, expire_date=utc_now() - timedelta(days=1))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [storeflow_ops(), "run", "--http", f"127.0.0.1:{port}"], cwd=tmp_path,
+        env={**env, "CRON_SECRET_TOKEN": TOKEN}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        health: Reply | None = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                health = request(url + "/healthz")
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert health is not None, proc.communicate(timeout=30)
+        assert health.status == 200 and health.body["runner"]["alive"] is True
+        runner_id = health.body["runner"]["id"]
+
+        for job_id, spec in JOBS.items():
+            reply = seed_curl(url + spec.endpoint)
+            assert {"message", "results", "timestamp"} <= set(reply.body)
+            assert reply.body["job"] == job_id and reply.body["trigger"] == "http"
+            assert reply.status == (500 if reply.body["status"] == "failed" else 200)
+            with engine.connect() as c:
+                row = c.execute(select(ops_runs).where(
+                    ops_runs.c.id == reply.body["run_id"])).one()
+            assert row.runner_id == runner_id and row.started_by == "http:127.0.0.1"
+        assert seed_curl(url + JOBS["cleanup"].endpoint, TOKEN.lower()).status == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert TOKEN not in out + err and TOKEN.lower() not in out + err
+    assert "/api/admin/subscriptions/expiry-checker 200" in err  # the access log, via the runner
+    with engine.connect() as c:
+        assert c.execute(select(tenants.c.status).where(tenants.c.id == expired)).scalar() \
+            == "expired"
+
+
+@pytest.mark.slow
+@needs_runner
+@pytest.mark.parametrize("token", [None, "0123456789abcde"])
+def test_a_real_runner_refuses_http_without_a_usable_token(env: dict[str, str], engine: Engine,
+                                                           tmp_path: Path,
+                                                           token: str | None) -> None:
+    port = free_port()
+    run_env = dict(env) if token is None else {**env, "CRON_SECRET_TOKEN": token}
+    proc = subprocess.run([storeflow_ops(), "run", "--http", f"127.0.0.1:{port}"],
+                          cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("storeflow-ops: ")]
+    assert len(lines) == 1 and lines[0].startswith(
+        "storeflow-ops: environment: CRON_SECRET_TOKEN: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    if token:
+        assert token not in proc.stderr
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
