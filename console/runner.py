@@ -1,0 +1,534 @@
+"""`storeflow-ops run`: the headless runner, which is the scheduler (SPEC 6).
+
+One asyncio loop sleeps until the earliest next slot of any enabled job (or the next
+maintenance tick), claims the slots that are due and hands each claimed run to a worker
+thread, so the loop keeps sleeping and serving while jobs run. Every runner computes the
+same slots and claims them through `jobs.runs.claim_slot`; the unique (job, slot,
+attempt) row makes each slot run exactly once however many runners share the database.
+
+The decisions (which slots fire, which are missed, which interrupted runs are retried)
+are pure and live in `jobs.scheduler`; `SlotRunner` applies them to the database and can
+be driven synchronously with an injected clock; `serve` is the loop around it.
+
+Contract with the HTTP face (console/http.py), which runs on the same loop::
+
+    handle = await console.http.start_http(state, host, port)   # state: RunnerState
+    ...
+    await handle.cleanup()                                      # on shutdown
+
+`RunnerState` gives the face what it needs and nothing it could break:
+
+- `engine`, `settings`: the runner's database and settings;
+- `runner_id`: this process's ops_runners id; pass it as `runner_id=` to `runs.execute`
+  so an HTTP run is recovered by another runner if this process dies;
+- `started_by`: `runner@host` (HTTP runs record the client address instead);
+- `stop`: a threading.Event set on SIGTERM/SIGINT; pass it as `stop=` to `runs.execute`
+  (the job stops between two tenants) and refuse new triggers once it is set;
+- `clock`: the wall clock (UTC), the one time source of this process;
+- `log`: the RunLog, for one line per request event (never log the token);
+- `alive` (bool) and `health()` (a JSON-ready dict) for `/healthz`.
+
+`start_http` may raise an OpsError (bad token, port in use): the runner then stops and
+exits with that error's code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from console.context import CliContext
+from console.runlog import RunLog, install
+from jobs.db import ops_runs, redact, transaction
+from jobs.errors import OpsError, UsageError
+from jobs.presence import Presence
+from jobs.records import RunReport, RunStatus, Trigger
+from jobs.runs import claim_slot, execute, job_states, record_missed, recover_stale_runs
+from jobs.scheduler import JobFacts, Scheduler, SlotPlan, should_retry
+from jobs.settings import Settings
+from jobs.timeutil import utc_now
+
+Clock = Callable[[], datetime]
+P = ParamSpec("P")
+T = TypeVar("T")
+
+ERROR_BACKOFF_MAX = 30.0  # seconds between attempts while the database is down
+
+
+# --- what the faces share ----------------------------------------------------------------------
+
+
+@dataclass
+class RunnerState:
+    """The running runner, as the HTTP face and the loop see it (see the module docstring)."""
+
+    engine: Engine
+    settings: Settings
+    runner_id: str
+    started_by: str
+    log: RunLog
+    clock: Clock = utc_now
+    stop: threading.Event = field(default_factory=threading.Event)
+    started_at: datetime = field(default_factory=utc_now)
+    presence: Presence | None = None
+    in_flight: dict[int, str] = field(default_factory=dict)  # run_id -> job_id
+    last_loop_at: datetime | None = None
+    next_wake: datetime | None = None
+
+    @property
+    def alive(self) -> bool:
+        """Not stopping, and the last heartbeat reached the database."""
+        heartbeat_ok = self.presence is None or self.presence.last_error is None
+        return not self.stop.is_set() and heartbeat_ok
+
+    def health(self) -> dict[str, Any]:
+        from jobs.timeutil import iso
+
+        return {
+            "alive": self.alive,
+            "runner_id": self.runner_id,
+            "started_at": iso(self.started_at),
+            "stopping": self.stop.is_set(),
+            "heartbeat_error": None if self.presence is None else self.presence.last_error,
+            "last_loop_at": iso(self.last_loop_at),
+            "next_wake": iso(self.next_wake),
+            "running": [{"run_id": r, "job": j} for r, j in sorted(self.in_flight.items())],
+        }
+
+
+class HttpHandle(Protocol):
+    async def cleanup(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A run this runner claimed and must execute."""
+
+    run_id: int
+    job_id: str
+    slot: datetime
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class Tick:
+    claims: list[Claimed]
+    errors: int = 0
+
+
+# --- the synchronous core ----------------------------------------------------------------------
+
+
+class SlotRunner:
+    """Applies the scheduler's decisions to the database. Synchronous, clock injected."""
+
+    def __init__(self, state: RunnerState, scheduler: Scheduler | None = None) -> None:
+        self.state = state
+        self.scheduler = scheduler or Scheduler(state.settings.jobs, state.started_at)
+        self._sender_missing = False
+
+    @property
+    def log(self) -> RunLog:
+        return self.state.log
+
+    def facts(self) -> dict[str, JobFacts]:
+        """Each job's newest handled slot and pause state, in two queries."""
+        with transaction(self.state.engine) as conn:
+            last: dict[str, datetime] = {
+                job_id: newest for job_id, newest in conn.execute(
+                    select(ops_runs.c.job_id, func.max(ops_runs.c.scheduled_for))
+                    .where(ops_runs.c.scheduled_for.is_not(None))
+                    .group_by(ops_runs.c.job_id)
+                )
+            }
+        states = job_states(self.state.engine)
+        return {
+            job_id: JobFacts(last.get(job_id), st.paused if st else False,
+                             st.resumed_at if st else None)
+            for job_id in self.state.settings.jobs
+            for st in [states.get(job_id)]
+        }
+
+    def tick(self, now: datetime, *, all_jobs: bool = False) -> Tick:
+        """Decide and claim the slots due at `now` (every job's, with all_jobs: at start-up,
+        which is when missed slots are found)."""
+        job_ids = self.scheduler.job_ids if all_jobs else self.scheduler.due(now)
+        if not job_ids:
+            return Tick([])
+        # Stale runs first: their retry must not lose the job's lock to a newer slot.
+        claims = self.recover(now)
+        facts = self.facts()
+        errors = 0
+        for job_id in job_ids:
+            try:
+                if facts[job_id].paused and not all_jobs:
+                    self.log.info("slot-paused", job=job_id, slot=self.scheduler.next_slot(job_id))
+                plan = self.scheduler.plan(job_id, facts[job_id], now)
+                claimed = self._apply(plan, now)
+            except OpsError as exc:
+                errors += 1
+                self.log.error("tick-failed", job=job_id, error=exc.message)
+                continue
+            self.scheduler.advance(job_id, plan.through)
+            if claimed is not None:
+                claims.append(claimed)
+        return Tick(claims, errors)
+
+    def _apply(self, plan: SlotPlan, now: datetime) -> Claimed | None:
+        st, job = self.state, self.state.settings.job(plan.job_id)
+        if plan.missed:
+            self._record_missed(plan.job_id, list(plan.missed), now,
+                                "no runner fired it in time; only the most recent missed "
+                                "slot fires")
+        if plan.too_late is not None:
+            self._record_missed(plan.job_id, [plan.too_late], now,
+                                f"no runner fired it within misfire_grace "
+                                f"({job.misfire_grace})")
+        if plan.dropped:
+            self.log.warning("missed-not-recorded", job=plan.job_id,
+                             count=plan.dropped if plan.dropped_exact else f">={plan.dropped}",
+                             reason=f"only the newest {self.scheduler.cap} missed slots "
+                                    "are recorded")
+        if plan.fire is None:
+            return None
+        claim = claim_slot(st.engine, st.settings, plan.job_id, plan.fire,
+                           runner_id=st.runner_id, started_by=st.started_by, clock=st.clock)
+        late = (st.clock() - plan.fire).total_seconds()
+        if claim.status == "claimed":
+            assert claim.run_id is not None
+            self.log.info("slot-claimed", job=plan.job_id, slot=plan.fire, run_id=claim.run_id,
+                          late_s=round(late, 3))
+            return Claimed(claim.run_id, plan.job_id, plan.fire)
+        if claim.status == "skipped":
+            self.log.info("slot-skipped", job=plan.job_id, slot=plan.fire,
+                          reason=f"run {claim.holder_run_id} is still running "
+                                 "(concurrency = forbid)")
+        else:
+            self.log.info("slot-taken", job=plan.job_id, slot=plan.fire,
+                          reason="another runner claimed it")
+        return None
+
+    def _record_missed(self, job_id: str, slots: list[datetime], now: datetime,
+                       reason: str) -> None:
+        st = self.state
+        n = record_missed(st.engine, job_id, slots, runner_id=st.runner_id,
+                          started_by=st.started_by, clock=st.clock, reason=reason)
+        if n:
+            self.log.warning("slots-missed", job=job_id, count=n, first=slots[0],
+                             last=slots[-1], reason=reason)
+
+    def recover(self, now: datetime) -> list[Claimed]:
+        """Interrupt the runs of runners that stopped heartbeating; claim the retry of each
+        interrupted slot that is still wanted."""
+        st = self.state
+        recovered = recover_stale_runs(st.engine, now, st.settings.runner.stale_after)
+        if not recovered:
+            return []
+        facts = self.facts()
+        claims: list[Claimed] = []
+        for run in recovered:
+            self.log.warning("run-interrupted", job=run.job_id, run_id=run.run_id,
+                             slot=run.scheduled_for, attempt=run.attempt,
+                             reason="its runner stopped heartbeating")
+            job = st.settings.jobs.get(run.job_id)
+            if job is None or run.scheduled_for is None:
+                continue
+            if not should_retry(run, job, facts.get(run.job_id, JobFacts()), now):
+                if run.trigger is Trigger.SCHEDULE and run.attempt == 1:
+                    self.log.info("retry-not-wanted", job=run.job_id, slot=run.scheduled_for,
+                                  reason="outside misfire_grace, disabled or paused")
+                continue
+            claim = claim_slot(st.engine, st.settings, run.job_id, run.scheduled_for,
+                               runner_id=st.runner_id, started_by=st.started_by,
+                               clock=st.clock, attempt=2)
+            if claim.status == "claimed":
+                assert claim.run_id is not None
+                self.log.info("retry-claimed", job=run.job_id, slot=run.scheduled_for,
+                              run_id=claim.run_id, attempt=2, interrupted_run=run.run_id)
+                claims.append(Claimed(claim.run_id, run.job_id, run.scheduled_for, 2))
+            else:
+                self.log.info(f"retry-{claim.status}", job=run.job_id, slot=run.scheduled_for,
+                              attempt=2)
+        return claims
+
+    def maintain(self, now: datetime) -> list[Claimed]:
+        """The periodic tick: recover stale runs, retry their slots."""
+        return self.recover(now)
+
+    def run(self, claimed: Claimed) -> RunReport | None:
+        """Execute a claimed run through the one run path; never raises."""
+        st = self.state
+        st.in_flight[claimed.run_id] = claimed.job_id
+        self.log.info("run-started", job=claimed.job_id, run_id=claimed.run_id,
+                      slot=claimed.slot, attempt=claimed.attempt)
+        try:
+            report = execute(
+                st.engine, st.settings, claimed.job_id, now=claimed.slot,
+                started_by=st.started_by, trigger=Trigger.SCHEDULE, runner_id=st.runner_id,
+                claimed_run_id=claimed.run_id, scheduled_for=claimed.slot, stop=st.stop,
+                clock=st.clock,
+            )
+        except OpsError as exc:
+            self.log.error("run-error", job=claimed.job_id, run_id=claimed.run_id,
+                           error=exc.message)
+            return None
+        except Exception as exc:  # a worker thread must report, not vanish
+            self.log.error("run-error", job=claimed.job_id, run_id=claimed.run_id,
+                           error=f"{type(exc).__name__}: {exc}")
+            return None
+        finally:
+            st.in_flight.pop(claimed.run_id, None)
+        level = {RunStatus.SUCCEEDED: "info", RunStatus.FAILED: "error"}.get(
+            report.status, "warning")
+        self.log.event(
+            "run-finished", level,  # type: ignore[arg-type]
+            job=claimed.job_id, run_id=claimed.run_id, slot=claimed.slot,
+            status=str(report.status), processed=report.processed,
+            errors=len(report.errors),
+            duration_s=round((report.finished_at - report.started_at).total_seconds(), 3),
+            summary=dict(report.summary), error=report.error,
+        )
+        return report
+
+    def drain_outbox(self, now: datetime) -> None:
+        """Deliver due emails, when SMTP is configured and jobs.sender is installed.
+
+        The hook: `jobs.sender.drain(engine, settings, now=..., sender_id=..., stop=...)`;
+        imported lazily so the runner works without it. Keyword arguments the installed
+        drain does not take are left out.
+        """
+        st = self.state
+        if not st.settings.smtp_url or self._sender_missing:
+            return
+        try:
+            sender = importlib.import_module("jobs.sender")
+        except ModuleNotFoundError:
+            self._sender_missing = True
+            return
+        drain: Callable[..., Any] | None = getattr(sender, "drain", None)
+        if drain is None:
+            self._sender_missing = True
+            return
+        wanted = {"sender_id": st.runner_id, "stop": st.stop, "clock": st.clock}
+        params = inspect.signature(drain).parameters
+        kwargs = {k: v for k, v in wanted.items() if k in params}
+        result = drain(st.engine, st.settings, now=now, **kwargs)
+        counts = result.to_json() if hasattr(result, "to_json") else {}
+        if any(v for v in counts.values()):
+            self.log.info("outbox-drained", **counts)
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+def _in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
+    """Run `fn` in a daemon thread and await it from the loop.
+
+    Not asyncio.to_thread: its pool's threads are joined at interpreter exit, so one job
+    that ignores the stop request would keep the process past its shutdown deadline.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+    def target() -> None:
+        try:
+            result: Any = fn(*args, **kwargs)
+            ok = True
+        except BaseException as exc:  # handed to the awaiting coroutine
+            result, ok = exc, False
+        # RuntimeError: the loop closed while we ran, so nobody is waiting.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, ok, result)
+
+    threading.Thread(target=target, name=getattr(fn, "__name__", "worker"), daemon=True).start()
+    return fut
+
+
+async def serve(state: RunnerState, core: SlotRunner,
+                http: tuple[str, int] | None = None) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code (0 after a clean stop)."""
+    loop = asyncio.get_running_loop()
+    cfg = state.settings.runner
+    wake = asyncio.Event()
+    hurry = asyncio.Event()
+    signals: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if signals:
+            state.log.warning("runner-hurry", signal=sig.name,
+                              reason="second signal: not waiting for running runs")
+            hurry.set()
+        else:
+            state.log.info("runner-stopping", signal=sig.name,
+                           running=sorted(state.in_flight.items()))
+        signals.append(sig.name)
+        state.stop.set()  # jobs see it between two tenants; no new claims after this
+        wake.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    runs: set[asyncio.Future[Any]] = set()
+    drain: asyncio.Future[None] | None = None
+    handle: HttpHandle | None = None
+    interval = timedelta(seconds=cfg.heartbeat_interval)
+    send_interval = timedelta(seconds=state.settings.outbox.send_interval)
+    try:
+        if http is not None:
+            http_face = importlib.import_module("console.http")
+            handle = await http_face.start_http(state, http[0], http[1])
+            state.log.info("http-listening", host=http[0], port=http[1])
+
+        maintenance_at = state.clock()
+        drain_at = state.clock()
+        startup = True
+        failures = 0
+        while not state.stop.is_set():
+            now = state.clock()
+            state.last_loop_at = now
+            claims: list[Claimed] = []
+            errors = 0
+            try:
+                if now >= maintenance_at:
+                    maintenance_at = now + interval
+                    claims += await _in_thread(core.maintain, now)
+                tick = await _in_thread(core.tick, state.clock(), all_jobs=startup)
+                startup = False
+                claims += tick.claims
+                errors = tick.errors
+            except OpsError as exc:
+                errors = 1
+                state.log.error("tick-failed", error=exc.message)
+            except Exception as exc:  # the loop must outlive a bad tick
+                errors = 1
+                state.log.error("tick-failed", error=f"{type(exc).__name__}: {exc}")
+            for claimed in claims:
+                fut = _in_thread(core.run, claimed)
+                runs.add(fut)
+                fut.add_done_callback(runs.discard)
+            if now >= drain_at and (drain is None or drain.done()):
+                drain_at = now + send_interval
+                drain = _in_thread(_drain_logged, core, now)
+
+            failures = failures + 1 if errors else 0
+            now = state.clock()
+            state.next_wake = core.scheduler.next_wake()
+            deadline = maintenance_at if state.next_wake is None else min(state.next_wake,
+                                                                         maintenance_at)
+            delay = (deadline - now).total_seconds()
+            if failures:  # the database is down: do not spin on it
+                delay = min(ERROR_BACKOFF_MAX, 0.5 * 2 ** min(failures, 8))
+            wake.clear()
+            if state.stop.is_set():
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=max(0.0, delay))
+    finally:
+        state.stop.set()
+        pending = {f for f in runs if not f.done()}
+        if drain is not None and not drain.done():
+            pending.add(drain)
+        if pending:
+            waiter = asyncio.ensure_future(asyncio.wait(pending, timeout=cfg.shutdown_timeout))
+            hurried = asyncio.ensure_future(hurry.wait())
+            await asyncio.wait({waiter, hurried}, return_when=asyncio.FIRST_COMPLETED)
+            hurried.cancel()
+            left = sorted(state.in_flight.items())
+            if left:
+                state.log.warning("shutdown-timeout", running=left,
+                                  reason="runs did not stop in time; another runner will "
+                                         "mark them interrupted")
+        if handle is not None:
+            try:
+                await handle.cleanup()
+            except Exception as exc:  # shutting down regardless
+                state.log.error("http-cleanup-failed", error=str(exc))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def _drain_logged(core: SlotRunner, now: datetime) -> None:
+    try:
+        core.drain_outbox(now)
+    except OpsError as exc:
+        core.log.error("outbox-drain-failed", error=exc.message)
+    except Exception as exc:  # a mail problem must not stop the runner
+        core.log.error("outbox-drain-failed", error=f"{type(exc).__name__}: {exc}")
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def parse_http(value: str) -> tuple[str, int]:
+    """`HOST:PORT` (IPv6 as `[::1]:8080`) -> (host, port), or a usage error."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--http {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return host, int(port)
+
+
+def _check_http_face() -> None:
+    if importlib.util.find_spec("console.http") is None:
+        raise UsageError("--http: the HTTP face (console/http.py) is not part of this build")
+    if not hasattr(importlib.import_module("console.http"), "start_http"):
+        raise UsageError("--http: console/http.py has no start_http(state, host, port)")
+
+
+def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
+    settings = ctx.settings
+    http = parse_http(args.http) if args.http else None
+    if http is not None:
+        _check_http_face()
+    runlog = RunLog(ctx.stderr, args.log_format)
+    engine = ctx.engine  # reachable and migrated, or exit 3
+    install(runlog)
+    clock = utc_now
+    presence = Presence(engine, "runner", clock, settings.runner.heartbeat_interval).start()
+    state = RunnerState(
+        engine=engine, settings=settings, runner_id=presence.id,
+        started_by=f"runner@{socket.gethostname()}", log=runlog, clock=clock,
+        started_at=clock(), presence=presence,
+    )
+    core = SlotRunner(state)
+    runlog.info(
+        "runner-started", runner_id=presence.id, pid=os.getpid(),
+        database=redact(settings.database_url), config=settings.source,
+        jobs={j: f"{c.schedule.expression} {c.timezone}" for j, c in core.scheduler.jobs.items()},
+        disabled=[j for j, c in settings.jobs.items() if not c.enabled],
+        http=None if http is None else f"{http[0]}:{http[1]}",
+    )
+    code = 1
+    try:
+        code = asyncio.run(serve(state, core, http))
+        return code
+    except OpsError as exc:
+        code = int(exc.exit_code)
+        raise
+    finally:
+        presence.stop()
+        runlog.info("runner-stopped", runner_id=presence.id, exit_code=code)
