@@ -431,8 +431,9 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]],
         return int(conn.execute(stmt_s, rows).rowcount or 0)
     from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+    # Counted from RETURNING: for several rows psycopg reports rowcount -1.
     stmt_p = pg_insert(table).on_conflict_do_nothing(index_elements=conflict)
-    return int(conn.execute(stmt_p, rows).rowcount or 0)
+    return len(conn.execute(stmt_p.returning(table.c[conflict[0]]), rows).all())
 
 
 __all__ = [
