@@ -211,6 +211,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), "", "permission denied") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), "", f"malformed TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), "", f"malformed TOML: not UTF-8 text ({exc.reason} "
+                          f"at byte {exc.start})") from None
 
 
 def _merge(source: str, data: Mapping[str, Any], jobs: dict[str, JobConfig],
@@ -231,6 +234,10 @@ def _merge(source: str, data: Mapping[str, Any], jobs: dict[str, JobConfig],
         outbox = _apply_section(source, "outbox", outbox, data["outbox"])
     if "runner" in data:
         runner = _apply_section(source, "runner", runner, data["runner"])
+        if not 0 < runner.heartbeat_interval < runner.stale_after:
+            # Otherwise a live runner looks dead between two beats, and its runs get taken over.
+            raise ConfigError(source, "runner", "needs 0 < heartbeat_interval < stale_after, got "
+                              f"{runner.heartbeat_interval:g} and {runner.stale_after:g}")
     return outbox, runner
 
 
