@@ -300,7 +300,7 @@ def redact(url: str) -> str:
     """A URL fit for a log line or an error message: never the password."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return url.split("@")[-1] if "@" in url else url
 
 
