@@ -106,10 +106,12 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
     states = runs.job_states(engine)
     last = runs.last_runs(engine)
     rows: list[dict[str, Any]] = []
+    human: list[tuple[str, ...]] = []
     for job_id in JOB_IDS:
         job = ctx.settings.job(job_id)
         tz = job.schedule.timezone
         record = last.get(job_id)
+        slots = job.schedule.next_slots(now, max(args.count, 1))
         rows.append({
             "job": job_id,
             "schedule": job.schedule.expression,
@@ -117,29 +119,22 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
             "enabled": job.enabled,
             "paused": states[job_id].paused,
             # In the job's own zone, so the offset says which wall clock the cron reads.
-            "next_runs": [s.astimezone(tz).isoformat()
-                          for s in job.schedule.next_slots(now, args.count)],
+            "next_runs": [s.astimezone(tz).isoformat() for s in slots[: args.count]],
             "last_run": None if record is None else record.to_json(),
         })
-    if ctx.json:
-        ctx.emit_json(rows)
-        return ExitCode.OK
-
-    human = []
-    for row in rows:
-        job = ctx.settings.job(row["job"])
-        record = last.get(row["job"])
-        nxt = job.schedule.next_slots(now, 1)
-        state = "disabled" if not job.enabled else "paused" if row["paused"] else "active"
+        state = "disabled" if not job.enabled else "paused" if states[job_id].paused else "active"
         human.append((
-            row["job"],
+            job_id,
             f"{job.schedule.expression}  ({job.schedule.describe()})",
-            "-" if not nxt else f"{nxt[0].astimezone(job.schedule.timezone):%Y-%m-%d %H:%M %Z}"
-                                f" ({_relative(nxt[0], now)})",
+            "-" if not slots
+            else f"{slots[0].astimezone(tz):%Y-%m-%d %H:%M %Z} ({_relative(slots[0], now)})",
             "never" if record is None
             else f"{record.status} {_relative(record.finished_at or record.created_at, now)}",
             state,
         ))
+    if ctx.json:
+        ctx.emit_json(rows)
+        return ExitCode.OK
     ctx.out(table(("JOB", "SCHEDULE", "NEXT RUN", "LAST RUN", "STATE"), human))
     return ExitCode.OK
 
