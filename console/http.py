@@ -400,7 +400,8 @@ async def start_http(state: HttpHost, host: str, port: int) -> HttpServer:
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        # A deep backlog: a burst of health checks queues instead of waiting for SYN retries.
+        await web.TCPSite(runner, host, port, backlog=1024).start()
     except OSError as exc:
         await runner.cleanup()
         for logger in (log, server_log, access_log):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.client
-import importlib.util
 import json
 import logging
 import os
@@ -531,12 +530,7 @@ def storeflow_ops() -> str:
     return str(Path(sys.executable).with_name("storeflow-ops"))
 
 
-needs_runner = pytest.mark.skipif(importlib.util.find_spec("console.runner") is None,
-                                  reason="console/runner.py (storeflow-ops run) is not built yet")
-
-
 @pytest.mark.slow
-@needs_runner
 def test_a_real_runner_answers_the_seed_curl_commands(env: dict[str, str], engine: Engine,
                                                       tmp_path: Path) -> None:
     expired = add_tenant(engine, expire_date=utc_now() - timedelta(days=1))
@@ -582,7 +576,6 @@ def test_a_real_runner_answers_the_seed_curl_commands(env: dict[str, str], engin
 
 
 @pytest.mark.slow
-@needs_runner
 @pytest.mark.parametrize("token", [None, "0123456789abcde"])
 def test_a_real_runner_refuses_http_without_a_usable_token(env: dict[str, str], engine: Engine,
                                                            tmp_path: Path,
