@@ -1,0 +1,253 @@
+"""Real `storeflow-ops run` processes on one database: every slot exactly once across
+runners, a SIGKILLed runner's slot retried by another without a second email, and a
+SIGTERM that stops cleanly with the run marked interrupted.
+
+Slow (real seconds): marked `slow`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from jobs.db import ops_email_outbox, ops_runners, ops_runs, tenants
+from jobs.timeutil import utc_now
+
+pytestmark = pytest.mark.slow
+
+JOB = "expiry-checker"
+OTHERS = ("payment-reminders", "analytics-aggregate", "cleanup")
+
+
+def write_config(path: Path, schedule: str, *, heartbeat: float = 0.5,
+                 stale_after: float = 3) -> Path:
+    lines = [f'[jobs.{JOB}]', f'schedule = "{schedule}"', ""]
+    for other in OTHERS:
+        lines += [f"[jobs.{other}]", "enabled = false", ""]
+    lines += ["[runner]", f"heartbeat_interval = {heartbeat}", f"stale_after = {stale_after}",
+              "shutdown_timeout = 20"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Runner:
+    """One `storeflow-ops run` process, its stderr in a file."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str], config: Path, name: str) -> None:
+        self.log_path = tmp_path / f"{name}.log"
+        self._log: IO[str] = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "console.cli", "--config", str(config), "run",
+             "--log-format", "json"],
+            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=self._log,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines()]
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._log.close()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Runner]]:
+    started: list[Runner] = []
+
+    def start(env: dict[str, str], config: Path, name: str) -> Runner:
+        r = Runner(tmp_path, env, config, name)
+        started.append(r)
+        return r
+
+    yield start
+    for r in started:
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait()
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def alive_runners(engine: Engine, pids: set[int]) -> int:
+    cutoff = utc_now() - timedelta(seconds=3)
+    with engine.connect() as c:
+        rows = c.execute(select(ops_runners.c.pid).where(
+            ops_runners.c.kind == "runner", ops_runners.c.stopped_at.is_(None),
+            ops_runners.c.heartbeat_at >= cutoff)).scalars().all()
+    return len(pids & set(rows))
+
+
+def slot_runs(engine: Engine) -> list[Any]:
+    with engine.connect() as c:
+        return list(c.execute(select(ops_runs).where(ops_runs.c.job_id == JOB).order_by(
+            ops_runs.c.scheduled_for, ops_runs.c.attempt)))
+
+
+def cli(env: dict[str, str], tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "console.cli", *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+
+
+def with_password(url: str) -> str:
+    """The same database with a password in its URL (trust auth ignores it), so the test can
+    check that it never reaches a log line."""
+    if url.startswith("postgresql+psycopg://postgres@"):
+        return url.replace("postgres@", "postgres:pg-secret-pw@", 1)
+    return url
+
+
+def test_every_slot_runs_exactly_once_across_runners(
+        engine: Engine, db_url: str, env: dict[str, str], tmp_path: Path,
+        spawn: Callable[..., Runner]) -> None:
+    postgres = engine.dialect.name == "postgresql"
+    n = 3 if postgres else 2
+    config = write_config(tmp_path / "schedules.toml", "* * * * * */2")
+    env = {**env, "DATABASE_URL": with_password(db_url),
+           "SMTP_URL": "smtp://mailer:smtp-secret-pw@127.0.0.1:1",
+           "CRON_SECRET_TOKEN": "token-secret-0123456789"}
+    runners = [spawn(env, config, f"runner{i}") for i in range(n)]
+    pids = {r.pid for r in runners}
+    wait_until(f"{n} runners alive", lambda: alive_runners(engine, pids) == n)
+
+    window_start = utc_now()
+    time.sleep(20)
+    window_end = utc_now()
+    status = cli(env, tmp_path, "--config", str(config), "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["runner_alive"] is True
+
+    codes = [r.stop() for r in runners]
+    assert codes == [0] * n
+
+    expected = []
+    slot = window_start.replace(microsecond=0) + timedelta(seconds=1)
+    while slot <= window_end - timedelta(seconds=1):
+        if slot.second % 2 == 0:
+            expected.append(slot)
+        slot += timedelta(seconds=1)
+    rows = slot_runs(engine)
+    in_window = [r for r in rows if window_start < r.scheduled_for <= expected[-1]]
+    assert [r.scheduled_for for r in in_window] == expected  # one row per slot, no gap
+    assert {(r.status, r.attempt, r.trigger) for r in in_window} == {
+        ("succeeded", 1, "schedule")}
+    assert not [r for r in rows if r.status == "missed"]
+    assert len({r.runner_id for r in rows}) >= 1
+
+    logs = [r.log_path.read_text() for r in runners]
+    for text in logs:
+        assert "pg-secret-pw" not in text and "smtp-secret-pw" not in text
+        assert "token-secret" not in text
+    events = [e for r in runners for e in r.events()]  # every line is one JSON event
+    claimed = [e for e in events if e["event"] == "slot-claimed"]
+    assert len(claimed) == len({e["slot"] for e in claimed})  # no slot claimed twice
+    assert sum(e["event"] == "runner-stopped" for e in events) == n
+
+    after = cli(env, tmp_path, "--config", str(config), "status")
+    assert after.returncode == 1  # no runner alive any more
+
+
+N_TENANTS = 6_000
+
+
+def add_expired_tenants(engine: Engine, n: int) -> None:
+    """Tenants whose grace ended long ago: each run suspends them and queues one email."""
+    long_ago = datetime(2026, 1, 1, tzinfo=UTC)
+    with engine.begin() as c:
+        c.execute(tenants.insert(), [
+            {"id": f"t{i:05d}", "name": f"Store {i}", "email": f"owner{i}@example.com",
+             "status": "active", "expire_date": long_ago}
+            for i in range(n)
+        ])
+
+
+def first_run_in_progress(engine: Engine) -> Any:
+    """The runner's first run, once it has processed some tenants but not all."""
+    rows = [r for r in slot_runs(engine) if r.status == "running" and r.processed > 0]
+    return rows[0] if rows else None
+
+
+def test_sigkill_mid_run_another_runner_retries_the_slot_without_a_second_email(
+        engine: Engine, env: dict[str, str], tmp_path: Path,
+        spawn: Callable[..., Runner]) -> None:
+    add_expired_tenants(engine, N_TENANTS)
+    config = write_config(tmp_path / "schedules.toml", "* * * * * */3")
+    first = spawn(env, config, "first")
+    victim = wait_until("a run in progress", lambda: first_run_in_progress(engine), 60)
+    first.stop(signal.SIGKILL)
+
+    second = spawn(env, config, "second")
+    retry = wait_until("the slot's retry to finish", lambda: next(
+        (r for r in slot_runs(engine) if r.scheduled_for == victim.scheduled_for
+         and r.attempt == 2 and r.status != "running"), None), 90)
+    assert second.stop() == 0
+
+    killed = next(r for r in slot_runs(engine) if r.id == victim.id)
+    assert killed.status == "interrupted" and "heartbeat" in killed.error
+    assert 0 < killed.processed < N_TENANTS
+    assert retry.status == "succeeded" and retry.trigger == "schedule"
+    assert retry.reference_time == victim.scheduled_for
+    with engine.connect() as c:
+        statuses = dict(c.execute(select(tenants.c.status, func.count())
+                                  .group_by(tenants.c.status)).all())
+        per_tenant = c.execute(select(ops_email_outbox.c.tenant_id, func.count())
+                               .group_by(ops_email_outbox.c.tenant_id)).all()
+    assert statuses == {"suspended": N_TENANTS}
+    assert len(per_tenant) == N_TENANTS and {n for _, n in per_tenant} == {1}
+    assert any(e["event"] == "run-interrupted" and e["run_id"] == victim.id
+               for e in second.events())
+    assert not [r for r in slot_runs(engine) if r.status == "missed"]
+
+
+def test_sigterm_mid_run_exits_0_and_marks_the_run_interrupted(
+        engine: Engine, env: dict[str, str], tmp_path: Path,
+        spawn: Callable[..., Runner]) -> None:
+    add_expired_tenants(engine, N_TENANTS)
+    config = write_config(tmp_path / "schedules.toml", "* * * * * */3")
+    runner = spawn(env, config, "runner")
+    victim = wait_until("a run in progress", lambda: first_run_in_progress(engine), 60)
+
+    sent = time.monotonic()
+    code = runner.stop(signal.SIGTERM, timeout=40)
+    took = time.monotonic() - sent
+
+    assert code == 0
+    assert took < 30, f"took {took:.1f}s to exit"
+    run = next(r for r in slot_runs(engine) if r.id == victim.id)
+    assert run.status == "interrupted" and "shutdown" in run.error
+    assert 0 < run.processed < N_TENANTS
+    with engine.connect() as c:
+        emails = c.execute(select(func.count()).select_from(ops_email_outbox)).scalar_one()
+        suspended = c.execute(select(func.count()).where(
+            tenants.c.status == "suspended")).scalar_one()
+    assert emails == suspended == run.processed  # the tenant in hand finished, whole
+    assert not [r for r in slot_runs(engine) if r.status == "running"]
+    events = [e["event"] for e in runner.events()]
+    assert events[0] == "runner-started" and events[-1] == "runner-stopped"
+    assert "runner-stopping" in events
