@@ -214,7 +214,7 @@ def test_sigkill_mid_run_another_runner_retries_the_slot_without_a_second_email(
     assert retry.status == "succeeded" and retry.trigger == "schedule"
     assert retry.reference_time == victim.scheduled_for
     with engine.connect() as c:
-        statuses = dict(c.execute(select(tenants.c.status, func.count())
+        statuses: dict[str, int] = dict(c.execute(select(tenants.c.status, func.count())
                                   .group_by(tenants.c.status)).all())
         per_tenant = c.execute(select(ops_email_outbox.c.tenant_id, func.count())
                                .group_by(ops_email_outbox.c.tenant_id)).all()
