@@ -1,0 +1,133 @@
+"""Messages the console's workers post back to the UI, named as things that happened."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from textual.message import Message
+
+from console.overview import Overview
+from jobs.analytics import DayValue
+from jobs.outbox import OutboxEntry
+from jobs.records import ItemResult, Progress, RunRecord, RunReport
+from jobs.tenants import TenantRef
+
+
+class Connected(Message):
+    """The database answered and its ops_ tables are current."""
+
+
+class ConnectionFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+class JobsRefreshed(Message):
+    def __init__(self, overview: Overview) -> None:
+        super().__init__()
+        self.overview = overview
+
+
+class RefreshFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+@dataclass(frozen=True)
+class RunPurpose:
+    """Why the console started a run, so its end can open the right thing."""
+
+    job_id: str
+    dry_run: bool
+    label: str  # what the progress line says, e.g. "Running expiry-checker"
+    open_result: bool = True  # open the run detail (or the preview) when it ends
+
+
+class RunStarted(Message):
+    def __init__(self, purpose: RunPurpose, run_id: int | None) -> None:
+        super().__init__()
+        self.purpose = purpose
+        self.run_id = run_id
+
+
+class RunProgressed(Message):
+    """Posted for every item a job reports; a newer one replaces an older one still queued,
+    so a job with 10,000 tenants cannot flood the UI."""
+
+    def __init__(self, purpose: RunPurpose, progress: Progress) -> None:
+        super().__init__()
+        self.purpose = purpose
+        self.progress = progress
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, RunProgressed) and message.purpose == self.purpose
+
+
+class RunFinished(Message):
+    def __init__(self, purpose: RunPurpose, report: RunReport) -> None:
+        super().__init__()
+        self.purpose = purpose
+        self.report = report
+
+
+class RunEnded(Message):
+    """The run worker stopped, whatever happened (finished, refused, failed to start)."""
+
+    def __init__(self, purpose: RunPurpose) -> None:
+        super().__init__()
+        self.purpose = purpose
+
+
+class HistoryLoaded(Message):
+    def __init__(self, records: Sequence[RunRecord], append: bool, complete: bool) -> None:
+        super().__init__()
+        self.records = records
+        self.append = append
+        self.complete = complete  # no older runs left to page in
+
+
+class RunLoaded(Message):
+    def __init__(self, record: RunRecord | None) -> None:
+        super().__init__()
+        self.record = record
+
+
+class ItemsLoaded(Message):
+    def __init__(self, items: Sequence[ItemResult], offset: int, complete: bool,
+                 generation: int) -> None:
+        super().__init__()
+        self.items = items
+        self.offset = offset
+        self.complete = complete
+        self.generation = generation  # which filter they answer; older answers are dropped
+
+
+class TenantsFound(Message):
+    def __init__(self, query: str, tenants: Sequence[TenantRef]) -> None:
+        super().__init__()
+        self.query = query
+        self.tenants = tenants
+
+
+class AnalyticsLoaded(Message):
+    def __init__(self, tenant: TenantRef, days: Sequence[DayValue]) -> None:
+        super().__init__()
+        self.tenant = tenant
+        self.days = days
+
+
+class OutboxLoaded(Message):
+    def __init__(self, entries: Sequence[OutboxEntry], counts: dict[str, int]) -> None:
+        super().__init__()
+        self.entries = entries
+        self.counts = counts
+
+
+class EmailsRetried(Message):
+    def __init__(self, ids: Sequence[int], changed: int) -> None:
+        super().__init__()
+        self.ids = ids
+        self.changed = changed

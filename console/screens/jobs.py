@@ -1,0 +1,226 @@
+"""The jobs screen (the default): one row per job with its schedule, a live countdown to
+its next run, its last run and whether it is paused."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.coordinate import Coordinate
+from textual.widgets import DataTable, Footer, Header, Static
+
+from console.formatting import ago, clip, clock_time, countdown, duration, status_text
+from console.overview import Overview
+from console.screens.base import OpsScreen
+from console.widgets.run_progress import RunProgress
+from console.widgets.status_bar import StatusBar
+from console.widgets.tables import RowTable
+from jobs.registry import JOBS
+from jobs.settings import JOB_IDS
+
+COLUMNS = (("Job", "job", 19), ("Schedule", "schedule", 25), ("Next run", "next", 16),
+           ("Last run", "last", 22), ("State", "state", 6))
+
+
+class JobsScreen(OpsScreen):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("t", "run_now", "Run now", id="job-run-now",
+                tooltip="Run the highlighted job now (asks first)"),
+        Binding("p", "preview", "Preview", id="job-preview",
+                tooltip="Dry run: what the job would do now, writing nothing"),
+        Binding("s", "pause", "Pause", id="job-pause",
+                tooltip="Pause the job's schedule (manual runs still work)"),
+        Binding("s", "resume", "Resume", id="job-resume",
+                tooltip="Resume the schedule from now on (no burst of old slots)"),
+        Binding("x", "stop_run", "Stop run", id="job-stop",
+                tooltip="Stop the run this console started, after the tenant in hand"),
+        Binding("h", "history", "History", id="job-history",
+                tooltip="The highlighted job's runs, newest first (also: enter)"),
+        Binding("a", "analytics", "Analytics", id="view-analytics",
+                tooltip="A tenant's cached daily analytics"),
+        Binding("o", "outbox", "Outbox", id="view-outbox", tooltip="The email outbox"),
+        Binding("r", "refresh", "Refresh", id="refresh", show=False,
+                tooltip="Read everything again now (it also refreshes every few seconds)"),
+    ]
+    PALETTE = (("view: Refresh", "Read the jobs, runs and runners again now", "refresh"),)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.overview: Overview | None = None
+        self._next: dict[str, datetime | None] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield StatusBar(id="status")
+        yield RowTable(id="jobs", cell_padding=1)
+        yield Static("", id="job-detail")
+        yield RunProgress(id="run-progress")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "Jobs"
+        table: DataTable[Text] = self.query_one("#jobs", DataTable)
+        for label, key, width in COLUMNS:
+            table.add_column(label, key=key, width=width)
+        for job_id in JOB_IDS:
+            cfg = self.session.settings.job(job_id)
+            table.add_row(
+                Text.assemble((job_id, "bold"), "\n", (JOBS[job_id].title, "dim")),
+                Text.assemble(clip(cfg.schedule.expression, 25), "\n",
+                              (clip(cfg.schedule.describe(), 25), "dim")),
+                Text(""),
+                Text("…", style="dim"),
+                Text("…", style="dim"),
+                key=job_id,
+                height=2,
+            )
+        self.tick()
+        self.set_interval(1.0, self.tick, name="countdown")
+        self._detail()
+        table.focus()
+
+    # --- what is shown -----------------------------------------------------------------------
+
+    @property
+    def job_id(self) -> str:
+        table = self.query_one("#jobs", DataTable)
+        row = table.cursor_row if 0 <= table.cursor_row < len(JOB_IDS) else 0
+        key = table.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
+        return str(key)
+
+    def _paused(self, job_id: str) -> bool:
+        return bool(self.overview and self.overview.states[job_id].paused)
+
+    def tick(self) -> None:
+        """Move each countdown on by a second; recompute a slot only once it has passed."""
+        now = self.session.clock()
+        table = self.query_one("#jobs", DataTable)
+        for job_id in JOB_IDS:
+            cfg = self.session.settings.job(job_id)
+            tz = cfg.schedule.timezone
+            if not cfg.enabled:
+                cell = Text.assemble(("disabled", "dim"), "\n", ("enabled = false", "dim"))
+            elif self._paused(job_id):
+                cell = Text.assemble(("paused", "yellow"), "\n", ("resume to schedule", "dim"))
+            else:
+                slot = self._next.get(job_id)
+                if slot is None or slot <= now:
+                    slot = next(iter(cfg.schedule.next_slots(now, 1)), None)
+                    self._next[job_id] = slot
+                if slot is None:
+                    cell = Text("never", style="dim")
+                else:
+                    cell = Text.assemble(clock_time(slot, tz), "\n",
+                                         (countdown(slot, now), "cyan"))
+            table.update_cell(job_id, "next", cell)
+
+    def show_overview(self, overview: Overview) -> None:
+        self.overview = overview
+        table = self.query_one("#jobs", DataTable)
+        now = self.session.clock()
+        for job_id in JOB_IDS:
+            table.update_cell(job_id, "last", self._last_cell(job_id, now))
+            cfg = self.session.settings.job(job_id)
+            if not cfg.enabled:
+                state = Text("off", style="dim")
+            elif overview.states[job_id].paused:
+                state = Text("paused", style="bold yellow")
+            else:
+                state = Text("active", style="green")
+            table.update_cell(job_id, "state", state)
+        self.tick()
+        self._detail()
+        self.refresh_bindings()
+
+    def _last_cell(self, job_id: str, now: datetime) -> Text:
+        assert self.overview is not None
+        running = self.overview.running.get(job_id)
+        if running is not None:
+            total = "?" if running.total is None else f"{running.total:,}"
+            return Text.assemble(("running", "bold cyan"), f" {running.processed:,}/{total}", "\n",
+                                 (f"started {ago(running.started_at, now)}", "dim"))
+        last = self.overview.last_runs.get(job_id)
+        if last is None:
+            return Text("never ran", style="dim")
+        when = ago(last.finished_at or last.created_at, now)
+        line2 = f"{duration(last.duration_seconds)} · {last.processed:,} done"
+        if last.errors:
+            line2 += f" · {last.errors:,} err"
+        return Text.assemble(status_text(str(last.status)), f" {when}", "\n", (line2, "dim"))
+
+    def _detail(self) -> None:
+        job_id = self.job_id
+        spec, cfg = JOBS[job_id], self.session.settings.job(job_id)
+        text = Text()
+        text.append(spec.title, style="bold")
+        text.append(f": {spec.description}\n")
+        grace = "no limit" if cfg.misfire_grace is None else duration(
+            cfg.misfire_grace.total_seconds())
+        text.append(f"{spec.endpoint} · {cfg.timezone} · concurrency {cfg.concurrency}"
+                    f" · misfire grace {grace}", style="dim")
+        if self.overview is not None:
+            now = self.session.clock()
+            state = self.overview.states[job_id]
+            if state.paused:
+                text.append(f"\nPaused {ago(state.paused_at, now)} by {state.paused_by or '?'}"
+                            " — slots are not fired while paused", style="yellow")
+            last = self.overview.last_runs.get(job_id)
+            if last is not None:
+                text.append(f"\nLast run #{last.run_id} ({last.trigger}) by {last.started_by}")
+                if last.error:
+                    text.append(f": {last.error}", style="red")
+        self.query_one("#job-detail", Static).update(text)
+
+    @on(DataTable.RowHighlighted, "#jobs")
+    def _highlighted(self) -> None:
+        self._detail()
+        self.refresh_bindings()
+
+    @on(DataTable.RowSelected, "#jobs")
+    def _selected(self) -> None:
+        self.action_history()
+
+    # --- actions -------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        allowed = super().check_action(action, parameters)
+        if not allowed:
+            return allowed
+        if action == "pause":
+            return not self._paused(self.job_id)
+        if action == "resume":
+            return self._paused(self.job_id)
+        if action == "stop_run":
+            return self.ops.active_run is not None
+        return True
+
+    def action_run_now(self) -> None:
+        self.ops.request_trigger(self.job_id)
+
+    def action_preview(self) -> None:
+        self.ops.request_preview(self.job_id)
+
+    def action_pause(self) -> None:
+        self.ops.request_pause(self.job_id, True)
+
+    def action_resume(self) -> None:
+        self.ops.request_pause(self.job_id, False)
+
+    def action_stop_run(self) -> None:
+        self.ops.stop_run()
+
+    def action_history(self) -> None:
+        self.ops.open_history(self.job_id)
+
+    def action_analytics(self) -> None:
+        self.ops.open_analytics()
+
+    def action_outbox(self) -> None:
+        self.ops.open_outbox()
+
+    def action_refresh(self) -> None:
+        self.ops.refresh_data()

@@ -1,0 +1,1 @@
+"""Widgets of the console that more than one screen uses, or that stand alone."""

@@ -1,0 +1,45 @@
+"""Finding tenants by name or id, for the faces (the console's analytics picker)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import case, func, or_, select
+from sqlalchemy.engine import Engine
+
+from jobs.db import tenants, transaction
+
+
+@dataclass(frozen=True)
+class TenantRef:
+    id: str
+    name: str
+    status: str
+
+
+def search_tenants(engine: Engine, text: str, limit: int = 20) -> list[TenantRef]:
+    """Tenants whose id or name contains `text` (any case): an exact id first, then names
+    that start with it, then the rest by name. `%` and `_` in the text match themselves."""
+    needle = text.strip().lower()
+    q = select(tenants.c.id, tenants.c.name, tenants.c.status).limit(limit)
+    if needle:
+        lid, lname = func.lower(tenants.c.id), func.lower(tenants.c.name)
+        q = q.where(or_(lid.contains(needle, autoescape=True),
+                        lname.contains(needle, autoescape=True)))
+        rank = case((lid == needle, 0), (lname.startswith(needle, autoescape=True), 1), else_=2)
+        q = q.order_by(rank, tenants.c.name, tenants.c.id)
+    else:
+        q = q.order_by(tenants.c.name, tenants.c.id)
+    with transaction(engine) as conn:
+        return [TenantRef(r.id, r.name, r.status) for r in conn.execute(q)]
+
+
+def get_tenant(engine: Engine, tenant_id: str) -> TenantRef | None:
+    with transaction(engine) as conn:
+        row = conn.execute(
+            select(tenants.c.id, tenants.c.name, tenants.c.status).where(tenants.c.id == tenant_id)
+        ).first()
+    return None if row is None else TenantRef(row.id, row.name, row.status)
+
+
+__all__ = ["TenantRef", "get_tenant", "search_tenants"]
