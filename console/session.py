@@ -13,7 +13,6 @@ from sqlalchemy.engine import Engine
 from jobs.cache import Cache, open_cache
 from jobs.db import check_reachable, make_engine, redact
 from jobs.errors import OpsError
-from jobs.migrate import ensure_schema
 from jobs.presence import who_am_i
 from jobs.settings import Settings
 from jobs.timeutil import utc_now
@@ -41,6 +40,8 @@ class Session:
     def connect(self) -> Engine:
         """Open (or re-check) the database and bring the ops_ tables up to date.
         Raises UnreachableError/UsageError with a message fit for the status line."""
+        from jobs.migrate import ensure_schema  # Alembic: loaded off the UI's first paint
+
         with self._lock:
             engine = self.engine or make_engine(self.settings.database_url)
             check_reachable(engine)
