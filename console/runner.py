@@ -107,7 +107,7 @@ class RunnerState:
             "heartbeat_error": None if self.presence is None else self.presence.last_error,
             "last_loop_at": iso(self.last_loop_at),
             "next_wake": iso(self.next_wake),
-            "running": [{"run_id": r, "job": j} for r, j in sorted(self.in_flight.items())],
+            "running": [{"run_id": r, "job": j} for r, j in sorted(self.in_flight.copy().items())],
         }
 
 
@@ -383,7 +383,7 @@ async def serve(state: RunnerState, core: SlotRunner,
             hurry.set()
         else:
             state.log.info("runner-stopping", signal=sig.name,
-                           running=sorted(state.in_flight.items()))
+                           running=sorted(state.in_flight.copy().items()))
         signals.append(sig.name)
         state.stop.set()  # jobs see it between two tenants; no new claims after this
         wake.set()
@@ -456,7 +456,7 @@ async def serve(state: RunnerState, core: SlotRunner,
             hurried = asyncio.ensure_future(hurry.wait())
             await asyncio.wait({waiter, hurried}, return_when=asyncio.FIRST_COMPLETED)
             hurried.cancel()
-            left = sorted(state.in_flight.items())
+            left = sorted(state.in_flight.copy().items())
             if left:
                 state.log.warning("shutdown-timeout", running=left,
                                   reason="runs did not stop in time; another runner will "

@@ -8,6 +8,7 @@ Slow (real seconds): marked `slow`.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from sqlalchemy.engine import Engine
 
 from jobs.db import ops_email_outbox, ops_runners, ops_runs, tenants
 from jobs.timeutil import utc_now
+from tests.smtp_sink import Sink, smtp_server
 
 pytestmark = pytest.mark.slow
 
@@ -251,3 +253,41 @@ def test_sigterm_mid_run_exits_0_and_marks_the_run_interrupted(
     events = [e["event"] for e in runner.events()]
     assert events[0] == "runner-started" and events[-1] == "runner-stopped"
     assert "runner-stopping" in events
+
+
+def test_the_runner_delivers_the_outbox_on_its_interval(
+        engine: Engine, env: dict[str, str], tmp_path: Path,
+        spawn: Callable[..., Runner]) -> None:
+    add_expired_tenants(engine, 5)
+    config = write_config(tmp_path / "schedules.toml", "* * * * * */2")
+    with config.open("a") as fh:
+        fh.write("\n[outbox]\nsend_interval = 1\n")
+    sink = Sink()
+    with smtp_server(sink) as port:
+        runner = spawn({**env, "SMTP_URL": f"smtp://127.0.0.1:{port}"}, config, "runner")
+        wait_until("5 emails delivered", lambda: len(sink.received) >= 5, 60)
+        assert runner.stop() == 0
+    with engine.connect() as c:
+        statuses = c.execute(select(ops_email_outbox.c.status)).scalars().all()
+    assert statuses == ["sent"] * 5
+    assert sorted(m["To"] for m in sink.messages) == [f"owner{i}@example.com"
+                                                      for i in range(5)]
+    assert any(e["event"] == "outbox-drained" and e["sent"] >= 1 for e in runner.events())
+
+
+@pytest.mark.parametrize(("args", "extra_env", "code", "says"), [
+    (["run", "--http", "nowhere"], {}, 2, "--http 'nowhere': expected HOST:PORT"),
+    (["--config", "bad.toml", "run"], {}, 2, "bad.toml: jobs.expiry-checker.schedule"),
+    (["run"], {"DATABASE_URL": "postgresql://ops:pw@127.0.0.1:1/none"}, 3,
+     "database unreachable"),
+])
+def test_start_errors_are_one_line_with_their_exit_code(
+        tmp_path: Path, args: list[str], extra_env: dict[str, str], code: int,
+        says: str) -> None:
+    (tmp_path / "bad.toml").write_text('[jobs.expiry-checker]\nschedule = "61 * * * *"\n')
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", **extra_env}
+    done = cli(env, tmp_path, *args)
+    assert done.returncode == code, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0] and "pw@" not in lines[0]
