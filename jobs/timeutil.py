@@ -32,7 +32,12 @@ def parse_timestamp(text: str) -> datetime:
     raw = text.strip()
     if raw.endswith(("Z", "z")):
         raw = raw[:-1] + "+00:00"
-    value = datetime.fromisoformat(raw)
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an ISO 8601 time; write e.g. 2026-11-28T09:00:00Z or 2026-11-28"
+        ) from None
     if len(raw) == 10:  # a bare date
         return value.replace(tzinfo=UTC)
     if value.tzinfo is None:
