@@ -23,6 +23,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from console.commands_palette import Entry, OpsCommands
+from console.formatting import plural
 from console.messages import (
     Connected,
     ConnectionFailed,
@@ -176,7 +177,7 @@ class OpsApp(App[int]):
 
     def request_trigger(self, job_id: str, params: RunParams | None = None, *,
                         question: str | None = None, detail: str | None = None,
-                        open_result: bool = True) -> None:
+                        yes: str = "Run now", open_result: bool = True) -> None:
         if self._refuse_write("run a job"):
             return
         if not self._can_start():
@@ -192,7 +193,7 @@ class OpsApp(App[int]):
             question or f"Run {job_id} now?",
             detail or f"{spec.title}: {spec.description}.\nThis is a real run: it writes "
                       "to the platform tables, the outbox or the cache.",
-            yes="Run now",
+            yes=yes,
         ), answered)
 
     def request_preview(self, job_id: str) -> None:
@@ -277,7 +278,7 @@ class OpsApp(App[int]):
                     else "warning" if errors or report.status is RunStatus.INTERRUPTED
                     else "information")
         run = f"run #{report.run_id}" if report.run_id else "preview"
-        text = f"{report.message}: {n:,} processed, {errors:,} errors ({run})"
+        text = f"{report.message}: {n:,} processed, {plural(errors, 'error')} ({run})"
         if report.error:
             text += f"\n{report.error}"
         self.notify(text, title=purpose.job_id, severity=severity, timeout=8)

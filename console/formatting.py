@@ -117,6 +117,10 @@ def compact(detail: Mapping[str, Any], skip: tuple[str, ...] = ()) -> str:
     return " ".join(f"{k}={v}" for k, v in detail.items() if k not in skip)
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def clip(text: str | None, width: int) -> str:
     if not text:
         return ""

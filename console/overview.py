@@ -16,6 +16,8 @@ from jobs.records import RunRecord
 from jobs.runs import JobState
 from jobs.settings import Settings
 
+RECENT = 30
+
 
 @dataclass(frozen=True)
 class Overview:
@@ -26,6 +28,7 @@ class Overview:
     runners: tuple[RunnerInfo, ...]
     outbox_counts: Mapping[str, int]
     cache_error: str | None
+    recent: tuple[RunRecord, ...] = ()  # the newest runs of every job
 
     @property
     def alive_runners(self) -> tuple[RunnerInfo, ...]:
@@ -51,4 +54,5 @@ def load_overview(engine: Engine, settings: Settings, cache: Cache | None,
         runners=tuple(list_runners(engine, now, settings.runner.stale_after)),
         outbox_counts=outbox.counts_by_status(engine),
         cache_error=cache_error,
+        recent=tuple(runs.history(engine, None, limit=RECENT)),
     )

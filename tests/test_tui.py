@@ -234,7 +234,7 @@ async def test_progress_bar_follows_the_run(engine: Engine, settings: Settings) 
         await pilot.pause()
         panel = app.screen.query_one(RunProgress)
         assert panel.display
-        assert "3 of 40 done, 1 errors" in text(panel.query_one("#run-counts", Static))
+        assert "3 of 40 done, 1 error" in text(panel.query_one("#run-counts", Static))
         assert app.screen.query_one("#run-bar").progress == 3  # type: ignore[attr-defined]
 
 

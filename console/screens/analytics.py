@@ -254,7 +254,7 @@ class AnalyticsScreen(OpsScreen):
             detail=(f"The job aggregates {day.isoformat()} for every tenant, not only "
                     f"{self.tenant.name} (it works a day at a time), and overwrites their "
                     "cached values with a fresh time to live."),
-            open_result=False,
+            yes="Recompute", open_result=False,
         )
 
     def on_job_finished(self, purpose: RunPurpose, report: RunReport) -> None:

@@ -91,7 +91,7 @@ class HistoryScreen(OpsScreen):
         self.records.extend(event.records)
         self.complete = event.complete
         for record in event.records:
-            table.add_row(*_row(record), key=str(record.run_id))
+            table.add_row(*run_row(record), key=str(record.run_id))
         more = "" if self.complete else "; m or scroll down for older ones"
         self.query_one("#history-title", Label).update(
             f"{JOBS[self.job_id].title} ({self.job_id}): {len(self.records):,} runs shown{more}")
@@ -131,7 +131,7 @@ class HistoryScreen(OpsScreen):
             self.action_reload()
 
 
-def _row(r: RunRecord) -> tuple[str | Text, ...]:
+def run_row(r: RunRecord) -> tuple[str | Text, ...]:
     ran = r.started_at is not None
     return (
         f"#{r.run_id}",

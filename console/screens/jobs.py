@@ -11,24 +11,29 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.coordinate import Coordinate
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Footer, Header, Label, Static
 
 from console.formatting import ago, clip, clock_time, countdown, duration, status_text
 from console.overview import Overview
 from console.screens.base import OpsScreen
+from console.screens.history import run_row
 from console.widgets.run_progress import RunProgress
 from console.widgets.status_bar import StatusBar
 from console.widgets.tables import RowTable
+from jobs.records import RunRecord
 from jobs.registry import JOBS
 from jobs.settings import JOB_IDS
 
+RECENT_COLUMNS = (("Run", "run", 7), ("Job", "job", 19), ("Trigger", "trigger", 8),
+                  ("When (UTC)", "when", 16), ("Took", "took", 6), ("Status", "status", 11),
+                  ("Done", "done", 6), ("Errors", "err", 6))
 COLUMNS = (("Job", "job", 19), ("Schedule", "schedule", 25), ("Next run", "next", 16),
            ("Last run", "last", 22), ("State", "state", 6))
 
 
 class JobsScreen(OpsScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("t", "run_now", "Run now", id="job-run-now",
+        Binding("t", "run_now", "Run", id="job-run-now",
                 tooltip="Run the highlighted job now (asks first)"),
         Binding("p", "preview", "Preview", id="job-preview",
                 tooltip="Dry run: what the job would do now, writing nothing"),
@@ -36,7 +41,7 @@ class JobsScreen(OpsScreen):
                 tooltip="Pause the job's schedule (manual runs still work)"),
         Binding("s", "resume", "Resume", id="job-resume",
                 tooltip="Resume the schedule from now on (no burst of old slots)"),
-        Binding("x", "stop_run", "Stop run", id="job-stop",
+        Binding("x", "stop_run", "Stop", id="job-stop",
                 tooltip="Stop the run this console started, after the tenant in hand"),
         Binding("h", "history", "History", id="job-history",
                 tooltip="The highlighted job's runs, newest first (also: enter)"),
@@ -58,6 +63,8 @@ class JobsScreen(OpsScreen):
         yield StatusBar(id="status")
         yield RowTable(id="jobs", cell_padding=1)
         yield Static("", id="job-detail")
+        yield Label("Recent runs of every job", id="recent-title", classes="screen-title")
+        yield RowTable(id="recent", zebra_stripes=True)
         yield RunProgress(id="run-progress")
         yield Footer()
 
@@ -78,6 +85,9 @@ class JobsScreen(OpsScreen):
                 key=job_id,
                 height=2,
             )
+        recent: DataTable[Text] = self.query_one("#recent", DataTable)
+        for label, key, width in RECENT_COLUMNS:
+            recent.add_column(label, key=key, width=width)
         self.tick()
         self.set_interval(1.0, self.tick, name="countdown")
         self._detail()
@@ -105,7 +115,7 @@ class JobsScreen(OpsScreen):
             if not cfg.enabled:
                 cell = Text.assemble(("disabled", "dim"), "\n", ("enabled = false", "dim"))
             elif self._paused(job_id):
-                cell = Text.assemble(("paused", "yellow"), "\n", ("resume to schedule", "dim"))
+                cell = Text.assemble(("paused", "yellow"), "\n", ("no slots fire", "dim"))
             else:
                 slot = self._next.get(job_id)
                 if slot is None or slot <= now:
@@ -134,7 +144,24 @@ class JobsScreen(OpsScreen):
             table.update_cell(job_id, "state", state)
         self.tick()
         self._detail()
+        self._recent(overview)
         self.refresh_bindings()
+
+    def _recent(self, overview: Overview) -> None:
+        table = self.query_one("#recent", DataTable)
+        keys = [str(r.run_id) for r in overview.recent]
+        if keys == [k.value for k in table.rows]:
+            for r in overview.recent:  # same runs: only what a running run changes
+                for (_, col, _), value in zip(RECENT_COLUMNS, recent_row(r), strict=True):
+                    if col in ("took", "status", "done", "err"):
+                        table.update_cell(str(r.run_id), col, value)
+            return
+        selected = table.cursor_row
+        table.clear()
+        for r in overview.recent:
+            table.add_row(*recent_row(r), key=str(r.run_id))
+        if overview.recent:
+            table.move_cursor(row=min(selected, len(overview.recent) - 1), animate=False)
 
     def _last_cell(self, job_id: str, now: datetime) -> Text:
         assert self.overview is not None
@@ -184,6 +211,10 @@ class JobsScreen(OpsScreen):
     def _selected(self) -> None:
         self.action_history()
 
+    @on(DataTable.RowSelected, "#recent")
+    def _run_selected(self, event: DataTable.RowSelected) -> None:
+        self.ops.open_run(int(str(event.row_key.value)))
+
     # --- actions -------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -224,3 +255,8 @@ class JobsScreen(OpsScreen):
 
     def action_refresh(self) -> None:
         self.ops.refresh_data()
+
+
+def recent_row(r: RunRecord) -> tuple[str | Text, ...]:
+    run, trigger, slot, started, took, status, done, err = run_row(r)
+    return (run, r.job_id, trigger, slot if r.scheduled_for else started, took, status, done, err)

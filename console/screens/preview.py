@@ -76,6 +76,7 @@ class PreviewScreen(OpsScreen):
                 detail=f"{JOBS[job_id].title}. The preview showed {self.report.processed:,} "
                        "items; a real run now writes to the platform tables, the outbox or "
                        "the cache, and may differ if the data changed since.",
+                yes="Run for real",
             )
 
         self.app.pop_screen()

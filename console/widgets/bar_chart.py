@@ -55,7 +55,7 @@ class BarChart(Widget):
         shown = bars if len(bars) * (1 + gap) - gap <= width else bars[-((width + gap) // (1 + gap)):]
         bar_w = 1
         if shown:
-            bar_w = max(1, min(4, (width + gap) // len(shown) - gap))
+            bar_w = max(1, min(8, (width + gap) // len(shown) - gap))
         values = [b.value for b in shown if b.value is not None]
         top = max(values, default=0.0)
         title = f"{self.title}  max {self.fmt(top)}" if values else f"{self.title}  no data"
@@ -81,9 +81,19 @@ class BarChart(Widget):
             out.append_text(line)
             out.append("\n")
         if shown:
-            first, last = shown[0].label, shown[-1].label
-            span = len(shown) * (bar_w + gap) - gap
-            pad = max(1, span - len(first) - len(last))
-            axis = first + " " * pad + last if span >= len(first) + len(last) + 1 else last
-            out.append(axis[:width], style="dim")
+            out.append(_axis([b.label for b in shown], bar_w, gap, width), style="dim")
         return out
+
+
+def _axis(labels: list[str], bar_w: int, gap: int, width: int) -> str:
+    """Labels under their bars, as many as fit without touching, counted from the last."""
+    step = bar_w + gap
+    every = max(1, -(-(max(map(len, labels)) + 1) // step))  # ceil
+    line = [" "] * width
+    for i in range(len(labels) - 1, -1, -every):
+        label = labels[i]
+        start = min(i * step, width - len(label))
+        if start < 0 or any(c != " " for c in line[max(0, start - 1) : start + len(label)]):
+            continue
+        line[start : start + len(label)] = label
+    return "".join(line).rstrip()

@@ -138,6 +138,11 @@ class ItemsView(Vertical):
         self._count()
         if start == 0 and self.items:
             self._detail(self.items[0])
+        elif not self.items:
+            what = "failed items" if self.errors_only else "items"
+            match = f" matching {self.search!r}" if self.search else ""
+            self.query_one("#item-detail", Static).update(
+                Text(f"No {what}{match}.", style="dim"))
 
     def set_totals(self, total: int | None, errors: int | None) -> None:
         self.total, self.error_total = total, errors

@@ -6,6 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Label, ProgressBar
 
+from console.formatting import plural
 from console.messages import RunPurpose
 from jobs.records import Progress
 
@@ -39,7 +40,7 @@ class RunProgress(Horizontal):
         else:
             bar.update(total=progress.total, progress=progress.done)
         total = "?" if progress.total is None else f"{progress.total:,}"
-        errors = f", {progress.errors:,} errors" if progress.errors else ""
+        errors = f", {plural(progress.errors, 'error')}" if progress.errors else ""
         self.query_one("#run-counts", Label).update(f"{progress.done:,} of {total} done{errors}")
 
     def end(self) -> None:
