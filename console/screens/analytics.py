@@ -219,14 +219,15 @@ class AnalyticsScreen(OpsScreen):
         missing = sum(1 for d in self.days if d.value is None)
         title = Text()
         title.append(event.tenant.name, style="bold")
-        title.append(f"  {event.tenant.id}  ", style="dim")
+        title.append("  ")
         title.append_text(status_text(event.tenant.status))
         first, last = chronological[0].day, chronological[-1].day
-        title.append(f"   {len(self.days)} days {first.isoformat()} … {last.isoformat()}")
+        title.append(f"  {first.isoformat()} … {last.isoformat()} ({len(self.days)} days)  ")
         if missing:
-            title.append(f"   {missing} missing", style="bold yellow")
+            title.append(f"{missing} missing", style="bold yellow")
         else:
-            title.append("   none missing", style="green")
+            title.append("none missing", style="green")
+        title.append(f"  {event.tenant.id}", style="dim")
         self.query_one("#analytics-title", Static).update(title)
 
     # --- recompute ----------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def status_lines(info: StatusInfo) -> tuple[Text, Text]:
 
     state = Text(no_wrap=True, overflow="ellipsis")
     if info.db_error:
-        state.append(f"⚠ {info.db_error} (retrying)", style="bold red")
+        state.append(f"⚠ Retrying every few seconds. {info.db_error}", style="bold red")
     elif not info.connected:
         state.append("Connecting to the database…", style="dim")
     elif not info.checked:
