@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, parseaddr
@@ -65,8 +66,26 @@ log = logging.getLogger(__name__)
 LEASE = timedelta(minutes=5)
 NO_SMTP = "SMTP_URL is not set"
 MESSAGE_ID_DOMAIN = "storeflow-ops"
+
+
+class _HeaderClasses(HeaderRegistry):
+    """The stdlib registry builds a new class each time it makes a header; at thousands
+    of messages a drain that adds up. The classes hold no state: build each once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = super().__getitem__(name)
+        return made
+
+
 # 7-bit bodies (quoted-printable or base64 when needed) pass every relay, 8BITMIME or not.
-POLICY = SMTP.clone(cte_type="7bit")
+POLICY = SMTP.clone(cte_type="7bit", header_factory=_HeaderClasses())
 
 Security = Literal["plain", "starttls", "ssl"]
 _DEFAULT_PORT: dict[Security, int] = {"plain": 25, "starttls": 587, "ssl": 465}
@@ -373,16 +392,16 @@ class _Pacer:
 
 
 def _connect(smtp: SmtpConfig) -> smtplib.SMTP:
-    context = ssl.create_default_context()
     conn: smtplib.SMTP | None = None
     try:
         if smtp.security == "ssl":
-            conn = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=smtp.timeout, context=context)
+            conn = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=smtp.timeout,
+                                    context=_tls_context())
         else:
             conn = smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout)
         conn.ehlo()
         if smtp.security == "starttls":
-            conn.starttls(context=context)
+            conn.starttls(context=_tls_context())
             conn.ehlo()
         if smtp.username:
             conn.login(smtp.username, smtp.password or "")
@@ -396,6 +415,12 @@ def _connect(smtp: SmtpConfig) -> smtplib.SMTP:
     except (smtplib.SMTPException, OSError) as exc:
         _close(conn)
         raise _Unreachable(_os_reason(exc)) from None
+
+
+def _tls_context() -> ssl.SSLContext:
+    # Certificates and host names verified against the system's CAs (SSL_CERT_FILE
+    # points elsewhere for a private relay).
+    return ssl.create_default_context()
 
 
 def _close(conn: smtplib.SMTP | None) -> None:
@@ -459,10 +484,11 @@ class _Marks:
     """Writes each outcome the moment it is known, in its own transaction, on one database
     connection held for the batch (no pool checkout and ping per message).
 
-    On PostgreSQL these commits do not wait for the WAL flush (synchronous_commit off,
-    for this connection only). A database crash can then forget the last fraction of a
-    second of marks: those emails are sent again, exactly as after a sender crash, and
-    nothing is lost. The claims stay fully synchronous.
+    These commits do not wait for the disk (PostgreSQL: synchronous_commit off; SQLite:
+    synchronous NORMAL under WAL; for this connection only, restored after). A crash of
+    the database server or the machine can then forget the last fraction of a second of
+    marks: those emails are sent again, exactly as after a sender crash, and nothing is
+    lost. A crash of the sender alone forgets nothing. Claims stay fully synchronous.
     """
 
     def __init__(self, engine: Engine, cfg: OutboxConfig, clock: Callable[[], datetime],
@@ -473,25 +499,42 @@ class _Marks:
         self.jitter = jitter
         self.tally = tally
         self.conn: Connection | None = None
+        self.sqlite_sync = 2
 
     def __enter__(self) -> _Marks:
         with self._unreachable():
-            self.conn = self.engine.connect()
-            if not is_sqlite(self.conn):
+            if is_sqlite(self.engine):
+                self.conn = self.engine.connect()
+                raw = self._raw_sqlite()
+                self.sqlite_sync = raw.execute("PRAGMA synchronous").fetchone()[0]
+                raw.execute("PRAGMA synchronous = NORMAL")
+            else:
+                # One round trip per mark: no BEGIN/COMMIT around a single UPDATE.
+                self.conn = self.engine.connect().execution_options(
+                    isolation_level="AUTOCOMMIT")
                 self.conn.exec_driver_sql("SET synchronous_commit TO OFF")
                 self.conn.commit()
         return self
 
+    def _raw_sqlite(self) -> Any:
+        # The driver's own connection: a PRAGMA must run outside the BEGIN IMMEDIATE
+        # that SQLAlchemy's begin event would open around it.
+        assert self.conn is not None
+        return self.conn.connection.driver_connection
+
     def __exit__(self, *exc: object) -> None:
-        conn, self.conn = self.conn, None
+        conn = self.conn
         if conn is None:
             return
         try:
-            if not is_sqlite(conn) and not conn.invalidated:
+            if not conn.invalidated:
                 conn.rollback()
-                conn.exec_driver_sql("RESET synchronous_commit")
-                conn.commit()
+                if is_sqlite(conn):
+                    self._raw_sqlite().execute(f"PRAGMA synchronous = {int(self.sqlite_sync)}")
+                else:
+                    conn.exec_driver_sql("RESET synchronous_commit")
         finally:
+            self.conn = None
             conn.close()
 
     @contextmanager
