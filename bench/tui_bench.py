@@ -80,7 +80,7 @@ def add_big_run(url: str, items: int) -> int:
             reference_time=now, created_at=now, started_at=now,
             finished_at=now + timedelta(seconds=42), processed=items, errors=items // 10,
             params={}, summary={"expired": items},
-        )).inserted_primary_key[0])
+        )).inserted_primary_key[0])  # type: ignore[index]
         rows = [
             {"run_id": run_id, "seq": i, "tenant_id": f"{i:08d}-0000-4000-8000-000000000000",
              "tenant_name": f"Bench Shop {i}", "action": "expired",

@@ -17,6 +17,7 @@ from rich.text import Text
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Engine
 from textual.pilot import Pilot
+from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Static
 
@@ -69,6 +70,11 @@ async def settle(app: OpsApp, pilot: Pilot[Any]) -> None:
     raise AssertionError("workers never settled")
 
 
+def screen_of(app: OpsApp) -> Screen[Any]:
+    """The screen on top now (a call, so type checkers do not narrow it across awaits)."""
+    return app.screen
+
+
 def text(widget: Widget) -> str:
     content = getattr(widget, "content", None)
     if isinstance(content, Text):
@@ -117,7 +123,7 @@ async def test_jobs_screen_shows_schedules_countdowns_and_runner_state(
     app = make_app(settings, engine)
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
-        assert isinstance(app.screen, JobsScreen)
+        assert isinstance(screen_of(app), JobsScreen)
         table = app.screen.query_one("#jobs", DataTable)
         assert table.row_count == 4
         assert cell(table, "expiry-checker", "schedule") == "0 0 * * *\ndaily at 00:00 UTC"
@@ -143,15 +149,15 @@ async def test_trigger_asks_runs_in_a_worker_and_opens_the_result(
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         await pilot.press("t")
-        assert isinstance(app.screen, ConfirmScreen)
+        assert isinstance(screen_of(app), ConfirmScreen)
         await pilot.press("n")  # cancelled: nothing runs
         await settle(app, pilot)
-        assert isinstance(app.screen, JobsScreen) and count(engine, ops_runs) == 0
+        assert isinstance(screen_of(app), JobsScreen) and count(engine, ops_runs) == 0
 
         await pilot.press("t")
         await pilot.press("y")
         await settle(app, pilot)
-        assert isinstance(app.screen, RunDetailScreen)
+        assert isinstance(screen_of(app), RunDetailScreen)
         summary = text(app.screen.query_one("#run-summary", Static))
         assert "expiry-checker partial" in summary and "processed 3" in summary
         items = app.screen.query_one("#items", DataTable)
@@ -179,7 +185,7 @@ async def test_trigger_of_a_running_job_is_refused_with_a_notification(
         run_id = conn.execute(insert(ops_runs).values(
             job_id="expiry-checker", trigger="schedule", status="running", started_by="r@h",
             runner_id=holder.id, reference_time=NOW, created_at=NOW, started_at=NOW,
-            scheduled_for=NOW)).inserted_primary_key[0]
+            scheduled_for=NOW)).inserted_primary_key[0]  # type: ignore[index]
         conn.execute(insert(ops_job_state).values(job_id="expiry-checker", paused=False,
                                                   active_run_id=run_id))
     app = make_app(settings, engine)
@@ -189,7 +195,7 @@ async def test_trigger_of_a_running_job_is_refused_with_a_notification(
         assert cell(jobs, "expiry-checker", "last").startswith("running")
         await pilot.press("t", "y")
         await settle(app, pilot)
-        assert isinstance(app.screen, JobsScreen)
+        assert isinstance(screen_of(app), JobsScreen)
         assert any("already running" in n for n in notes(app))
     assert count(engine, ops_runs) == 1
 
@@ -202,7 +208,7 @@ async def test_preview_writes_nothing_then_run_for_real_asks_again(
         await settle(app, pilot)
         await pilot.press("p")
         await settle(app, pilot)
-        assert isinstance(app.screen, PreviewScreen)
+        assert isinstance(screen_of(app), PreviewScreen)
         summary = text(app.screen.query_one("#run-summary", Static))
         assert "nothing was written" in summary and "expired=1" in summary
         items = app.screen.query_one("#items", DataTable)
@@ -212,11 +218,11 @@ async def test_preview_writes_nothing_then_run_for_real_asks_again(
 
         await pilot.press("t")
         await settle(app, pilot)
-        assert isinstance(app.screen, ConfirmScreen)
+        assert isinstance(screen_of(app), ConfirmScreen)
         assert "for real" in text(app.screen.query_one("#confirm-question", Static))
         await pilot.press("y")
         await settle(app, pilot)
-        assert isinstance(app.screen, RunDetailScreen)
+        assert isinstance(screen_of(app), RunDetailScreen)
     assert status_of(engine, a) == "expired" and status_of(engine, b) == "suspended"
     assert count(engine, ops_runs) == 1 and count(engine, ops_email_outbox) == 2
 
@@ -292,7 +298,7 @@ async def test_history_is_newest_first_with_missed_and_skipped_and_pages(
             await pilot.press("down")
         await pilot.press("h")
         await settle(app, pilot)
-        assert isinstance(app.screen, HistoryScreen)
+        assert isinstance(screen_of(app), HistoryScreen)
         table = app.screen.query_one("#history", DataTable)
         assert table.row_count == 100
         ids = [int(v.lstrip("#")) for v in column(table, "run")]
@@ -303,10 +309,12 @@ async def test_history_is_newest_first_with_missed_and_skipped_and_pages(
         assert table.row_count == 200
         await pilot.press("end")  # scrolling to the end pages in the rest
         await settle(app, pilot)
-        assert table.row_count == 250 and app.screen.complete
+        history = screen_of(app)
+        assert isinstance(history, HistoryScreen)
+        assert table.row_count == 250 and history.complete
         await pilot.press("enter")
         await settle(app, pilot)
-        assert isinstance(app.screen, RunDetailScreen)
+        assert isinstance(screen_of(app), RunDetailScreen)
 
 
 def add_run_with_items(engine: Engine, n: int, errors_every: int = 3) -> int:
@@ -316,7 +324,7 @@ def add_run_with_items(engine: Engine, n: int, errors_every: int = 3) -> int:
             reference_time=NOW, created_at=NOW, started_at=NOW,
             finished_at=NOW + timedelta(seconds=3), processed=n,
             errors=len(range(0, n, errors_every)), params={}, summary={"expired": n},
-        )).inserted_primary_key[0])
+        )).inserted_primary_key[0])  # type: ignore[index]
         conn.execute(insert(ops_run_items), [
             {"run_id": run_id, "seq": i, "tenant_id": f"tenant-{i:05d}",
              "tenant_name": f"Shop {i:05d}", "action": "expired",
@@ -411,11 +419,11 @@ async def test_analytics_shows_cached_days_marks_missing_and_recomputes(
         await pilot.press("down", "down")  # 2026-11-25
         await pilot.press("c")
         await settle(app, pilot)
-        assert isinstance(app.screen, ConfirmScreen)
+        assert isinstance(screen_of(app), ConfirmScreen)
         assert "for every tenant" in text(app.screen.query_one("#confirm-detail", Static))
         await pilot.press("y")
         await settle(app, pilot)
-        assert app.screen is screen  # stays on analytics and reloads
+        assert screen_of(app) is screen  # stays on analytics and reloads
         assert cell(table, "2026-11-25", "orders") == "1"
         assert cell(table, "2026-11-25", "revenue") == "19.99"
         assert cell(table, "2026-11-25", "ttl") == "1d 00h"
@@ -446,7 +454,8 @@ def add_email(engine: Engine, key: str, status: str, **kw: Any) -> int:
            "status": status, "attempts": 8 if status == "dead" else 0, "created_at": NOW,
            "last_error": "550 mailbox unavailable" if status == "dead" else None, **kw}
     with engine.begin() as conn:
-        return int(conn.execute(insert(ops_email_outbox).values(**row)).inserted_primary_key[0])
+        result = conn.execute(insert(ops_email_outbox).values(**row))
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
 
 
 async def test_outbox_reads_an_email_filters_and_retries_a_dead_one(
@@ -511,11 +520,11 @@ async def test_read_only_hides_and_refuses_every_write(engine: Engine, settings:
         assert "READ-ONLY" in text(app.screen.query_one("#status", Static))
         await pilot.press("t", "y", "s")
         await settle(app, pilot)
-        assert isinstance(app.screen, JobsScreen)
+        assert isinstance(screen_of(app), JobsScreen)
         app.request_trigger("expiry-checker")  # even when asked directly
         app.request_pause("expiry-checker", True)
         await settle(app, pilot)
-        assert isinstance(app.screen, JobsScreen)
+        assert isinstance(screen_of(app), JobsScreen)
         assert sum("Read-only console" in n for n in notes(app)) == 2
         titles = [t for t, _, _ in app.palette_entries(app.screen)]
         assert not any("Run now" in t or "Pause" in t for t in titles)
@@ -523,7 +532,7 @@ async def test_read_only_hides_and_refuses_every_write(engine: Engine, settings:
 
         await pilot.press("p")  # preview is allowed: it writes nothing
         await settle(app, pilot)
-        assert isinstance(app.screen, PreviewScreen)
+        assert isinstance(screen_of(app), PreviewScreen)
         assert app.screen.check_action("run_for_real", ()) is False
     assert count(engine, ops_runs) == 0 and count(engine, ops_job_state) == 0
     assert status_of(engine, a) == "active"
@@ -534,7 +543,7 @@ async def test_help_lists_the_keys_of_every_screen(engine: Engine, settings: Set
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         await pilot.press("question_mark")
-        assert isinstance(app.screen, HelpScreen)
+        assert isinstance(screen_of(app), HelpScreen)
         console = Console(width=100, record=True, file=io.StringIO())
         console.print(app.screen.query_one("#help-keys", Static).content)
         listing = console.export_text()
@@ -542,7 +551,7 @@ async def test_help_lists_the_keys_of_every_screen(engine: Engine, settings: Set
                       "Recompute day", "Retry", "Run for real", "Palette"):
             assert words in listing
         await pilot.press("escape")
-        assert isinstance(app.screen, JobsScreen)
+        assert isinstance(screen_of(app), JobsScreen)
 
 
 async def test_command_palette_runs_named_actions(engine: Engine, settings: Settings) -> None:
@@ -558,7 +567,7 @@ async def test_command_palette_runs_named_actions(engine: Engine, settings: Sett
         await pilot.pause(0.5)
         await pilot.press("enter")
         await settle(app, pilot)
-        assert isinstance(app.screen, OutboxScreen)
+        assert isinstance(screen_of(app), OutboxScreen)
         titles = [t for t, _, _ in app.palette_entries(app.screen)]
         assert "email: Retry" not in titles  # nothing retryable is highlighted
         assert "email: Filter" in titles
@@ -576,7 +585,7 @@ async def test_a_database_that_is_down_is_a_status_line_not_a_crash(tmp_path: An
         await pilot.press("t")  # nothing to run against: a warning, not a traceback
         await pilot.press("p")
         await settle(app, pilot)
-        assert isinstance(app.screen, JobsScreen)
+        assert isinstance(screen_of(app), JobsScreen)
         assert any("Not connected" in n for n in notes(app))
 
 
@@ -588,7 +597,7 @@ async def test_a_failing_job_is_a_notification(engine: Engine, settings: Setting
         await settle(app, pilot)
         app.request_preview("cleanup")
         await settle(app, pilot)
-        assert isinstance(app.screen, JobsScreen)
+        assert isinstance(screen_of(app), JobsScreen)
         assert any("has no StoreFlow platform tables (cart_items)" in n for n in notes(app)), notes(app)
 
 
@@ -604,7 +613,7 @@ async def test_a_cache_that_is_down_shows_and_fails_the_run_not_the_app(
         assert "(unreachable)" in status and "cache unreachable at redis://127.0.0.1:9/0" in status
         await pilot.press("down", "down", "t", "y")  # analytics-aggregate, for real
         await settle(app, pilot)
-        assert isinstance(app.screen, RunDetailScreen)
+        assert isinstance(screen_of(app), RunDetailScreen)
         assert "analytics-aggregate failed" in text(app.screen.query_one("#run-summary", Static))
         assert any(n.startswith("Job failed") for n in notes(app))
         app.open_analytics("t-1")
