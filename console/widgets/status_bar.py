@@ -26,6 +26,8 @@ NO_RUNNER = "No runner is alive: nothing will fire on schedule (start one: store
 
 def status_lines(info: StatusInfo) -> tuple[Text, Text]:
     where = Text(no_wrap=True, overflow="ellipsis")
+    if info.read_only:  # first, so a long URL can never push it off the line
+        where.append("READ-ONLY  ", style="bold yellow")
     where.append("Database ", style="dim")
     where.append(info.database)
     where.append("  Cache ", style="dim")
@@ -33,8 +35,6 @@ def status_lines(info: StatusInfo) -> tuple[Text, Text]:
         where.append(f"{info.cache} (unreachable)", style="bold red")
     else:
         where.append(info.cache)
-    if info.read_only:
-        where.append("  READ-ONLY", style="bold yellow")
 
     state = Text(no_wrap=True, overflow="ellipsis")
     if info.db_error:
