@@ -55,7 +55,7 @@ from sqlalchemy.engine import Engine
 from console.context import CliContext
 from console.runlog import RunLog, install
 from jobs.db import ops_runs, redact, transaction
-from jobs.errors import OpsError, UsageError
+from jobs.errors import OpsError
 from jobs.presence import Presence
 from jobs.records import RunReport, RunStatus, Trigger
 from jobs.runs import claim_slot, execute, job_states, record_missed, recover_stale_runs
@@ -483,27 +483,16 @@ def _drain_logged(core: SlotRunner, now: datetime) -> None:
 # --- the command ------------------------------------------------------------------------------
 
 
-def parse_http(value: str) -> tuple[str, int]:
-    """`HOST:PORT` (IPv6 as `[::1]:8080`) -> (host, port), or a usage error."""
-    host, sep, port = value.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--http {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
-    return host, int(port)
-
-
-def _check_http_face() -> None:
-    if importlib.util.find_spec("console.http") is None:
-        raise UsageError("--http: the HTTP face (console/http.py) is not part of this build")
-    if not hasattr(importlib.import_module("console.http"), "start_http"):
-        raise UsageError("--http: console/http.py has no start_http(state, host, port)")
-
-
 def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
     settings = ctx.settings
-    http = parse_http(args.http) if args.http else None
-    if http is not None:
-        _check_http_face()
+    http = None
+    if args.http:
+        from console.http import check_token, parse_listen
+
+        # Both before the database is touched: a runner that cannot serve what it was
+        # asked to serve should fail at once, with nothing registered.
+        http = parse_listen(args.http)  # HOST:PORT, :PORT or PORT (host 127.0.0.1)
+        check_token(settings)
     runlog = RunLog(ctx.stderr, args.log_format)
     engine = ctx.engine  # reachable and migrated, or exit 3
     install(runlog)

@@ -276,7 +276,9 @@ def test_the_runner_delivers_the_outbox_on_its_interval(
 
 
 @pytest.mark.parametrize(("args", "extra_env", "code", "says"), [
-    (["run", "--http", "nowhere"], {}, 2, "--http 'nowhere': expected HOST:PORT"),
+    (["run", "--http", "nowhere"], {}, 2, "--http: nowhere: expected HOST:PORT"),
+    (["run", "--http", "127.0.0.1:0"], {"CRON_SECRET_TOKEN": "short"}, 2,
+     "CRON_SECRET_TOKEN: is 5 characters"),
     (["--config", "bad.toml", "run"], {}, 2, "bad.toml: jobs.expiry-checker.schedule"),
     (["run"], {"DATABASE_URL": "postgresql://ops:pw@127.0.0.1:1/none"}, 3,
      "database unreachable"),
