@@ -1,6 +1,6 @@
 """Benchmark of the outbox sender (issue 4): drain pending emails to a local SMTP server.
 
-    python bench/outbox_bench.py                      # 10,000 emails unlimited, 2,000 at 500/s
+    python bench/outbox_bench.py                      # 10,000 emails unlimited, 1,000 at 100/s
     python bench/outbox_bench.py --count 2000 --repeat 1 --db sqlite
     BENCH_PG_URL=postgresql://... python bench/outbox_bench.py
 
@@ -195,8 +195,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, default=10_000, help="emails per unlimited run")
-    p.add_argument("--rate", type=float, default=500.0, help="messages/second when limited")
-    p.add_argument("--rate-count", type=int, default=2_000, help="emails per limited run")
+    p.add_argument("--rate", type=float, default=100.0, help="messages/second when limited")
+    p.add_argument("--rate-count", type=int, default=1_000, help="emails per limited run")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--db", default="sqlite,postgresql")
     args = p.parse_args()

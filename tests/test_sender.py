@@ -510,6 +510,30 @@ def test_rate_limit_paces_messages(engine: Engine, settings: Settings) -> None:
     assert clock[0] == pytest.approx(101.25)
 
 
+@pytest.mark.parametrize(("stall", "finish"), [
+    (0.15, 100.5),  # late by less than the slack: made up, the schedule holds
+    (0.5, 100.9),  # a long stall: the schedule starts afresh, no burst to catch up
+])
+def test_rate_limit_makes_up_small_delays_only(engine: Engine, settings: Settings,
+                                               stall: float, finish: float) -> None:
+    queue(engine, 6)
+    clock = [100.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    def slow_answer(row_id: int) -> None:
+        if row_id == 2:
+            clock[0] += stall
+
+    sink = Sink()
+    with smtp_server(sink) as port:
+        result = drain(engine, tuned(settings, rate_limit=10), port, sleep=sleep,
+                       monotonic=lambda: clock[0], on_accepted=slow_answer)
+    assert result.sent == 6
+    assert clock[0] == pytest.approx(finish)  # when the 6th message went out
+
+
 def test_slow_rate_lengthens_the_lease(engine: Engine, settings: Settings) -> None:
     queue(engine, 1)
     sink = Sink()
