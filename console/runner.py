@@ -58,7 +58,14 @@ from jobs.db import ops_runs, redact, transaction
 from jobs.errors import OpsError
 from jobs.presence import Presence
 from jobs.records import RunReport, RunStatus, Trigger
-from jobs.runs import claim_slot, execute, job_states, record_missed, recover_stale_runs
+from jobs.runs import (
+    claim_slot,
+    execute,
+    job_states,
+    note_schedules,
+    record_missed,
+    recover_stale_runs,
+)
 from jobs.scheduler import JobFacts, Scheduler, SlotPlan, should_retry
 from jobs.settings import Settings
 from jobs.timeutil import utc_now
@@ -159,7 +166,7 @@ class SlotRunner:
         states = job_states(self.state.engine)
         return {
             job_id: JobFacts(last.get(job_id), st.paused if st else False,
-                             st.resumed_at if st else None)
+                             st.counts_from if st else None)
             for job_id in self.state.settings.jobs
             for st in [states.get(job_id)]
         }
@@ -503,6 +510,10 @@ def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
         started_by=f"runner@{socket.gethostname()}", log=runlog, clock=clock,
         started_at=clock(), presence=presence,
     )
+    for job_id in note_schedules(engine, settings, state.started_at):
+        runlog.info("schedule-changed", job=job_id,
+                    schedule=settings.job(job_id).schedule.expression,
+                    reason="slots of the old schedule are not counted as missed")
     core = SlotRunner(state)
     runlog.info(
         "runner-started", runner_id=presence.id, pid=os.getpid(),

@@ -275,6 +275,10 @@ ops_job_state = Table(
     Column("resumed_at", UTCDateTime, nullable=True),
     # The run holding the job's overlap lock; NULL when idle.
     Column("active_run_id", Id, nullable=True),
+    # The schedule (cron + timezone) runners last planned this job with, and since when:
+    # slots of an older schedule are not the new one's to count as missed.
+    Column("schedule_key", Text, nullable=True),
+    Column("schedule_since", UTCDateTime, nullable=True),
 )
 
 

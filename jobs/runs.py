@@ -480,6 +480,14 @@ class JobState:
     paused_by: str | None
     resumed_at: datetime | None
     active_run_id: int | None
+    schedule_since: datetime | None = None
+
+    @property
+    def counts_from(self) -> datetime | None:
+        """Slots at or before this are not to be fired or counted missed: the job was
+        resumed, or its schedule changed, then."""
+        marks = [t for t in (self.resumed_at, self.schedule_since) if t is not None]
+        return max(marks) if marks else None
 
 
 def job_states(engine: Engine) -> dict[str, JobState]:
@@ -487,12 +495,38 @@ def job_states(engine: Engine) -> dict[str, JobState]:
         rows = conn.execute(select(ops_job_state)).all()
     out = {
         r.job_id: JobState(r.job_id, bool(r.paused), r.paused_at, r.paused_by, r.resumed_at,
-                           r.active_run_id)
+                           r.active_run_id, r.schedule_since)
         for r in rows
     }
     for job_id in get_job_ids():
         out.setdefault(job_id, JobState(job_id, False, None, None, None, None))
     return out
+
+
+def note_schedules(engine: Engine, settings: Settings, now: datetime) -> list[str]:
+    """Record each job's schedule; returns the jobs whose schedule changed since the last
+    runner planned them. Their counting restarts at `now`: going from daily to every
+    minute must not turn the hours since the last daily run into a thousand missed slots."""
+    changed: list[str] = []
+    with transaction(engine) as conn:
+        for job_id, job in settings.jobs.items():
+            key = f"{job.schedule.expression} {job.timezone}"
+            _ensure_state(conn, job_id)
+            # The first schedule ever noted is not a change: misfires of a runner that was
+            # down keep firing as before.
+            conn.execute(
+                update(ops_job_state)
+                .where(ops_job_state.c.job_id == job_id, ops_job_state.c.schedule_key.is_(None))
+                .values(schedule_key=key)
+            )
+            res = conn.execute(
+                update(ops_job_state)
+                .where(ops_job_state.c.job_id == job_id, ops_job_state.c.schedule_key != key)
+                .values(schedule_key=key, schedule_since=now)
+            )
+            if res.rowcount:
+                changed.append(job_id)
+    return changed
 
 
 __all__ = [

@@ -465,3 +465,30 @@ def test_log_lines_are_one_event_each_and_hide_passwords() -> None:
     [tline] = text.getvalue().splitlines()
     assert tline.startswith("2026-11-28T00:00:00.000Z INFO slot-claimed job=expiry-checker")
     assert "pw@" not in tline
+
+
+def test_a_changed_schedule_counts_from_the_change_not_from_the_old_slots(
+        engine: Engine, settings: Settings, harnesses: list[Harness]) -> None:
+    daily = job_settings(settings, "0 0 * * *")
+    _history(engine, daily, utc(2026, 11, 28, 0))
+    assert runs.note_schedules(engine, daily, utc(2026, 11, 28, 0)) == []  # first note: no change
+    assert runs.note_schedules(engine, daily, utc(2026, 11, 28, 5)) == []  # same schedule
+    every5 = job_settings(settings, "*/5 * * * *")
+    assert runs.note_schedules(engine, every5, utc(2026, 11, 28, 10, 58)) == [JOB]
+    h = harness(harnesses, engine, every5, utc(2026, 11, 28, 10, 59))
+
+    assert h.tick(utc(2026, 11, 28, 10, 59), all_jobs=True) == []
+    # Not 130 missed five-minute slots since midnight: only the daily run that happened.
+    assert slot_rows(engine) == [(utc(2026, 11, 28, 0), 1, "succeeded")]
+    assert [c.slot for c in h.tick(utc(2026, 11, 28, 11))] == [utc(2026, 11, 28, 11)]
+
+
+def test_an_unchanged_schedule_still_fires_its_misfire(
+        engine: Engine, settings: Settings, harnesses: list[Harness]) -> None:
+    hourly = job_settings(settings, "0 * * * *")
+    _history(engine, hourly, utc(2026, 11, 28, 6))
+    runs.note_schedules(engine, hourly, utc(2026, 11, 28, 6))
+    assert runs.note_schedules(engine, hourly, utc(2026, 11, 28, 8, 30)) == []  # restart
+    h = harness(harnesses, engine, hourly, utc(2026, 11, 28, 8, 30))
+    assert [c.slot for c in h.tick(utc(2026, 11, 28, 8, 30), all_jobs=True)] == [
+        utc(2026, 11, 28, 8)]

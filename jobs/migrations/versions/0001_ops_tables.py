@@ -58,6 +58,8 @@ def upgrade() -> None:
     sa.Column('paused_by', sa.Text(), nullable=True),
     sa.Column('resumed_at', jobs.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('active_run_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('schedule_key', sa.Text(), nullable=True),
+    sa.Column('schedule_since', jobs.db.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('job_id')
     )
     op.create_table('ops_run_items',
