@@ -11,6 +11,7 @@ import argparse
 import threading
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import work
@@ -60,7 +61,7 @@ REFRESH_SECONDS = 5.0
 
 
 class OpsApp(App[int]):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = str(Path(__file__).with_name("app.tcss"))  # absolute: subclasses live elsewhere
     TITLE = "StoreFlow Ops"
     COMMANDS = App.COMMANDS | {OpsCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
