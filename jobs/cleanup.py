@@ -1,11 +1,275 @@
-"""Placeholder until the job lands."""
+"""cleanup: delete stale cart items, orphaned order products and orphaned cart items.
+
+At most `batch_size` rows go in one DELETE, and every batch is its own short
+transaction, so no lock is held long and a stop request lands between two batches.
+How a batch finds its rows is what keeps a big table fast:
+
+- by key: each batch starts after the last key of the previous one, `(created_at, id) >
+  last` along the created_at index for stale carts on PostgreSQL, `id > last` otherwise.
+  Starting from the top every time would wade through the dead rows that earlier batches
+  left behind, which grows quadratically with the table.
+- by one anti-join (orphans on PostgreSQL): a single query finds every orphan (PostgreSQL
+  hashes the parent ids once), streamed from a server-side cursor on a second connection,
+  and the ids are deleted by primary key a batch at a time. Paging the anti-join itself
+  would cost a pass over the parent table (or a nested loop) per batch. An id found
+  orphaned stays orphaned: parents are never re-created under an old id.
+
+A preview evaluates the same predicates as counts per tenant and deletes nothing; its
+summary is what the real run that follows reports. A cart item both stale and orphaned is
+counted once, as stale, because that phase deletes it first.
+"""
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Select,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    select,
+    tuple_,
+)
+from sqlalchemy.engine import Connection, CursorResult, Engine
+
 from jobs.context import RunContext
+from jobs.db import (
+    cart_items,
+    is_sqlite,
+    order_products,
+    orders,
+    products,
+    tenants,
+    transaction,
+    ts,
+)
+from jobs.records import ItemResult, ItemStatus
+
+STALE = "stale_cart_items"
+ORPHANED_ORDER_PRODUCTS = "orphaned_order_products"
+ORPHANED_CART_ITEMS = "orphaned_cart_items"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of row to delete: where it lives, which rows, and how to page them."""
+
+    action: str
+    table: Table
+    where: ColumnElement[bool]
+    keys: tuple[Any, ...]  # the paging key, unique, in the order batches walk it
+    by_tenant: bool  # rows carry tenant_id: report per tenant
+    one_scan: bool  # find every row with one streamed query instead of paging by key
+
+
+@dataclass
+class Tally:
+    deleted: Counter[str | None] = field(default_factory=Counter)
+    batches: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.deleted.values())
+
+    def add_batch(self, rows: int, tenant_ids: Sequence[str] | None = None) -> None:
+        """One DELETE's outcome: its row count, and the tenant of each row when known."""
+        if rows:
+            if tenant_ids is None:
+                self.deleted[None] += rows
+            else:
+                self.deleted.update(tenant_ids)
+            self.batches += 1
+
+
+def kinds(engine: Engine, cutoff: datetime) -> tuple[Kind, ...]:
+    sqlite = is_sqlite(engine)
+    # ts() is the bare column on PostgreSQL, so the comparison uses cart_items_created_idx.
+    stale = ts(cart_items.c.created_at) < cutoff
+    return (
+        Kind(
+            STALE, cart_items, stale,
+            (cart_items.c.id,) if sqlite else (cart_items.c.created_at, cart_items.c.id),
+            by_tenant=True, one_scan=False,
+        ),
+        Kind(
+            ORPHANED_ORDER_PRODUCTS, order_products,
+            ~exists().where(orders.c.id == order_products.c.order_id),
+            (order_products.c.id,), by_tenant=False, one_scan=not sqlite,
+        ),
+        Kind(
+            ORPHANED_CART_ITEMS, cart_items,
+            ~exists().where(products.c.id == cart_items.c.product_id) & ~stale,
+            (cart_items.c.id,), by_tenant=True, one_scan=not sqlite,
+        ),
+    )
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    raise NotImplementedError("cleanup")
+    cutoff = ctx.now - timedelta(days=ctx.job.cart_retention_days)
+    size = ctx.job.batch_size
+    tallies: dict[str, Tally] = {}
+    for kind in kinds(ctx.engine, cutoff):
+        if ctx.stop_requested:
+            break
+        tally = tallies[kind.action] = Tally()
+        if ctx.dry_run:
+            _count(ctx, kind, size, tally)
+        elif kind.one_scan:
+            _delete_found(ctx, kind, size, tally)
+        else:
+            _delete_by_key(ctx, kind, size, tally)
+    _record_items(ctx, tallies)
+    done = tallies.values()
+    return {
+        STALE: tallies.get(STALE, Tally()).total,
+        ORPHANED_ORDER_PRODUCTS: tallies.get(ORPHANED_ORDER_PRODUCTS, Tally()).total,
+        ORPHANED_CART_ITEMS: tallies.get(ORPHANED_CART_ITEMS, Tally()).total,
+        "batches": sum(t.batches for t in done),
+        "batch_size": size,
+    }
+
+
+def _tenant_column(kind: Kind) -> Any:
+    return kind.table.c.tenant_id if kind.by_tenant else None
+
+
+def _count(ctx: RunContext, kind: Kind, size: int, tally: Tally) -> None:
+    """The preview: what the batches would delete, and in how many statements."""
+    tenant = _tenant_column(kind)
+    cols = [tenant, func.count()] if tenant is not None else [func.count()]
+    q = select(*cols).select_from(kind.table).where(kind.where)
+    if tenant is not None:
+        q = q.group_by(tenant)
+    with transaction(ctx.engine) as conn:
+        for row in conn.execute(q):
+            n = int(row[-1])
+            if n:
+                tally.deleted[row[0] if tenant is not None else None] += n
+    total = tally.total
+    tally.batches = math.ceil(total / size)
+
+
+def _delete_by_key(ctx: RunContext, kind: Kind, size: int, tally: Tally) -> None:
+    """Batches walk the paging key: find the last key of the next `size` rows, then delete
+    the rows between the previous batch's last key and it. Both statements read only this
+    batch's rows, neither revisits earlier batches, and no DELETE is sent for nothing."""
+    key = tuple_(*kind.keys) if len(kind.keys) > 1 else kind.keys[0]
+    after, upto = key > _key_params(kind, "after"), key <= _key_params(kind, "upto")
+    tenant = _tenant_column(kind)
+
+    def bound_of(*where: ColumnElement[bool]) -> Select[Any]:
+        batch = select(*kind.keys).where(*where).order_by(*kind.keys).limit(size).subquery()
+        return select(*batch.c).order_by(*(c.desc() for c in batch.c)).limit(1)
+
+    def delete_upto(*where: ColumnElement[bool]) -> Any:
+        stmt = delete(kind.table).where(*where, upto)
+        return stmt.returning(tenant) if tenant is not None else stmt
+
+    # Built once: each batch only binds new key values, so nothing is compiled again.
+    first = (bound_of(kind.where), delete_upto(kind.where))
+    following = (bound_of(kind.where, after), delete_upto(kind.where, after))
+    params: dict[str, Any] = {}
+    while not ctx.stop_requested:
+        find_bound, remove = following if params else first
+        with _batch(ctx.engine) as conn:
+            bound = conn.execute(find_bound, params).first()
+            if bound is None:
+                return
+            result = conn.execute(remove, {**params, **_key_bind(kind, "upto", bound)})
+            _add(tally, result, tenant is not None)
+        params = _key_bind(kind, "after", bound)
+
+
+@contextmanager
+def _batch(engine: Engine) -> Iterator[Connection]:
+    """One batch's transaction. On PostgreSQL its commit does not wait for the WAL flush: a
+    batch lost in a crash is simply deleted again by the next run, and the run's own
+    bookkeeping commits synchronously afterwards, which makes every batch before it durable."""
+    with transaction(engine) as conn:
+        if not is_sqlite(conn):
+            conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+        yield conn
+
+
+def _add(tally: Tally, result: CursorResult[Any], returns_tenants: bool) -> None:
+    if returns_tenants:
+        tenant_ids = result.scalars().all()
+        tally.add_batch(len(tenant_ids), tenant_ids)
+    else:
+        tally.add_batch(int(result.rowcount))
+
+
+def _key_params(kind: Kind, name: str) -> Any:
+    params = [bindparam(f"{name}_{i}", type_=col.type) for i, col in enumerate(kind.keys)]
+    return tuple_(*params) if len(params) > 1 else params[0]
+
+
+def _key_bind(kind: Kind, name: str, values: Sequence[Any]) -> dict[str, Any]:
+    return {f"{name}_{i}": v for i, v in enumerate(values)}
+
+
+def _delete_found(ctx: RunContext, kind: Kind, size: int, tally: Tally) -> None:
+    """Batches of ids found by one streamed query, deleted by primary key."""
+    pk = kind.table.c.id
+    tenant = _tenant_column(kind)
+    by_pk = delete(kind.table).where(pk == any_(bindparam("ids", type_=ARRAY(Text))))
+    stmt = by_pk.returning(tenant) if tenant is not None else by_pk
+    batches = _stream_ids(ctx.engine, kind, size)
+    try:
+        for ids in batches:
+            if ctx.stop_requested:
+                return
+            with _batch(ctx.engine) as conn:
+                _add(tally, conn.execute(stmt, {"ids": ids}), tenant is not None)
+    finally:
+        batches.close()  # ends the reading transaction now, not when garbage-collected
+
+
+def _stream_ids(engine: Engine, kind: Kind, size: int) -> Generator[list[str], None, None]:
+    """Every matching id, `size` at a time, from one query on a connection of its own (the
+    deletes commit on another). Only one batch of ids is in memory at once."""
+    with transaction(engine) as reader:
+        # A cursor is planned for its first rows (cursor_tuple_fraction 0.1), which picks a
+        # merge anti-join walking both indexes in random heap order; every row is wanted,
+        # so plan for all of them: one hash anti-join over two sequential scans.
+        reader.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1")
+        result = reader.execution_options(stream_results=True, yield_per=size).execute(
+            select(kind.table.c.id).where(kind.where)
+        )
+        for part in result.partitions():
+            yield [row[0] for row in part]
+
+
+def _record_items(ctx: RunContext, tallies: dict[str, Tally]) -> None:
+    tenant_ids = sorted({t for tally in tallies.values() for t in tally.deleted if t is not None})
+    names = _tenant_names(ctx.engine, tenant_ids)
+    for action, tally in tallies.items():
+        for tenant_id in sorted(tally.deleted, key=lambda t: (t is not None, t or "")):
+            n = tally.deleted[tenant_id]
+            ctx.record(ItemResult(tenant_id, action, ItemStatus.OK, {"deleted": n},
+                                  tenant_name=names.get(tenant_id) if tenant_id else None))
+
+
+def _tenant_names(engine: Engine, ids: list[str]) -> dict[str, str]:
+    names: dict[str, str] = {}
+    with transaction(engine) as conn:
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            rows = conn.execute(
+                select(tenants.c.id, tenants.c.name).where(tenants.c.id.in_(chunk))
+            )
+            names.update((row.id, row.name) for row in rows)
+    return names

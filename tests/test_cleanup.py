@@ -1,0 +1,248 @@
+"""cleanup (SPEC 3.4) on SQLite and PostgreSQL: the cut-off, orphans, batches, preview."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.engine import Engine
+
+from jobs import runs
+from jobs.db import cart_items, is_sqlite, ops_run_items, order_products
+from jobs.records import ItemStatus, RunReport, RunStatus
+from jobs.settings import Settings
+from tests.factories import (
+    add_cart_item,
+    add_order,
+    add_order_product,
+    add_product,
+    add_tenant,
+)
+
+NOW = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
+CUTOFF = NOW - timedelta(days=30)
+FRESH = NOW - timedelta(days=1)
+OLD = CUTOFF - timedelta(days=3)
+
+
+def trigger(engine: Engine, settings: Settings, **kw: Any) -> RunReport:
+    return runs.execute(engine, settings, "cleanup", now=NOW, started_by="test", **kw)
+
+
+def with_batch_size(settings: Settings, size: int) -> Settings:
+    jobs = dict(settings.jobs)
+    jobs["cleanup"] = replace(jobs["cleanup"], batch_size=size)
+    return replace(settings, jobs=jobs)
+
+
+def cart_ids(engine: Engine) -> set[str]:
+    with engine.connect() as c:
+        return set(c.execute(select(cart_items.c.id)).scalars())
+
+
+def order_product_ids(engine: Engine) -> set[str]:
+    with engine.connect() as c:
+        return set(c.execute(select(order_products.c.id)).scalars())
+
+
+def items_of(report: RunReport) -> list[tuple[str | None, str, str, dict[str, Any]]]:
+    return [(i.tenant_id, i.action, str(i.status), dict(i.detail)) for i in report.items]
+
+
+@pytest.fixture
+def deletes(engine: Engine) -> Iterator[list[tuple[str, int]]]:
+    """Every DELETE on a platform table the job sends: its table and the rows it removed
+    (the count is only reliable on PostgreSQL: sqlite3 counts RETURNING rows as read)."""
+    seen: list[tuple[str, int]] = []
+
+    def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        words = statement.split()
+        if words[:2] == ["DELETE", "FROM"] and words[2] in ("cart_items", "order_products"):
+            seen.append((words[2], cursor.rowcount))
+
+    event.listen(engine, "after_cursor_execute", after)
+    yield seen
+    event.remove(engine, "after_cursor_execute", after)
+
+
+def test_cutoff_orphans_and_items(engine: Engine, settings: Settings) -> None:
+    ta = add_tenant(engine, id="t-a", name="Alpha")
+    tb = add_tenant(engine, id="t-b", name="Beta")
+    pa, pb = add_product(engine, ta), add_product(engine, tb)
+    at_cutoff = add_cart_item(engine, ta, pa, CUTOFF)  # exactly on the cut-off: kept
+    before_cutoff = add_cart_item(engine, ta, pa, CUTOFF - timedelta(microseconds=1))
+    old_a = add_cart_item(engine, ta, pa, OLD)
+    old_b = add_cart_item(engine, tb, pb, OLD)
+    fresh = add_cart_item(engine, tb, pb, FRESH)
+    orphan_cart = add_cart_item(engine, tb, "gone-product", FRESH)
+    stale_orphan = add_cart_item(engine, tb, "gone-product", OLD)  # counted once, as stale
+    order = add_order(engine, ta, FRESH, "10.00", lines=[(pa, 1), (pa, 2)])
+    kept_lines = order_product_ids(engine)
+    orphan_lines = {add_order_product(engine, "gone-order", pa) for _ in range(2)}
+
+    report = trigger(engine, settings)
+
+    assert report.status is RunStatus.SUCCEEDED, report.error
+    assert cart_ids(engine) == {at_cutoff, fresh}
+    assert order_product_ids(engine) == kept_lines and len(kept_lines) == 2 and order
+    assert dict(report.summary) == {
+        "stale_cart_items": 4, "orphaned_order_products": 2, "orphaned_cart_items": 1,
+        "batches": 3, "batch_size": 5000,
+    }
+    assert items_of(report) == [
+        (ta, "stale_cart_items", "ok", {"deleted": 2}),
+        (tb, "stale_cart_items", "ok", {"deleted": 2}),
+        (None, "orphaned_order_products", "ok", {"deleted": 2}),
+        (tb, "orphaned_cart_items", "ok", {"deleted": 1}),
+    ]
+    assert [i.tenant_name for i in report.items] == ["Alpha", "Beta", None, "Beta"]
+    with engine.connect() as c:
+        stored = c.execute(select(ops_run_items.c.tenant_id, ops_run_items.c.action,
+                                  ops_run_items.c.detail).order_by(ops_run_items.c.seq)).all()
+    assert [(r.tenant_id, r.action, r.detail) for r in stored] == [
+        (t, a, d) for t, a, _, d in items_of(report)
+    ]
+    assert {before_cutoff, old_a, old_b, orphan_cart, stale_orphan}.isdisjoint(cart_ids(engine))
+    assert orphan_lines.isdisjoint(order_product_ids(engine))
+
+
+def test_sqlite_text_timestamps_compare_as_times(engine: Engine, settings: Settings) -> None:
+    """Rows written by other tools: no fraction, or a 'T' separator. On the cut-off is kept."""
+    if not is_sqlite(engine):
+        pytest.skip("text timestamps exist only on SQLite")
+    t = add_tenant(engine)
+    p = add_product(engine, t)
+    rows = {"no-fraction-at-cutoff": "2026-10-30 02:00:00", "t-at-cutoff": "2026-10-30T02:00:00",
+            "no-fraction-before": "2026-10-30 01:59:59", "t-before": "2026-10-30T01:59:59.999999"}
+    with engine.begin() as c:
+        for cid, created in rows.items():
+            c.exec_driver_sql(
+                "INSERT INTO cart_items (id, tenant_id, product_id, quantity, created_at) "
+                "VALUES (?, ?, ?, 1, ?)", (cid, t, p, created))
+
+    report = trigger(engine, settings)
+
+    assert cart_ids(engine) == {"no-fraction-at-cutoff", "t-at-cutoff"}
+    assert report.summary["stale_cart_items"] == 2
+
+
+def _stale(engine: Engine, tenant: str, product: str, i: int) -> None:
+    add_cart_item(engine, tenant, product, OLD - timedelta(minutes=i))
+
+
+def _orphaned_line(engine: Engine, tenant: str, product: str, i: int) -> None:
+    add_order_product(engine, f"gone-order-{i}", product)
+
+
+def _orphaned_cart(engine: Engine, tenant: str, product: str, i: int) -> None:
+    add_cart_item(engine, tenant, f"gone-product-{i}", FRESH)
+
+
+@pytest.mark.parametrize(("kind", "table", "make"), [
+    ("stale_cart_items", "cart_items", _stale),
+    ("orphaned_order_products", "order_products", _orphaned_line),
+    ("orphaned_cart_items", "cart_items", _orphaned_cart),
+])
+def test_five_rows_in_batches_of_two(engine: Engine, settings: Settings,
+                                     deletes: list[tuple[str, int]], kind: str, table: str,
+                                     make: Callable[[Engine, str, str, int], None]) -> None:
+    t = add_tenant(engine)
+    p = add_product(engine, t)
+    for i in range(5):
+        make(engine, t, p, i)
+    kept_cart = add_cart_item(engine, t, p, FRESH)
+    kept_line = add_order_product(engine, add_order(engine, t, FRESH, "5.00"), p)
+
+    report = trigger(engine, with_batch_size(settings, 2))
+
+    assert report.status is RunStatus.SUCCEEDED, report.error
+    assert report.summary[kind] == 5
+    assert report.summary["batches"] == 3
+    assert report.summary["batch_size"] == 2
+    assert [name for name, _ in deletes] == [table] * 3  # none for kinds with nothing to do
+    if not is_sqlite(engine):
+        assert [rows for _, rows in deletes] == [2, 2, 1]
+    assert cart_ids(engine) == {kept_cart}
+    assert order_product_ids(engine) == {kept_line}
+
+
+def test_second_run_deletes_nothing(engine: Engine, settings: Settings) -> None:
+    t = add_tenant(engine)
+    p = add_product(engine, t)
+    for i in range(3):
+        _stale(engine, t, p, i)
+        _orphaned_line(engine, t, p, i)
+        _orphaned_cart(engine, t, p, i)
+    first = trigger(engine, with_batch_size(settings, 2))
+    assert first.summary["stale_cart_items"] == 3
+
+    second = trigger(engine, with_batch_size(settings, 2))
+
+    assert second.status is RunStatus.SUCCEEDED
+    assert dict(second.summary) == {
+        "stale_cart_items": 0, "orphaned_order_products": 0, "orphaned_cart_items": 0,
+        "batches": 0, "batch_size": 2,
+    }
+    assert second.items == ()
+
+
+def test_preview_reports_the_real_run_and_deletes_nothing(engine: Engine,
+                                                          settings: Settings) -> None:
+    small = with_batch_size(settings, 2)
+    ta, tb = add_tenant(engine), add_tenant(engine)
+    pa = add_product(engine, ta)
+    for i in range(3):
+        _stale(engine, ta, pa, i)
+        _orphaned_line(engine, ta, pa, i)
+    _stale(engine, tb, pa, 9)
+    _orphaned_cart(engine, tb, pa, 1)
+    add_cart_item(engine, tb, "gone-product", OLD)  # stale and orphaned: stale only
+    add_cart_item(engine, ta, pa, FRESH)
+    carts, lines = cart_ids(engine), order_product_ids(engine)
+
+    preview = trigger(engine, small, dry_run=True)
+
+    assert preview.dry_run and preview.run_id is None and preview.message == "Preview completed"
+    assert cart_ids(engine) == carts and order_product_ids(engine) == lines
+    with engine.connect() as c:
+        assert c.execute(select(ops_run_items)).first() is None
+
+    real = trigger(engine, small)
+
+    assert dict(preview.summary) == dict(real.summary)
+    assert dict(real.summary) == {
+        "stale_cart_items": 5, "orphaned_order_products": 3, "orphaned_cart_items": 1,
+        "batches": 3 + 2 + 1, "batch_size": 2,
+    }
+    assert items_of(preview) == items_of(real)
+    assert all(i.status is ItemStatus.OK for i in real.items)
+    assert len(cart_ids(engine)) == 1 and order_product_ids(engine) == set()
+
+
+def test_stop_request_lands_between_batches(engine: Engine, settings: Settings,
+                                            deletes: list[tuple[str, int]]) -> None:
+    t = add_tenant(engine)
+    p = add_product(engine, t)
+    for i in range(5):
+        _stale(engine, t, p, i)
+    stop = threading.Event()
+
+    def stop_after_first_delete(*args: Any) -> None:
+        if deletes:
+            stop.set()
+
+    event.listen(engine, "after_cursor_execute", stop_after_first_delete)
+    try:
+        report = trigger(engine, with_batch_size(settings, 2), stop=stop)
+    finally:
+        event.remove(engine, "after_cursor_execute", stop_after_first_delete)
+
+    assert report.status is RunStatus.INTERRUPTED
+    assert report.summary["stale_cart_items"] == 2 and report.summary["batches"] == 1
+    assert len(cart_ids(engine)) == 3
+    assert items_of(report) == [(t, "stale_cart_items", "ok", {"deleted": 2})]
