@@ -1,0 +1,584 @@
+"""Benchmark of analytics-aggregate and cleanup at platform scale (issue 2). PostgreSQL only.
+
+    python bench/jobs_bench.py                 # full scale: 10,000 tenants, 2M orders, ~5M lines
+    python bench/jobs_bench.py --scale 0.1     # a quick run
+    BENCH_PG_URL=postgresql://... python bench/jobs_bench.py --repeat 5
+
+It builds its own schema with set-based SQL (generate_series), then times, in one run:
+- analytics-aggregate through the real job (jobs.runs.execute), against one hand-written
+  SQL statement doing the same aggregation and against a per-tenant loop of 3 queries per
+  tenant; all three write the same values to the same kind of cache;
+- cleanup through the real job, against one unbatched DELETE per kind, restoring the data
+  from template tables before every run.
+Each variant runs in its own subprocess, so its peak RSS (ru_maxrss from wait4) is its own.
+The schema is dropped at the end (unless --keep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+ANALYTICS_NOW = datetime(2026, 11, 28, 1, 0, tzinfo=UTC)  # aggregates 2026-11-27 (UTC)
+DAY = date(2026, 11, 27)
+CLEANUP_NOW = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)  # the Sunday slot
+RETENTION_DAYS = 30
+CUTOFF = CLEANUP_NOW - timedelta(days=RETENTION_DAYS)
+
+ANALYTICS_VARIANTS = ("analytics-job", "analytics-sql", "analytics-loop")
+CLEANUP_VARIANTS = ("cleanup-job", "cleanup-unbatched")
+
+
+# --- building the data ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    tenants: int
+    orders: int
+    day_orders: int
+    customers_per_tenant: int
+    products_per_tenant: int
+    carts: int  # half of them stale
+    orphans: int  # of each kind
+
+    @classmethod
+    def at(cls, scale: float) -> Sizes:
+        def n(x: int) -> int:
+            return max(1, round(x * scale))
+
+        return cls(tenants=n(10_000), orders=n(2_000_000), day_orders=n(200_000),
+                   customers_per_tenant=20, products_per_tenant=10, carts=n(2_000_000),
+                   orphans=n(50_000))
+
+
+PLATFORM_DDL = """
+CREATE TABLE tenants (id text, name text NOT NULL, email text NOT NULL,
+    status text NOT NULL DEFAULT 'active', expire_date timestamptz NULL,
+    created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE customers (id text, tenant_id text NOT NULL, email text NULL,
+    created_at timestamptz NOT NULL);
+CREATE TABLE products (id text, tenant_id text NOT NULL, name text NOT NULL,
+    price numeric(12,2) NOT NULL);
+CREATE TABLE orders (id text, tenant_id text NOT NULL, customer_id text NULL,
+    total_amount numeric(12,2) NOT NULL, payment_status text NOT NULL,
+    created_at timestamptz NOT NULL);
+CREATE TABLE tpl_order_products (id text, order_id text NOT NULL, product_id text NOT NULL,
+    quantity integer NOT NULL, price numeric(12,2) NOT NULL);
+CREATE TABLE tpl_cart_items (id text, tenant_id text NOT NULL, product_id text NOT NULL,
+    customer_id text NULL, quantity integer NOT NULL, created_at timestamptz NOT NULL);
+"""
+
+# Ids are UUID text, as the platform has them, derived from a counter so the data is
+# reproducible: uid('o', 7) is order 7's id everywhere.
+UID = "md5({prefix} || ({n}))::uuid::text"
+
+
+def uid(prefix: str, n: str) -> str:
+    return UID.format(prefix=f"'{prefix}'", n=n)
+
+
+def build_sql(s: Sizes) -> list[tuple[str, str]]:
+    """(label, statement) pairs that fill the tables; every row comes from generate_series."""
+    t = s.tenants
+    older = s.orders - s.day_orders
+    fresh_from = s.carts // 2  # carts 1..fresh_from are stale
+    # Stale and fresh carts are spread evenly over 60 days around the cut-off, in insertion
+    # order, as a table that only grows has them; cart `fresh_from + 1` sits exactly on it.
+    cart_step = f"(interval '60 days' / {s.carts})"
+    return [
+        ("tenants", f"""
+            INSERT INTO tenants (id, name, email, status, expire_date, created_at)
+            SELECT {uid('t', 'i')}, 'Store ' || i, 'owner' || i || '@example.com', 'active',
+                   NULL, timestamptz '2025-01-01 00:00+00'
+            FROM generate_series(0, {t - 1}) i"""),
+        ("customers", f"""
+            INSERT INTO customers (id, tenant_id, email, created_at)
+            SELECT {uid('c', 'i')}, {uid('t', f'i % {t}')}, 'c' || i || '@example.com',
+                   CASE WHEN i < {t * 2} THEN timestamptz '{DAY} 00:00+00' + (i % 86400) * interval '1 second'
+                        ELSE timestamptz '2026-06-01 00:00+00' + (i % 5000000) * interval '1 second' END
+            FROM generate_series(0, {t * s.customers_per_tenant - 1}) i"""),
+        ("products", f"""
+            INSERT INTO products (id, tenant_id, name, price)
+            SELECT {uid('p', 'i')}, {uid('t', f'i / {s.products_per_tenant}')}, 'Product ' || i,
+                   1 + (i % 100)
+            FROM generate_series(0, {t * s.products_per_tenant - 1}) i"""),
+        # The aggregated day's orders come last, as the newest rows of a growing table.
+        ("orders", f"""
+            INSERT INTO orders (id, tenant_id, customer_id, total_amount, payment_status, created_at)
+            SELECT {uid('o', 'i')}, {uid('t', f'i % {t}')}, NULL, 1 + (i * 37 % 20000) / 100.0,
+                   (ARRAY['paid','paid','paid','paid','paid','paid','paid','pending','failed',
+                          'refunded'])[1 + i % 10],
+                   CASE WHEN i < {older}
+                        THEN timestamptz '{DAY} 00:00+00' - interval '60 days'
+                             + i * (interval '60 days' / {older})
+                        ELSE timestamptz '{DAY} 00:00+00'
+                             + (i - {older}) * (interval '1 day' / {s.day_orders}) END
+            FROM generate_series(0, {s.orders - 1}) i"""),
+        # 1 to 4 lines an order (2.5 on average), then the orphans: lines of orders that are gone.
+        ("order_products", f"""
+            INSERT INTO tpl_order_products (id, order_id, product_id, quantity, price)
+            SELECT {uid('op', "i || '-' || j")}, {uid('o', 'i')},
+                   {uid('p', f'(i % {t}) * {s.products_per_tenant} + (i + j) % {s.products_per_tenant}')},
+                   1 + (i + j) % 5, 1 + (i + j) % 50
+            FROM generate_series(0, {s.orders - 1}) i, generate_series(1, 1 + i % 4) j
+            UNION ALL
+            SELECT {uid('op-orphan', 'k')}, {uid('gone-order', 'k')}, {uid('p', '0')}, 1, 1
+            FROM generate_series(1, {s.orphans}) k"""),
+        ("cart_items", f"""
+            INSERT INTO tpl_cart_items (id, tenant_id, product_id, customer_id, quantity, created_at)
+            SELECT {uid('ci', 'i')}, {uid('t', f'i % {t}')},
+                   CASE WHEN i > {fresh_from} AND (i - {fresh_from}) % {max(1, fresh_from // s.orphans)} = 0
+                             AND (i - {fresh_from}) / {max(1, fresh_from // s.orphans)} <= {s.orphans}
+                        THEN {uid('gone-product', 'i')}
+                        ELSE {uid('p', f'(i % {t}) * {s.products_per_tenant} + i % {s.products_per_tenant}')}
+                   END,
+                   NULL, 1 + i % 5,
+                   timestamptz '{CUTOFF.isoformat()}' - {fresh_from} * {cart_step}
+                   + (i - 1) * {cart_step}
+            FROM generate_series(1, {s.carts}) i"""),
+    ]
+
+
+INDEXES = """
+ALTER TABLE tenants ADD PRIMARY KEY (id);
+ALTER TABLE customers ADD PRIMARY KEY (id);
+ALTER TABLE products ADD PRIMARY KEY (id);
+ALTER TABLE orders ADD PRIMARY KEY (id);
+CREATE INDEX orders_tenant_created_idx ON orders (tenant_id, created_at);
+CREATE INDEX customers_tenant_created_idx ON customers (tenant_id, created_at);
+CREATE INDEX tenants_expire_idx ON tenants (expire_date);
+"""
+
+# The two tables cleanup changes, rebuilt from their templates before every cleanup run,
+# with the platform's indexes, vacuumed (hint bits set, visibility map current) and analysed.
+RESTORE = """
+DROP TABLE IF EXISTS order_products;
+DROP TABLE IF EXISTS cart_items;
+CREATE TABLE order_products (LIKE tpl_order_products) WITH (autovacuum_enabled = false);
+CREATE TABLE cart_items (LIKE tpl_cart_items) WITH (autovacuum_enabled = false);
+INSERT INTO order_products SELECT * FROM tpl_order_products;
+INSERT INTO cart_items SELECT * FROM tpl_cart_items;
+ALTER TABLE order_products ADD PRIMARY KEY (id);
+ALTER TABLE cart_items ADD PRIMARY KEY (id);
+CREATE INDEX order_products_order_idx ON order_products (order_id);
+CREATE INDEX cart_items_created_idx ON cart_items (created_at);
+CREATE INDEX cart_items_product_idx ON cart_items (product_id);
+VACUUM ANALYZE order_products;
+VACUUM ANALYZE cart_items;
+"""
+
+
+def pg_connect(url: str, schema: str | None = None) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(url, autocommit=True)
+    if schema:
+        conn.execute(f'SET search_path TO "{schema}"')
+    return conn
+
+
+def statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def build(url: str, schema: str, sizes: Sizes, log: Callable[[str], None]) -> None:
+    with pg_connect(url) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'SET search_path TO "{schema}"')
+        conn.execute("SET maintenance_work_mem = '256MB'")
+        for stmt in statements(PLATFORM_DDL):
+            conn.execute(stmt)
+        for label, stmt in build_sql(sizes):
+            started = time.perf_counter()
+            rows = conn.execute(stmt).rowcount
+            log(f"  {label:<15} {rows:>10,} rows  {time.perf_counter() - started:6.1f} s")
+        for stmt in statements(INDEXES):
+            conn.execute(stmt)
+        conn.execute("VACUUM ANALYZE")
+    restore(url, schema)
+
+
+def restore(url: str, schema: str) -> None:
+    with pg_connect(url, schema) as conn:
+        conn.execute("SET maintenance_work_mem = '256MB'")
+        for stmt in statements(RESTORE):
+            conn.execute(stmt)
+        conn.execute("CHECKPOINT")  # so no variant pays for the previous one's dirty pages
+
+
+def schema_url(url: str, schema: str) -> str:
+    """The URL a job process uses: the bench schema first on its search_path."""
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options=-csearch_path%3D{schema}"
+
+
+# --- the variants, each run in a child process ---------------------------------------------------
+
+
+def open_cache(kind: str, engine: Any, prefix: str) -> Any:
+    from jobs.cache import RedisCache, TableCache
+
+    if kind == "redis":
+        return RedisCache(REDIS_URL, prefix=prefix)
+    return TableCache(engine)
+
+
+def cache_digest(cache: Any, tenant_ids: list[str]) -> str:
+    """What was cached for the day, without generatedAt: equal digests, equal results."""
+    import hashlib
+
+    from jobs.analytics import cache_key
+
+    h = hashlib.sha256()
+    for start in range(0, len(tenant_ids), 1000):
+        chunk = tenant_ids[start : start + 1000]
+        found = cache.get_many(cache_key(t, DAY) for t in chunk)
+        for t in chunk:
+            cached = found.get(cache_key(t, DAY))
+            value = json.loads(cached.value) if cached else {}
+            value.pop("generatedAt", None)
+            h.update(json.dumps(value, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def cache_value(tenant_id: str, orders_: int, revenue: Decimal | None, new_customers: int,
+                sold: int) -> str:
+    from jobs.analytics import money
+    from jobs.timeutil import iso_z
+
+    return json.dumps({
+        "tenantId": tenant_id, "date": DAY.isoformat(), "orders": orders_,
+        "revenue": money(revenue), "newCustomers": new_customers, "productsSold": sold,
+        "generatedAt": iso_z(ANALYTICS_NOW),
+    }, separators=(",", ":"))
+
+
+# The same aggregation as the job, written by hand as one statement.
+ANALYTICS_SQL = """
+SELECT t.id, coalesce(o.orders, 0), o.revenue, coalesce(c.new_customers, 0), coalesce(s.sold, 0)
+FROM tenants t
+LEFT JOIN (SELECT tenant_id, count(*) AS orders,
+                  sum(total_amount) FILTER (WHERE payment_status = 'paid') AS revenue
+           FROM orders WHERE created_at >= %(start)s AND created_at < %(end)s
+           GROUP BY tenant_id) o ON o.tenant_id = t.id
+LEFT JOIN (SELECT tenant_id, count(*) AS new_customers
+           FROM customers WHERE created_at >= %(start)s AND created_at < %(end)s
+           GROUP BY tenant_id) c ON c.tenant_id = t.id
+LEFT JOIN (SELECT o.tenant_id, sum(op.quantity) AS sold
+           FROM orders o JOIN order_products op ON op.order_id = o.id
+           WHERE o.created_at >= %(start)s AND o.created_at < %(end)s AND o.payment_status = 'paid'
+           GROUP BY o.tenant_id) s ON s.tenant_id = t.id
+ORDER BY t.id
+"""
+
+# The seed's way: three queries for every tenant.
+LOOP_SQL = (
+    """SELECT count(*), sum(total_amount) FILTER (WHERE payment_status = 'paid') FROM orders
+       WHERE tenant_id = %(t)s AND created_at >= %(start)s AND created_at < %(end)s""",
+    """SELECT count(*) FROM customers
+       WHERE tenant_id = %(t)s AND created_at >= %(start)s AND created_at < %(end)s""",
+    """SELECT coalesce(sum(op.quantity), 0) FROM orders o JOIN order_products op ON op.order_id = o.id
+       WHERE o.tenant_id = %(t)s AND o.created_at >= %(start)s AND o.created_at < %(end)s
+         AND o.payment_status = 'paid'""",
+)
+
+CLEANUP_SQL = (
+    "DELETE FROM cart_items WHERE created_at < %(cutoff)s",
+    "DELETE FROM order_products op WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = op.order_id)",
+    "DELETE FROM cart_items c WHERE NOT EXISTS (SELECT 1 FROM products p WHERE p.id = c.product_id)",
+)
+
+
+def child(variant: str, url: str, schema: str, cache_kind: str, prefix: str) -> dict[str, Any]:
+    """Run one variant once; what it reports goes to the parent as one JSON line."""
+    from jobs import runs
+    from jobs.db import make_engine
+    from jobs.settings import Overrides, load_settings
+
+    db_url = schema_url(url, schema)
+    engine = make_engine(db_url)
+    cache = open_cache(cache_kind, engine, f"{prefix}{variant}:")
+    day_start = datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC)
+    window = {"start": day_start, "end": day_start + timedelta(days=1)}
+    out: dict[str, Any] = {}
+    started = time.perf_counter()
+    deletes: list[int] = []
+    if variant == "cleanup-job":
+        from sqlalchemy import event
+
+        def count_delete(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if statement.lstrip().upper().startswith("DELETE"):
+                deletes.append(cursor.rowcount)  # psycopg: the command tag's count
+
+        event.listen(engine, "after_cursor_execute", count_delete)
+    if variant in ("analytics-job", "cleanup-job"):
+        with tempfile.TemporaryDirectory() as cwd:  # no schedules.toml: the shipped defaults
+            settings = load_settings(Overrides(database_url=db_url),
+                                     env={"DATABASE_URL": db_url}, cwd=Path(cwd))
+            job = "analytics-aggregate" if variant == "analytics-job" else "cleanup"
+            now = ANALYTICS_NOW if variant == "analytics-job" else CLEANUP_NOW
+            started = time.perf_counter()
+            report = runs.execute(engine, settings, job, now=now, started_by="bench", cache=cache)
+        out["status"] = str(report.status)
+        out["error"] = report.error
+        out["summary"] = dict(report.summary)
+        out["items"] = len(report.items)
+        if deletes:
+            out["deletes"] = {"statements": len(deletes), "max_rows": max(deletes)}
+    elif variant == "analytics-sql":
+        with pg_connect(url, schema) as conn:
+            rows = conn.execute(ANALYTICS_SQL, window).fetchall()
+        from jobs.analytics import cache_key
+
+        values = {cache_key(r[0], DAY): cache_value(*r) for r in rows}
+        for start in range(0, len(rows), 1000):  # the job's chunk size
+            cache.set_many(dict(list(values.items())[start : start + 1000]), 86_400)
+        out["summary"] = {"tenants": len(rows)}
+    elif variant == "analytics-loop":
+        from jobs.analytics import cache_key
+
+        values = {}
+        with pg_connect(url, schema) as conn:
+            for (tenant_id,) in conn.execute("SELECT id FROM tenants ORDER BY id").fetchall():
+                args = {**window, "t": tenant_id}
+                n_orders, revenue = conn.execute(LOOP_SQL[0], args).fetchone() or (0, None)
+                (n_customers,) = conn.execute(LOOP_SQL[1], args).fetchone() or (0,)
+                (sold,) = conn.execute(LOOP_SQL[2], args).fetchone() or (0,)
+                values[cache_key(tenant_id, DAY)] = cache_value(tenant_id, n_orders, revenue,
+                                                                n_customers, int(sold))
+        cache.set_many(values, 86_400)
+        out["summary"] = {"tenants": len(values)}
+    elif variant == "cleanup-unbatched":
+        deleted, seconds = [], []
+        with pg_connect(url, schema) as conn:
+            for stmt in CLEANUP_SQL:
+                t0 = time.perf_counter()
+                deleted.append(conn.execute(stmt, {"cutoff": CUTOFF}).rowcount)
+                seconds.append(round(time.perf_counter() - t0, 2))
+        out["summary"] = {"stale_cart_items": deleted[0], "orphaned_order_products": deleted[1],
+                          "orphaned_cart_items": deleted[2], "seconds_per_kind": seconds}
+        out["deletes"] = {"statements": len(deleted), "max_rows": max(deleted)}
+    else:
+        raise SystemExit(f"unknown variant {variant}")
+    out["seconds"] = time.perf_counter() - started
+    if variant.startswith("analytics"):
+        with pg_connect(url, schema) as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM tenants ORDER BY id")]
+        out["digest"] = cache_digest(cache, ids)
+    engine.dispose()
+    return out
+
+
+# --- the parent: build, run every variant in turn, report ----------------------------------------
+
+
+@dataclass
+class Outcome:
+    seconds: list[float]
+    rss_mb: list[float]
+    last: dict[str, Any]
+    failed: str | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds) if self.seconds else float("nan")
+
+
+def spawn(variant: str, args: argparse.Namespace, schema: str, prefix: str) -> tuple[dict[str, Any], float]:
+    """Run a variant in a child process: (its report, its peak RSS in MB, from wait4)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--url", args.url,
+           "--schema", schema, "--cache", args.cache, "--prefix", prefix]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        text, errors = out.read().decode(), err.read().decode()
+    rss_mb = usage.ru_maxrss / 1024  # kilobytes on Linux
+    if proc.returncode != 0 or not text.strip():
+        tail = " | ".join(errors.strip().splitlines()[-3:])
+        return {"failed": f"exit {proc.returncode}: {tail}"}, rss_mb
+    return json.loads(text.strip().splitlines()[-1]), rss_mb
+
+
+def run_variants(variants: tuple[str, ...], args: argparse.Namespace, schema: str, prefix: str,
+                 before_each: Callable[[], None] | None, log: Callable[[str], None]
+                 ) -> dict[str, Outcome]:
+    results = {v: Outcome([], [], {}) for v in variants}
+    for rep in range(args.repeat):
+        # Alternate the order, so neither variant always runs on the other's warm cache.
+        order = variants if rep % 2 == 0 else tuple(reversed(variants))
+        for variant in order:
+            if before_each is not None:
+                before_each()
+            report, rss = spawn(variant, args, schema, prefix)
+            outcome = results[variant]
+            if "failed" in report or report.get("status") in ("failed", "interrupted"):
+                outcome.failed = report.get("failed") or report.get("error") or "failed"
+                log(f"  {variant:<18} run {rep + 1}: FAILED {outcome.failed}")
+                continue
+            outcome.seconds.append(report["seconds"])
+            outcome.rss_mb.append(rss)
+            outcome.last = report
+            log(f"  {variant:<18} run {rep + 1}: {report['seconds']:8.2f} s  peak RSS {rss:6.1f} MB")
+    return results
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def report(analytics: Mapping[str, Outcome], cleanup: Mapping[str, Outcome],
+           sizes: Sizes, args: argparse.Namespace) -> str:
+    out: list[str] = []
+    job, sql, loop = (analytics[v] for v in ANALYTICS_VARIANTS)
+    rows = [["analytics-aggregate", "median s", "min s", "max s", "vs job", "peak RSS MB", "digest"]]
+    for name, o in analytics.items():
+        if o.failed and not o.seconds:
+            rows.append([name, "failed", "", "", "", "", o.failed[:60]])
+            continue
+        rows.append([name, f"{o.median:.2f}", f"{min(o.seconds):.2f}", f"{max(o.seconds):.2f}",
+                     f"{o.median / job.median:.2f}x" if job.seconds else "",
+                     f"{max(o.rss_mb):.0f}", str(o.last.get("digest", ""))])
+    out.append(table(rows))
+    digests = {o.last.get("digest") for o in analytics.values() if o.seconds}
+    out.append(f"same cached values in every variant: {'yes' if len(digests) == 1 else 'NO'}")
+    out.append("")
+    cj, cu = (cleanup[v] for v in CLEANUP_VARIANTS)
+    rows = [["cleanup", "median s", "min s", "max s", "vs unbatched", "peak RSS MB",
+             "max rows/DELETE", "stale", "orphan lines", "orphan carts"]]
+    for name, o in cleanup.items():
+        if o.failed and not o.seconds:
+            rows.append([name, "failed", "", "", "", "", "", "", "", o.failed[:60]])
+            continue
+        s = o.last.get("summary", {})
+        rows.append([name, f"{o.median:.2f}", f"{min(o.seconds):.2f}", f"{max(o.seconds):.2f}",
+                     f"{o.median / cu.median:.2f}x" if cu.seconds else "",
+                     f"{max(o.rss_mb):.0f}", f"{o.last.get('deletes', {}).get('max_rows', 0):,}",
+                     f"{s.get('stale_cart_items', 0):,}", f"{s.get('orphaned_order_products', 0):,}",
+                     f"{s.get('orphaned_cart_items', 0):,}"])
+    out.append(table(rows))
+    if cj.seconds:
+        s, d = cj.last["summary"], cj.last.get("deletes", {})
+        out.append(f"cleanup job summary: {s.get('batches')} batches of at most {s.get('batch_size')} "
+                   f"rows; observed {d.get('statements')} DELETE statements, the largest "
+                   f"{d.get('max_rows', 0):,} rows")
+    if cu.seconds:
+        per_kind = cu.last["summary"].get("seconds_per_kind")
+        out.append(f"unbatched DELETEs, seconds per kind (stale, orphan lines, orphan carts): "
+                   f"{per_kind}")
+    out.append("")
+    out.append("targets")
+    if job.seconds and sql.seconds and loop.seconds:
+        out.append(f"  analytics job within 1.5x of one statement: {job.median / sql.median:.2f}x "
+                   f"{verdict(job.median <= 1.5 * sql.median)}")
+        out.append(f"  analytics job >= 10x faster than per-tenant loop: "
+                   f"{loop.median / job.median:.1f}x {verdict(loop.median >= 10 * job.median)}")
+    if cj.seconds and cu.seconds:
+        out.append(f"  cleanup job within 1.5x of unbatched DELETEs: {cj.median / cu.median:.2f}x "
+                   f"{verdict(cj.median <= 1.5 * cu.median)}")
+        batch_ok = cj.last.get("deletes", {}).get("max_rows", 0) <= cj.last["summary"]["batch_size"]
+        out.append(f"  cleanup rows per DELETE <= batch size: {verdict(batch_ok)}")
+    peaks = [max(o.rss_mb) for o in (job, cj) if o.rss_mb]
+    if peaks:
+        out.append(f"  job process peak RSS < 250 MB: {max(peaks):.0f} MB {verdict(max(peaks) < 250)}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--scale", type=float, default=1.0, help="1.0 = 10,000 tenants (default)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each variant (default 3)")
+    parser.add_argument("--url", default=os.environ.get("BENCH_PG_URL", DEFAULT_URL))
+    parser.add_argument("--cache", choices=("redis", "table"), default="redis",
+                        help=f"redis at REDIS_URL ({REDIS_URL}) or the embedded ops_cache table")
+    parser.add_argument("--keep", action="store_true", help="keep the schema afterwards")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--schema", help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        print(json.dumps(child(args.child, args.url, args.schema, args.cache, args.prefix),
+                         default=str))
+        return 0
+
+    from jobs.db import make_engine
+    from jobs.migrate import upgrade
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    sizes = Sizes.at(args.scale)
+    tag = uuid.uuid4().hex[:8]
+    schema, prefix = f"bench_jobs_{tag}", f"bench-jobs:{tag}:"
+    log(f"jobs_bench  scale {args.scale}  repeat {args.repeat}  cache {args.cache}  "
+        f"schema {schema}  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    log(f"data: {sizes.tenants:,} tenants, {sizes.orders:,} orders ({sizes.day_orders:,} on {DAY}), "
+        f"{sizes.carts:,} cart items ({sizes.carts // 2:,} stale), {sizes.orphans:,} orphans of each kind")
+    try:
+        started = time.perf_counter()
+        build(args.url, schema, sizes, log)
+        engine = make_engine(schema_url(args.url, schema))
+        upgrade(engine)
+        engine.dispose()
+        log(f"built in {time.perf_counter() - started:.0f} s")
+        with pg_connect(args.url, schema) as conn:  # warm the caches for the first variant
+            conn.execute(ANALYTICS_SQL, {"start": datetime(2026, 11, 27, tzinfo=UTC),
+                                         "end": datetime(2026, 11, 28, tzinfo=UTC)}).fetchall()
+        log("analytics-aggregate")
+        analytics = run_variants(ANALYTICS_VARIANTS, args, schema, prefix, None, log)
+        log("cleanup (data restored from templates before each run)")
+        cleanup = run_variants(CLEANUP_VARIANTS, args, schema, prefix,
+                               lambda: restore(args.url, schema), log)
+        log("")
+        log(report(analytics, cleanup, sizes, args))
+    finally:
+        if not args.keep:
+            with pg_connect(args.url) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        if args.cache == "redis":
+            import redis
+
+            client = redis.Redis.from_url(REDIS_URL)
+            keys = list(client.scan_iter(match=prefix + "*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.delete(*keys[start : start + 1000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
