@@ -101,7 +101,7 @@ class Presence:
                 self.last_error = None
             except OpsError as exc:  # the database blinked; the next beat may get through
                 self.last_error = exc.message
-            except Exception as exc:  # noqa: BLE001 - a heartbeat must never kill its process
+            except Exception as exc:  # a heartbeat must never kill its process
                 self.last_error = str(exc)
 
     def stop(self) -> None:
@@ -114,7 +114,7 @@ class Presence:
                     update(ops_runners).where(ops_runners.c.id == self.id)
                     .values(stopped_at=self.clock(), heartbeat_at=self.clock())
                 )
-        except Exception:  # noqa: BLE001 - best effort on the way out
+        except Exception:  # best effort on the way out
             pass
 
     def __enter__(self) -> Presence:
