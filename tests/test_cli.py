@@ -15,21 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
 from console.cli import main
 from jobs import runs
 from jobs.db import (
+    cart_items,
     make_engine,
     ops,
+    ops_email_outbox,
     ops_runners,
     ops_runs,
+    order_products,
+    orders,
     platform,
     tenants,
 )
 from jobs.presence import Presence
 from jobs.settings import Settings
 from jobs.timeutil import utc_now
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
 from tests.factories import add_customer, add_order, add_product, add_tenant
 
 NOW = datetime(2026, 11, 28, 0, 30, tzinfo=UTC)  # a Saturday
@@ -505,3 +510,67 @@ def test_db_upgrade_reports_the_revision(tmp_path: Path) -> None:
     eng.dispose()
     assert "ops_runs" in names and "tenants" not in names
 
+
+def test_demo_builds_a_database_the_commands_read(tmp_path: Path) -> None:
+    path = tmp_path / "demo" / "demo.sqlite3"
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
+           "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/ignored-by-demo"}
+    proc = cli(env, "demo", "--no-tui", "--tenants", "12", "--path", str(path), cwd=tmp_path,
+               timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert str(path) in proc.stdout
+    assert f"DATABASE_URL=sqlite:///{path} storeflow-ops jobs" in proc.stdout
+
+    demo_env = {**env, "DATABASE_URL": f"sqlite:///{path}"}
+    rows = json.loads(cli(demo_env, "jobs", "--json", cwd=tmp_path).stdout)
+    last = {r["job"]: r["last_run"] for r in rows}
+    assert last["expiry-checker"] is not None and last["analytics-aggregate"] is not None
+    history = json.loads(cli(demo_env, "history", "--limit", "200", "--json",
+                             cwd=tmp_path).stdout)
+    assert {"schedule", "manual"} <= {h["trigger"] for h in history}
+    assert "missed" in {h["status"] for h in history}
+    assert json.loads(cli(demo_env, "outbox", "--json", cwd=tmp_path).stdout)
+
+    # An operator previewing the expiry check sees the tenant whose address is broken.
+    proc = cli(demo_env, "preview", "expiry-checker", "--json", cwd=tmp_path)
+    assert proc.returncode == 1
+    errors = json.loads(proc.stdout)["results"]["errors"]
+    assert any("invalid recipient" in e["error"] for e in errors)
+
+    eng = make_engine(demo_env["DATABASE_URL"])
+    with eng.connect() as c:
+        statuses = set(c.execute(select(tenants.c.status)).scalars())
+        payment = set(c.execute(select(orders.c.payment_status)).scalars())
+        n_lines = len(c.execute(select(order_products.c.id)).all())
+        n_carts = len(c.execute(select(cart_items.c.id)).all())
+        emails = len(c.execute(select(ops_email_outbox.c.id)).all())
+    eng.dispose()
+    assert {"active", "expired", "suspended", "cancelled"} <= statuses
+    assert payment == {"paid", "pending", "failed", "refunded"}
+    assert n_lines > 0 and n_carts > 0 and emails > 0
+
+    # Building again overwrites the file instead of adding to it.
+    proc = cli(env, "demo", "--no-tui", "--tenants", "3", "--path", str(path), cwd=tmp_path,
+               timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    eng = make_engine(demo_env["DATABASE_URL"])
+    with eng.connect() as c:
+        assert len(c.execute(select(tenants.c.id)).all()) == 3
+    eng.dispose()
+
+
+def test_demo_is_deterministic_for_a_given_today(tmp_path: Path) -> None:
+    from jobs.demo import build_demo
+
+    today = datetime(2026, 11, 28, 11, 30, tzinfo=UTC)
+    built = [build_demo(tmp_path / f"{name}.sqlite3", 6, today) for name in ("a", "b")]
+    assert built[0].tenants == 6 and built[0].runs > 10
+    assert built[0].invalid_email_tenant is not None
+    contents = []
+    for info in built:
+        eng = make_engine(info.url)
+        # ops_cache is left out: its expiry follows the wall clock, so the values stay readable.
+        contents.append({k: v for k, v in snapshot(eng).items() if k != "ops_cache"})
+        eng.dispose()
+    assert contents[0] == contents[1]
+    assert contents[0]["orders"] and contents[0]["ops_run_items"]
