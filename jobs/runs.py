@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -299,7 +300,8 @@ def execute(
     error_code: ExitCode | None = None
     try:
         summary = spec.run(ctx)
-        if ctx.stop_requested:
+        # A stop that arrives after the last tenant interrupted nothing.
+        if ctx.stop_requested and (sink.total is None or len(sink.items) < sink.total):
             status = RunStatus.INTERRUPTED
             error = "stopped by a shutdown request"
     except OpsError as exc:
@@ -323,9 +325,11 @@ def execute(
 
 def _finish(engine: Engine, job_id: str, run_id: int, sink: ItemSink, status: RunStatus,
             summary: dict[str, Any], error: str | None, finished: datetime) -> None:
-    """Write the outcome. Retried once: losing the outcome of a finished run is worse than
-    a short wait, and the lock must not leak."""
-    for attempt in (1, 2):
+    """Write the outcome, retrying for about 15 s: losing the outcome of a finished run
+    is worse than a short wait, and a run left `running` keeps the job's lock for as long
+    as its process lives."""
+    delays = (0.5, 1.0, 2.0, 4.0, 8.0)
+    for attempt in range(len(delays) + 1):
         try:
             sink.flush()
             with transaction(engine) as conn:
@@ -337,9 +341,11 @@ def _finish(engine: Engine, job_id: str, run_id: int, sink: ItemSink, status: Ru
                 )
                 _release_lock(conn, job_id, run_id)
             return
-        except OpsError:
-            if attempt == 2:
+        except OpsError as exc:
+            if attempt == len(delays):
                 raise
+            log.warning("run %s: could not record its outcome (%s); retrying", run_id, exc.message)
+            time.sleep(delays[attempt])
 
 
 def preview(engine: Engine, settings: Settings, job_id: str, *, now: datetime,

@@ -144,3 +144,22 @@ def test_refuses_while_running(engine: Engine, settings: Settings) -> None:
     assert report.status is RunStatus.SUCCEEDED
     with engine.connect() as c:
         assert len(c.execute(select(ops_runs)).all()) == 1  # the refused one left no row
+
+
+def test_a_stop_after_the_last_tenant_interrupts_nothing(engine: Engine, settings: Settings) -> None:
+    import threading
+
+    from jobs.records import Progress
+
+    stop = threading.Event()
+
+    def on_progress(p: Progress) -> None:
+        if p.total is not None and p.done == p.total:
+            stop.set()  # SIGTERM lands just as the last tenant is done
+
+    add_tenant(engine, expire_date=NOW - timedelta(days=1))
+    add_tenant(engine, expire_date=NOW - timedelta(days=2))
+    report = trigger(engine, settings, stop=stop, on_progress=on_progress)
+    assert stop.is_set()
+    assert report.status is RunStatus.SUCCEEDED and report.exit_code is ExitCode.OK
+    assert report.summary["expired"] == 2
