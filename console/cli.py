@@ -152,6 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("storeflow-ops: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        # The reader went away (`storeflow-ops history --json | head`): stop quietly, as
+        # Unix tools do, with the SIGPIPE convention's status. Pointing stdout at devnull
+        # stops Python's own flush at exit from complaining again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13
     except Exception as exc:
         # A bug, not an operator error: one line by default, the traceback on request.
         if os.environ.get("STOREFLOW_DEBUG"):

@@ -5,6 +5,7 @@ in-process `console.cli.main` is used where only the output matters."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -574,3 +575,19 @@ def test_demo_is_deterministic_for_a_given_today(tmp_path: Path) -> None:
         eng.dispose()
     assert contents[0] == contents[1]
     assert contents[0]["orders"] and contents[0]["ops_run_items"]
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
+    demo = tmp_path / "demo.sqlite3"
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{demo}"}
+    subprocess.run(["storeflow-ops", "demo", "--no-tui", "--tenants", "3", "--path", str(demo)],
+                   env=env, check=True, capture_output=True)
+    # `storeflow-ops jobs --json --count 500 | head -c 10`: the reader stops after 10 bytes.
+    proc = subprocess.Popen(["storeflow-ops", "jobs", "--json", "--count", "500"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=30) == 141
+    assert err == ""
