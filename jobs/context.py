@@ -16,7 +16,8 @@ from sqlalchemy import insert, update
 from sqlalchemy.engine import Engine
 
 from jobs.cache import Cache
-from jobs.db import ops_run_items, ops_runs, transaction
+from jobs.db import first_line, ops_run_items, ops_runs, transaction
+from jobs.errors import OpsError
 from jobs.records import ItemResult, ItemStatus, Progress, RunParams
 from jobs.settings import JobConfig, Settings
 
@@ -114,6 +115,13 @@ class RunContext:
     sink: ItemSink
     cache_factory: Callable[[], Cache]
     stop_event: threading.Event = field(default_factory=threading.Event)
+    # When the run started, by the wall clock read at the edge: the outbox's queue time.
+    # Not `now`: a `--now` in the future must not hold real emails back until then.
+    started_at: datetime | None = None
+
+    @property
+    def queued_at(self) -> datetime:
+        return self.started_at or self.now
 
     @cached_property
     def cache(self) -> Cache:
@@ -134,6 +142,17 @@ class RunContext:
 
     def set_total(self, total: int) -> None:
         self.sink.set_total(total)
+
+
+def tenant_error(exc: Exception) -> str:
+    """The one-line error recorded for a tenant whose item failed.
+
+    Callers catch (OpsError, SQLAlchemyError) per tenant but let UnreachableError through:
+    one tenant's constraint violation, deadlock or lock timeout is that tenant's failure;
+    a database that is gone fails the run (exit 3)."""
+    if isinstance(exc, OpsError):
+        return exc.message
+    return f"{type(getattr(exc, 'orig', None) or exc).__name__}: {first_line(exc)}"
 
 
 JobFunction = Callable[[RunContext], dict[str, Any]]

@@ -12,11 +12,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from jobs import outbox
-from jobs.context import RunContext
+from jobs.context import RunContext, tenant_error
 from jobs.db import tenants, transaction, ts
-from jobs.errors import OpsError
+from jobs.errors import OpsError, UnreachableError
 from jobs.humanize import long_date
 from jobs.records import ItemResult, ItemStatus
 
@@ -87,23 +88,32 @@ def _process(ctx: RunContext, cand: Candidate, grace_days: int,
                 "grace_days": grace_days,
             },
         )
-        queued = True
-        if not ctx.dry_run:
+        if ctx.dry_run:
+            with transaction(ctx.engine) as conn:
+                queued = not outbox.existing_keys(conn, [email.idempotency_key])
+        else:
             with transaction(ctx.engine) as conn:
                 # Guarded by the status we read: a concurrent change wins, and a second
                 # run finds nothing to do.
                 changed = conn.execute(
                     update(tenants)
-                    .where(tenants.c.id == cand.id, tenants.c.status == cand.status)
+                    .where(
+                        tenants.c.id == cand.id,
+                        tenants.c.status == cand.status,
+                        # A renewal between our read and this update moved the date on.
+                        ts(tenants.c.expire_date) <= ctx.now,
+                    )
                     .values(status=target)
                 ).rowcount
                 if not changed:
                     return ItemResult(cand.id, "unchanged", ItemStatus.SKIPPED,
                                       {**detail, "reason": "status changed meanwhile"},
                                       tenant_name=cand.name)
-                queued = outbox.queue(conn, email, now=ctx.now, run_id=ctx.run_id)
-    except OpsError as exc:
-        return ItemResult(cand.id, target, ItemStatus.ERROR, detail, exc.message,
+                queued = outbox.queue(conn, email, now=ctx.queued_at, run_id=ctx.run_id)
+    except UnreachableError:
+        raise
+    except (OpsError, SQLAlchemyError) as exc:
+        return ItemResult(cand.id, target, ItemStatus.ERROR, detail, tenant_error(exc),
                           tenant_name=cand.name)
     counts[target] += 1
     counts["emails_queued"] += int(queued)

@@ -15,11 +15,12 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from jobs import outbox
-from jobs.context import RunContext
+from jobs.context import RunContext, tenant_error
 from jobs.db import tenants, transaction, ts
-from jobs.errors import OpsError
+from jobs.errors import OpsError, UnreachableError
 from jobs.humanize import long_date
 from jobs.records import ItemResult, ItemStatus
 
@@ -164,10 +165,12 @@ def _process(ctx: RunContext, reminder: Reminder, already_sent: bool,
         queued = True
         if not ctx.dry_run:
             with transaction(ctx.engine) as conn:
-                queued = outbox.queue(conn, email, now=ctx.now, run_id=ctx.run_id)
-    except OpsError as exc:
+                queued = outbox.queue(conn, email, now=ctx.queued_at, run_id=ctx.run_id)
+    except UnreachableError:
+        raise
+    except (OpsError, SQLAlchemyError) as exc:
         return ItemResult(reminder.tenant_id, reminder.kind, ItemStatus.ERROR, detail,
-                          exc.message, tenant_name=reminder.tenant_name)
+                          tenant_error(exc), tenant_name=reminder.tenant_name)
     if not queued:
         # Another run queued the same key between our bulk check and this insert.
         counts["already_sent"] += 1

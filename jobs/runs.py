@@ -293,6 +293,7 @@ def execute(
             lambda: open_cache(settings.cache_url, engine, settings.cache_prefix)
         ),
         stop_event=stop or threading.Event(),
+        started_at=started,
     )
     status = RunStatus.SUCCEEDED
     summary: dict[str, Any] = {}

@@ -163,3 +163,71 @@ def test_a_stop_after_the_last_tenant_interrupts_nothing(engine: Engine, setting
     assert stop.is_set()
     assert report.status is RunStatus.SUCCEEDED and report.exit_code is ExitCode.OK
     assert report.summary["expired"] == 2
+
+
+def test_a_database_error_on_one_tenant_fails_only_that_tenant(engine: Engine,
+                                                                settings: Settings) -> None:
+    from sqlalchemy import text
+
+    add_tenant(engine, id="a-good", expire_date=NOW - timedelta(days=1))
+    add_tenant(engine, id="b-rejected", expire_date=NOW - timedelta(days=1))
+    add_tenant(engine, id="c-good", expire_date=NOW - timedelta(days=1))
+    with engine.begin() as c:  # the platform refuses this one tenant's change
+        if engine.dialect.name == "sqlite":
+            c.execute(text("CREATE TRIGGER refuse BEFORE UPDATE ON tenants WHEN OLD.id = 'b-rejected' "
+                           "BEGIN SELECT RAISE(ABORT, 'tenant is locked by billing'); END"))
+        else:
+            c.execute(text("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                           "IF OLD.id = 'b-rejected' THEN RAISE EXCEPTION 'tenant is locked by billing'; "
+                           "END IF; RETURN NEW; END $$"))
+            c.execute(text("CREATE TRIGGER refuse BEFORE UPDATE ON tenants FOR EACH ROW "
+                           "EXECUTE FUNCTION refuse()"))
+    report = trigger(engine, settings)
+    assert report.status is RunStatus.PARTIAL and report.exit_code is ExitCode.FAILED
+    assert [(i.tenant_id, i.status) for i in report.items] == [
+        ("a-good", ItemStatus.OK), ("b-rejected", ItemStatus.ERROR), ("c-good", ItemStatus.OK)]
+    assert "tenant is locked by billing" in (report.items[1].error or "")
+    assert [status_of(engine, t) for t in ("a-good", "b-rejected", "c-good")] == [
+        "expired", "active", "expired"]
+    assert [r[0] for r in outbox_rows(engine)] == ["a-good", "c-good"]  # no email without its change
+
+
+def test_a_renewal_during_the_run_is_not_expired(engine: Engine, settings: Settings) -> None:
+    from jobs.records import Progress
+
+    add_tenant(engine, id="a", expire_date=NOW - timedelta(days=1))
+    add_tenant(engine, id="b", expire_date=NOW - timedelta(days=1))
+
+    def renew_b(p: Progress) -> None:
+        if p.done == 0:  # after the candidates were read, before any tenant is processed
+            with engine.begin() as c:
+                c.execute(tenants.update().where(tenants.c.id == "b")
+                          .values(expire_date=NOW + timedelta(days=30)))
+
+    report = trigger(engine, settings, on_progress=renew_b)
+    assert status_of(engine, "a") == "expired"
+    assert status_of(engine, "b") == "active"
+    assert [r[0] for r in outbox_rows(engine)] == ["a"]
+    assert report.summary["expired"] == 1
+
+
+def test_emails_are_due_when_queued_not_at_a_future_now(engine: Engine, settings: Settings) -> None:
+    queued_at = NOW
+    future = NOW + timedelta(days=10)
+    add_tenant(engine, expire_date=future - timedelta(days=1))
+    trigger(engine, settings, now=future, clock=lambda: queued_at)
+    with engine.connect() as c:
+        row = c.execute(select(ops_email_outbox.c.next_attempt_at, ops_email_outbox.c.created_at)).one()
+    assert row.next_attempt_at == queued_at and row.created_at == queued_at
+
+
+def test_preview_reports_an_email_whose_key_exists_as_not_queued(engine: Engine,
+                                                                   settings: Settings) -> None:
+    add_tenant(engine, id="t", expire_date=NOW - timedelta(days=1))
+    trigger(engine, settings)
+    with engine.begin() as c:  # the status was reset by hand; the email was already sent
+        c.execute(tenants.update().where(tenants.c.id == "t").values(status="active"))
+    preview = trigger(engine, settings, dry_run=True)
+    real = trigger(engine, settings)
+    assert preview.summary == real.summary
+    assert preview.summary["emails_queued"] == 0 and preview.summary["expired"] == 1
