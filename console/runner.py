@@ -59,12 +59,15 @@ from jobs.errors import OpsError
 from jobs.presence import Presence
 from jobs.records import RunReport, RunStatus, Trigger
 from jobs.runs import (
+    abandon_run,
     claim_slot,
     execute,
+    interrupted_slot_runs,
     job_states,
     note_schedules,
     record_missed,
     recover_stale_runs,
+    release_orphaned_runs,
 )
 from jobs.scheduler import JobFacts, Scheduler, SlotPlan, should_retry
 from jobs.settings import Settings
@@ -148,6 +151,7 @@ class SlotRunner:
         self.state = state
         self.scheduler = scheduler or Scheduler(state.settings.jobs, state.started_at)
         self._sender_missing = False
+        self._settled: set[int] = set()  # interrupted runs already judged not worth a retry
 
     @property
     def log(self) -> RunLog:
@@ -194,7 +198,14 @@ class SlotRunner:
             self.scheduler.advance(job_id, plan.through)
             if claimed is not None:
                 claims.append(claimed)
+        self._hold(claims)
         return Tick(claims, errors)
+
+    def _hold(self, claims: list[Claimed]) -> None:
+        # In flight from the claim on, not from when a worker thread starts: the orphan
+        # sweep must never take a claimed run that is about to start for abandoned.
+        for c in claims:
+            self.state.in_flight[c.run_id] = c.job_id
 
     def _apply(self, plan: SlotPlan, now: datetime) -> Claimed | None:
         st, job = self.state, self.state.settings.job(plan.job_id)
@@ -240,25 +251,35 @@ class SlotRunner:
                              last=slots[-1], reason=reason)
 
     def recover(self, now: datetime) -> list[Claimed]:
-        """Interrupt the runs of runners that stopped heartbeating; claim the retry of each
-        interrupted slot that is still wanted."""
+        """Interrupt the runs of runners that stopped heartbeating and this runner's own
+        orphans; claim the single retry of each job's newest slot if it was interrupted
+        (a dead runner, or one stopped by SIGTERM) and is still wanted."""
         st = self.state
-        recovered = recover_stale_runs(st.engine, now, st.settings.runner.stale_after)
-        if not recovered:
-            return []
-        facts = self.facts()
-        claims: list[Claimed] = []
-        for run in recovered:
+        for run in recover_stale_runs(st.engine, now, st.settings.runner.stale_after):
             self.log.warning("run-interrupted", job=run.job_id, run_id=run.run_id,
                              slot=run.scheduled_for, attempt=run.attempt,
                              reason="its runner stopped heartbeating")
+        for run_id in release_orphaned_runs(st.engine, st.runner_id,
+                                            set(st.in_flight.copy()), now):
+            self.log.warning("run-interrupted", run_id=run_id,
+                             reason="its worker ended without recording an outcome")
+        candidates = interrupted_slot_runs(st.engine)
+        if not candidates:
+            return []
+        facts = self.facts()
+        claims: list[Claimed] = []
+        for run in candidates:
+            if run.run_id in self._settled:
+                continue
             job = st.settings.jobs.get(run.job_id)
             if job is None or run.scheduled_for is None:
                 continue
             if not should_retry(run, job, facts.get(run.job_id, JobFacts()), now):
-                if run.trigger is Trigger.SCHEDULE and run.attempt == 1:
-                    self.log.info("retry-not-wanted", job=run.job_id, slot=run.scheduled_for,
-                                  reason="outside misfire_grace, disabled or paused")
+                self.log.info("retry-not-wanted", job=run.job_id, slot=run.scheduled_for,
+                              reason="a newer slot has passed, or outside misfire_grace, "
+                                     "disabled or paused")
+                # Not asked again on every tick: the slot is settled as interrupted.
+                self._settled.add(run.run_id)
                 continue
             claim = claim_slot(st.engine, st.settings, run.job_id, run.scheduled_for,
                                runner_id=st.runner_id, started_by=st.started_by,
@@ -271,6 +292,7 @@ class SlotRunner:
             else:
                 self.log.info(f"retry-{claim.status}", job=run.job_id, slot=run.scheduled_for,
                               attempt=2)
+        self._hold(claims)
         return claims
 
     def maintain(self, now: datetime) -> list[Claimed]:
@@ -290,13 +312,10 @@ class SlotRunner:
                 claimed_run_id=claimed.run_id, scheduled_for=claimed.slot, stop=st.stop,
                 clock=st.clock,
             )
-        except OpsError as exc:
-            self.log.error("run-error", job=claimed.job_id, run_id=claimed.run_id,
-                           error=exc.message)
-            return None
         except Exception as exc:  # a worker thread must report, not vanish
-            self.log.error("run-error", job=claimed.job_id, run_id=claimed.run_id,
-                           error=f"{type(exc).__name__}: {exc}")
+            reason = exc.message if isinstance(exc, OpsError) else f"{type(exc).__name__}: {exc}"
+            self.log.error("run-error", job=claimed.job_id, run_id=claimed.run_id, error=reason)
+            self._abandon(claimed, reason)
             return None
         finally:
             st.in_flight.pop(claimed.run_id, None)
@@ -311,6 +330,15 @@ class SlotRunner:
             summary=dict(report.summary), error=report.error,
         )
         return report
+
+    def _abandon(self, claimed: Claimed, reason: str) -> None:
+        """Mark a run that raised failed and free its lock; if even that cannot be
+        written, the orphan sweep of a later tick does it."""
+        try:
+            abandon_run(self.state.engine, claimed.job_id, claimed.run_id, self.state.clock(),
+                        reason)
+        except OpsError as exc:
+            self.log.error("run-abandon-failed", run_id=claimed.run_id, error=exc.message)
 
     def drain_outbox(self, now: datetime) -> None:
         """Deliver due emails, when SMTP is configured and jobs.sender is installed.

@@ -235,6 +235,67 @@ def recover_stale_runs(engine: Engine, now: datetime, stale_after: float) -> lis
     return [r for r in (get_run(engine, i) for i in recovered) if r is not None]
 
 
+def abandon_run(engine: Engine, job_id: str, run_id: int, now: datetime, reason: str) -> bool:
+    """A claimed run whose execution raised before its outcome was written: mark it failed
+    and free the job's lock, so the next slot is not skipped because of it."""
+    with transaction(engine) as conn:
+        changed = conn.execute(
+            update(ops_runs)
+            .where(ops_runs.c.id == run_id, ops_runs.c.status == RunStatus.RUNNING)
+            .values(status=RunStatus.FAILED, finished_at=now, error=reason)
+        ).rowcount
+        _release_lock(conn, job_id, run_id)
+    return bool(changed)
+
+
+def release_orphaned_runs(engine: Engine, runner_id: str, live: set[int],
+                          now: datetime) -> list[int]:
+    """This runner's `running` runs that none of its workers is executing (their outcome
+    could not be written, e.g. the database was down at the end): interrupt them and free
+    their locks. Its heartbeat is fine, so staleness would never catch them."""
+    q = select(ops_runs.c.id, ops_runs.c.job_id).where(
+        ops_runs.c.status == RunStatus.RUNNING, ops_runs.c.runner_id == runner_id
+    )
+    released: list[int] = []
+    with transaction(engine) as conn:
+        for run_id, job_id in conn.execute(q).all():
+            if run_id in live:
+                continue
+            if _interrupt(conn, run_id, now, "its worker ended without recording an outcome"):
+                _release_lock(conn, job_id, run_id)
+                released.append(run_id)
+    return released
+
+
+def interrupted_slot_runs(engine: Engine) -> list[RunRecord]:
+    """Interrupted first attempts of each job's newest slot that have no retry yet: the
+    candidates for a single retry, whether their runner died or was stopped (SIGTERM)."""
+    newest = (
+        select(ops_runs.c.job_id, func.max(ops_runs.c.scheduled_for).label("slot"))
+        .where(ops_runs.c.scheduled_for.is_not(None))
+        .group_by(ops_runs.c.job_id)
+        .subquery()
+    )
+    retry = ops_runs.alias("retry")
+    q = (
+        select(ops_runs)
+        .join(newest, (newest.c.job_id == ops_runs.c.job_id)
+              & (newest.c.slot == ops_runs.c.scheduled_for))
+        .where(
+            ops_runs.c.status == RunStatus.INTERRUPTED,
+            ops_runs.c.trigger == Trigger.SCHEDULE,
+            ops_runs.c.attempt == 1,
+            ~select(retry.c.id).where(
+                retry.c.job_id == ops_runs.c.job_id,
+                retry.c.scheduled_for == ops_runs.c.scheduled_for,
+                retry.c.attempt == 2,
+            ).exists(),
+        )
+    )
+    with transaction(engine) as conn:
+        return [_record(r) for r in conn.execute(q)]
+
+
 # --- executing ---------------------------------------------------------------------------------
 
 
@@ -334,13 +395,20 @@ def _finish(engine: Engine, job_id: str, run_id: int, sink: ItemSink, status: Ru
         try:
             sink.flush()
             with transaction(engine) as conn:
-                conn.execute(
-                    update(ops_runs).where(ops_runs.c.id == run_id).values(
+                written = conn.execute(
+                    update(ops_runs)
+                    .where(ops_runs.c.id == run_id, ops_runs.c.status == RunStatus.RUNNING)
+                    .values(
                         status=str(status), finished_at=finished, summary=summary,
                         processed=len(sink.items), errors=sink.errors, error=error,
                     )
-                )
+                ).rowcount
                 _release_lock(conn, job_id, run_id)
+            if not written:
+                # Another runner took this run for dead (a long database outage) and may
+                # have retried its slot: its verdict stands; ours goes to the log.
+                log.warning("run %s was no longer running when it finished %s; kept as it was",
+                            run_id, status)
             return
         except OpsError as exc:
             if attempt == len(delays):

@@ -16,18 +16,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from console.runlog import RunLog
 from console.runner import Claimed, RunnerState, SlotRunner
 from jobs import runs
+from jobs.db import _platform_ok as jobs_platform_ok
 from jobs.db import ops_runners, ops_runs, transaction
 from jobs.presence import Presence
 from jobs.records import RunStatus, Trigger
 from jobs.schedule import CronSchedule
 from jobs.scheduler import JobFacts, Scheduler, plan_job, recent_slots
 from jobs.settings import JobConfig, Settings
+from tests.factories import add_tenant
 
 JOB = "expiry-checker"
 
@@ -418,18 +420,76 @@ def test_stale_run_outside_grace_is_not_retried(engine: Engine, settings: Settin
     assert h.events("retry-not-wanted")
 
 
-def test_a_stale_runs_lock_does_not_block_the_next_slot(
+def test_a_newer_slot_wins_over_retrying_an_older_interrupted_one(
         engine: Engine, settings: Settings, harnesses: list[Harness]) -> None:
-    # The dead run holds the forbid lock; the next slot's tick recovers it first, so the
-    # retry runs and the new slot is skipped only while the retry itself still runs.
+    # The dead 09:00 run holds the forbid lock. By 10:00 the newer slot does the work:
+    # retrying 09:00 would take the lock and leave 10:00 `skipped` for good.
     s = job_settings(settings, "0 * * * *")
     slot = utc(2026, 11, 28, 9)
     _dead_runner_claims(engine, s, slot)
     h = harness(harnesses, engine, s, slot + timedelta(minutes=59, seconds=50))
     claims = h.tick(utc(2026, 11, 28, 10), all_jobs=True, run=False)
-    assert [(c.slot, c.attempt) for c in claims] == [(slot, 2)]
-    assert slot_rows(engine) == [(slot, 1, "interrupted"), (slot, 2, "running"),
-                                 (utc(2026, 11, 28, 10), 1, "skipped")]
+    assert [(c.slot, c.attempt) for c in claims] == [(utc(2026, 11, 28, 10), 1)]
+    assert slot_rows(engine) == [(slot, 1, "interrupted"), (utc(2026, 11, 28, 10), 1, "running")]
+    assert h.events("retry-not-wanted")
+    h.clock.set(utc(2026, 11, 28, 10, 5))
+    assert h.runner.maintain(h.clock()) == []  # settled: not asked again
+
+
+def test_a_slot_stopped_by_sigterm_is_retried_by_another_runner(
+        engine: Engine, settings: Settings, harnesses: list[Harness]) -> None:
+    s = job_settings(settings, "0 * * * *")
+    slot = utc(2026, 11, 28, 9)
+    for days in (1, 2):  # something to do, so the stop lands before the work is done
+        add_tenant(engine, expire_date=slot - timedelta(days=days))
+    stopping = harness(harnesses, engine, s, slot - timedelta(seconds=1))
+    [claim] = stopping.tick(slot, all_jobs=True, run=False)
+    stopping.runner.state.stop.set()  # SIGTERM: the run records itself interrupted
+    report = stopping.runner.run(claim)
+    assert report is not None and report.status is RunStatus.INTERRUPTED
+    stopping.close()
+
+    other = harness(harnesses, engine, s, slot + timedelta(seconds=20))
+    [retry] = other.runner.maintain(slot + timedelta(seconds=20))
+    assert (retry.slot, retry.attempt) == (slot, 2)
+    assert other.runner.run(retry) is not None
+    assert slot_rows(engine) == [(slot, 1, "interrupted"), (slot, 2, "succeeded")]
+    assert other.runner.maintain(slot + timedelta(minutes=1)) == []  # once only
+
+
+def test_a_run_that_raised_frees_the_lock_for_the_next_slot(
+        engine: Engine, settings: Settings, harnesses: list[Harness]) -> None:
+    s = job_settings(settings, "0 * * * *")
+    slot = utc(2026, 11, 28, 9)
+    h = harness(harnesses, engine, s, slot - timedelta(seconds=1))
+    [claim] = h.tick(slot, all_jobs=True, run=False)
+    with transaction(engine) as conn:  # the platform tables vanish under the run
+        conn.execute(text("ALTER TABLE order_products RENAME TO order_products_moved"))
+    jobs_platform_ok.clear()
+    assert h.runner.run(claim) is None  # raised before the job started
+    with transaction(engine) as conn:
+        conn.execute(text("ALTER TABLE order_products_moved RENAME TO order_products"))
+    assert slot_rows(engine) == [(slot, 1, "failed")]
+    [next_claim] = h.tick(utc(2026, 11, 28, 10))
+    assert next_claim.slot == utc(2026, 11, 28, 10)  # not skipped behind a stuck lock
+
+
+def test_an_orphaned_run_of_this_runner_is_released(
+        engine: Engine, settings: Settings, harnesses: list[Harness]) -> None:
+    s = job_settings(settings, "0 * * * *")
+    slot = utc(2026, 11, 28, 9)
+    h = harness(harnesses, engine, s, slot - timedelta(seconds=1))
+    [claim] = h.tick(slot, all_jobs=True, run=False)
+    # Its worker ended without writing an outcome (the database was down at the end).
+    h.runner.state.in_flight.pop(claim.run_id)
+    h.clock.set(slot + timedelta(seconds=5))
+    [retry] = h.runner.maintain(h.clock())  # released, and its slot retried once
+    assert (retry.slot, retry.attempt) == (slot, 2)
+    assert h.runner.run(retry) is not None
+    claims = h.tick(utc(2026, 11, 28, 10))
+    assert slot_rows(engine) == [(slot, 1, "interrupted"), (slot, 2, "succeeded"),
+                                 (utc(2026, 11, 28, 10), 1, "succeeded")]
+    assert [c.slot for c in claims] == [utc(2026, 11, 28, 10)]
 
 
 def test_a_manual_run_without_a_runner_is_never_stale(engine: Engine, settings: Settings,
