@@ -8,12 +8,14 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from jobs.db import transaction
 
 _SCRIPTS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "ops_alembic_version"
+_LOCK_KEY = 0x5F0_0B5  # pg_advisory_xact_lock key for migrations ("sf ops")
 
 
 def _config(conn: Connection | None = None) -> Config:
@@ -40,7 +42,15 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
     head = head_revision()
     if before != head:
         with transaction(engine) as conn:
-            command.upgrade(_config(conn), "head")
+            if conn.dialect.name == "postgresql":
+                # Runners starting together on a fresh database (or after a release) would
+                # run the same DDL and all but one fail; the lock makes the others wait,
+                # then find the work done. SQLite's BEGIN IMMEDIATE already serialises.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+            ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+            before = ctx.get_current_revision()
+            if before != head:
+                command.upgrade(_config(conn), "head")
     return before, head
 
 

@@ -115,7 +115,7 @@ class RunReport:
         if self.dry_run:
             return "Preview completed"
         if self.status is RunStatus.INTERRUPTED:
-            return "Job interrupted"
+            return "Job failed"  # SPEC 4's four messages; `status` says it was interrupted
         if self.errors:
             return "Job completed with errors"
         return "Job completed"

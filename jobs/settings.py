@@ -27,7 +27,9 @@ Concurrency = Literal["forbid", "allow"]
 _COMMON_KEYS = {"schedule", "timezone", "enabled", "misfire_grace", "concurrency", "description"}
 _JOB_KEYS: dict[str, set[str]] = {
     "expiry-checker": {"grace_period_days"},
-    "payment-reminders": {"reminder_days", "grace_period_days"},
+    # The grace period is one policy: set under expiry-checker, followed by the reminders
+    # (two values would have notices promise a suspension date the checker does not keep).
+    "payment-reminders": {"reminder_days"},
     "analytics-aggregate": {"cache_ttl"},
     "cleanup": {"cart_retention_days", "batch_size"},
 }
@@ -277,6 +279,9 @@ def load_settings(overrides: Overrides = Overrides(), env: Mapping[str, str] | N
         days = _int("environment", "SUBSCRIPTION_GRACE_PERIOD_DAYS", grace)
         for jid in ("expiry-checker", "payment-reminders"):
             jobs[jid] = replace(jobs[jid], grace_period_days=days)
+    jobs["payment-reminders"] = replace(
+        jobs["payment-reminders"], grace_period_days=jobs["expiry-checker"].grace_period_days
+    )
 
     database_url = (
         overrides.database_url or env.get("DATABASE_URL") or f"sqlite:///{default_sqlite_path()}"

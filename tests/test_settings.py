@@ -58,12 +58,11 @@ def test_shipped_files_are_identical_and_load_to_the_defaults(tmp_path: Path) ->
 
 
 def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
-    config = write(tmp_path / "ops.toml", "[jobs.expiry-checker]\ngrace_period_days = 3\n"
-                                          "[jobs.payment-reminders]\ngrace_period_days = 4\n")
+    config = write(tmp_path / "ops.toml", "[jobs.expiry-checker]\ngrace_period_days = 3\n")
     assert load_settings(env={}, cwd=tmp_path).job("expiry-checker").grace_period_days == 7
     from_file = load_settings(Overrides(config=str(config)), env={}, cwd=tmp_path)
     assert from_file.job("expiry-checker").grace_period_days == 3
-    assert from_file.job("payment-reminders").grace_period_days == 4
+    assert from_file.job("payment-reminders").grace_period_days == 3  # one policy
 
     env = {"SUBSCRIPTION_GRACE_PERIOD_DAYS": "0", "DATABASE_URL": "sqlite:///from-env.db",
            "REDIS_URL": "redis://from-env:6379/0", "KV_URL": "redis://kv:6379/0"}
