@@ -42,18 +42,22 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
+    Integer,
     Select,
     Table,
     Text,
     any_,
     bindparam,
+    cast,
     delete,
     exists,
     func,
     literal_column,
+    null,
     select,
     text,
     tuple_,
+    union_all,
 )
 from sqlalchemy.engine import Connection, CursorResult, Engine
 
@@ -145,7 +149,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         elif kind.one_scan:
             _delete_found(ctx, kind, size, tally)
         elif kind.by_address:
-            _delete_by_address(ctx, kind, cutoff, size, tally)
+            _delete_by_address(ctx, kind, size, tally)
         else:
             _delete_by_key(ctx, kind, size, tally)
     _record_items(ctx, tallies)
@@ -210,31 +214,45 @@ def _delete_by_key(ctx: RunContext, kind: Kind, size: int, tally: Tally) -> None
         params = _key_bind(kind, "after", bound)
 
 
-def _delete_by_address(ctx: RunContext, kind: Kind, cutoff: datetime, size: int,
-                       tally: Tally) -> None:
-    """PostgreSQL: each batch is one DELETE of the rows at the addresses of the next `size`
-    keys, returning their tenant and key. A batch that returns fewer than `size` rows was
-    the last one (rows a concurrent writer changed meanwhile are left to the next run)."""
+def _delete_by_address(ctx: RunContext, kind: Kind, size: int, tally: Tally) -> None:
+    """PostgreSQL: each batch is one statement. Its DELETE takes the rows at the addresses of
+    the next `size` keys; PostgreSQL counts them per tenant and adds one row with the last key,
+    where the next batch starts. A batch of fewer than `size` rows was the last one (rows a
+    concurrent writer changed meanwhile are left to the next run)."""
     key = tuple_(*kind.keys)
     ctid: ColumnElement[Any] = literal_column("ctid")
+    tenant = kind.table.c.tenant_id
 
     def remove(*where: ColumnElement[bool]) -> Any:
         batch = select(ctid).select_from(kind.table).where(kind.where, *where)
         batch = batch.order_by(*kind.keys).limit(size)
-        return (delete(kind.table).where(ctid == any_(func.array(batch.scalar_subquery())))
-                .returning(kind.table.c.tenant_id, *kind.keys))
+        deleted = (
+            delete(kind.table).where(ctid == any_(func.array(batch.scalar_subquery())))
+            .returning(tenant, *kind.keys).cte("deleted")
+        )
+        keys = [deleted.c[k.name] for k in kind.keys]
+        per_tenant = select(deleted.c.tenant_id, func.count(),
+                            *(cast(null(), k.type) for k in kind.keys))
+        last_key = select(cast(null(), tenant.type), cast(null(), Integer), *keys)
+        return union_all(
+            per_tenant.group_by(deleted.c.tenant_id),
+            last_key.order_by(*(k.desc() for k in keys)).limit(1),
+        )
 
     first, following = remove(), remove(key > _key_params(kind, "after"))
     params: dict[str, Any] = {}
     while not ctx.stop_requested:
         with _batch(ctx.engine) as conn:
             rows = _fetch_all(conn.execute(following if params else first, params))
-        if not rows:
+        counts = {row[0]: row[1] for row in rows if row[0] is not None}
+        deleted_rows = sum(counts.values())
+        if not deleted_rows:
             return
-        tally.add_batch(len(rows), [row[0] for row in rows])
-        if len(rows) < size:
+        tally.deleted.update(counts)
+        tally.batches += 1
+        if deleted_rows < size:
             return
-        params = _key_bind(kind, "after", max(row[1:] for row in rows))
+        params = _key_bind(kind, "after", next(row[2:] for row in rows if row[0] is None))
 
 
 def _fetch_all(result: CursorResult[Any]) -> list[tuple[Any, ...]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -56,18 +57,40 @@ def items_of(report: RunReport) -> list[tuple[str | None, str, str, dict[str, An
 
 @pytest.fixture
 def deletes(engine: Engine) -> Iterator[list[tuple[str, int]]]:
-    """Every DELETE on a platform table the job sends: its table and the rows it removed
-    (the count is only reliable on PostgreSQL: sqlite3 counts RETURNING rows as read)."""
+    """Every statement the job sends that deletes from a platform table: its table and the rows
+    it removed. On PostgreSQL that is the transaction's own count of deleted rows before and
+    after the statement, since a DELETE inside WITH reports the outer SELECT's rows; on SQLite
+    the cursor's, which is unreliable (sqlite3 counts RETURNING rows as read)."""
     seen: list[tuple[str, int]] = []
+    pattern = re.compile(r"\bDELETE FROM (cart_items|order_products)\b")
+
+    def deleted_so_far(cursor: Any, table: str) -> int:
+        with cursor.connection.cursor() as own:
+            own.execute("SELECT n_tup_del FROM pg_stat_xact_user_tables"
+                        " WHERE relid = %s::regclass", (table,))
+            row = own.fetchone()
+        return int(row[0]) if row else 0
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        found = pattern.search(statement)
+        if found is not None and not is_sqlite(engine):
+            conn.info["deleted_before"] = deleted_so_far(cursor, found[1])
 
     def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        words = statement.split()
-        if words[:2] == ["DELETE", "FROM"] and words[2] in ("cart_items", "order_products"):
-            seen.append((words[2], cursor.rowcount))
+        found = pattern.search(statement)
+        if found is None:
+            return
+        if is_sqlite(engine):
+            seen.append((found[1], cursor.rowcount))
+        else:
+            seen.append((found[1], deleted_so_far(cursor, found[1])
+                         - conn.info.pop("deleted_before")))
 
+    event.listen(engine, "before_cursor_execute", before)
     event.listen(engine, "after_cursor_execute", after)
     yield seen
     event.remove(engine, "after_cursor_execute", after)
+    event.remove(engine, "before_cursor_execute", before)
 
 
 def test_cutoff_orphans_and_items(engine: Engine, settings: Settings) -> None:
