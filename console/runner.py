@@ -68,6 +68,7 @@ from jobs.runs import (
     record_missed,
     recover_stale_runs,
     release_orphaned_runs,
+    skipped_behind,
 )
 from jobs.scheduler import JobFacts, Scheduler, SlotPlan, should_retry
 from jobs.settings import Settings
@@ -263,7 +264,9 @@ class SlotRunner:
                                             set(st.in_flight.copy()), now):
             self.log.warning("run-interrupted", run_id=run_id,
                              reason="its worker ended without recording an outcome")
-        candidates = interrupted_slot_runs(st.engine)
+        # Interruptions of the last day: a bounded look-back, wide enough for a fleet that
+        # was down overnight (recover_stale_runs stamps the ones it finds with `now`).
+        candidates = interrupted_slot_runs(st.engine, min(st.started_at, now) - timedelta(days=1))
         if not candidates:
             return []
         facts = self.facts()
@@ -319,6 +322,37 @@ class SlotRunner:
             return None
         finally:
             st.in_flight.pop(claimed.run_id, None)
+        self._log_finished(claimed, report)
+        if claimed.attempt == 2:
+            self._refire_skipped(claimed)
+        return report
+
+    def _refire_skipped(self, retried: Claimed) -> None:
+        """After a retry, fire once the newest slot that was `skipped` behind it (or behind
+        the run it retried): that slot passed while its job was locked, and without this
+        it would be lost (an outage's newest slot, e.g. the next day's analytics)."""
+        st = self.state
+        try:
+            slot = skipped_behind(st.engine, retried.job_id, retried.slot)
+            job = st.settings.job(retried.job_id)
+            if slot is None or (job.misfire_grace is not None
+                                and st.clock() - slot > job.misfire_grace):
+                return
+            claim = claim_slot(st.engine, st.settings, retried.job_id, slot,
+                               runner_id=st.runner_id, started_by=st.started_by,
+                               clock=st.clock, attempt=2)
+        except OpsError as exc:
+            self.log.error("refire-failed", job=retried.job_id, error=exc.message)
+            return
+        if claim.status != "claimed" or claim.run_id is None:
+            return
+        self.log.info("slot-refired", job=retried.job_id, slot=slot, run_id=claim.run_id,
+                      attempt=2, reason=f"it was skipped while the retry of {retried.slot} ran")
+        refire = Claimed(claim.run_id, retried.job_id, slot, 2)
+        self._hold([refire])
+        self.run(refire)
+
+    def _log_finished(self, claimed: Claimed, report: RunReport) -> None:
         level = {RunStatus.SUCCEEDED: "info", RunStatus.FAILED: "error"}.get(
             report.status, "warning")
         self.log.event(
@@ -329,7 +363,6 @@ class SlotRunner:
             duration_s=round((report.finished_at - report.started_at).total_seconds(), 3),
             summary=dict(report.summary), error=report.error,
         )
-        return report
 
     def _abandon(self, claimed: Claimed, reason: str) -> None:
         """Mark a run that raised failed and free its lock; if even that cannot be

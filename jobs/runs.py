@@ -181,7 +181,7 @@ def claim_slot(engine: Engine, settings: Settings, job_id: str, scheduled_for: d
                 conn.execute(
                     update(ops_runs).where(ops_runs.c.id == run_id).values(
                         status=RunStatus.SKIPPED, finished_at=now, started_at=None,
-                        error=f"previous run {holder} was still running",
+                        error=_skipped_reason(holder),
                     )
                 )
                 return Claim(None, "skipped", holder)
@@ -267,21 +267,14 @@ def release_orphaned_runs(engine: Engine, runner_id: str, live: set[int],
     return released
 
 
-def interrupted_slot_runs(engine: Engine) -> list[RunRecord]:
-    """Interrupted first attempts of each job's newest slot that have no retry yet: the
-    candidates for a single retry, whether their runner died or was stopped (SIGTERM)."""
-    newest = (
-        select(ops_runs.c.job_id, func.max(ops_runs.c.scheduled_for).label("slot"))
-        .where(ops_runs.c.scheduled_for.is_not(None))
-        .group_by(ops_runs.c.job_id)
-        .subquery()
-    )
+def interrupted_slot_runs(engine: Engine, since: datetime) -> list[RunRecord]:
+    """Slot runs interrupted since `since` (their runner died, or was stopped by SIGTERM)
+    whose slot has no retry yet: the candidates for the single retry."""
     retry = ops_runs.alias("retry")
     q = (
         select(ops_runs)
-        .join(newest, (newest.c.job_id == ops_runs.c.job_id)
-              & (newest.c.slot == ops_runs.c.scheduled_for))
         .where(
+            ops_runs.c.finished_at >= since,
             ops_runs.c.status == RunStatus.INTERRUPTED,
             ops_runs.c.trigger == Trigger.SCHEDULE,
             ops_runs.c.attempt == 1,
@@ -294,6 +287,37 @@ def interrupted_slot_runs(engine: Engine) -> list[RunRecord]:
     )
     with transaction(engine) as conn:
         return [_record(r) for r in conn.execute(q)]
+
+
+def skipped_behind(engine: Engine, job_id: str, slot: datetime) -> datetime | None:
+    """The newest later slot of a job recorded `skipped` because a run of `slot` (the
+    interrupted one or its retry) held the lock, and not fired since."""
+    with transaction(engine) as conn:
+        holders = conn.execute(
+            select(ops_runs.c.id).where(ops_runs.c.job_id == job_id,
+                                        ops_runs.c.scheduled_for == slot)
+        ).scalars().all()
+        if not holders:
+            return None
+        refired = ops_runs.alias("refired")
+        return conn.execute(
+            select(func.max(ops_runs.c.scheduled_for)).where(
+                ops_runs.c.job_id == job_id,
+                ops_runs.c.scheduled_for > slot,
+                ops_runs.c.status == RunStatus.SKIPPED,
+                ops_runs.c.attempt == 1,
+                ops_runs.c.error.in_([_skipped_reason(h) for h in holders]),
+                ~select(refired.c.id).where(
+                    refired.c.job_id == ops_runs.c.job_id,
+                    refired.c.scheduled_for == ops_runs.c.scheduled_for,
+                    refired.c.attempt == 2,
+                ).exists(),
+            )
+        ).scalar_one_or_none()
+
+
+def _skipped_reason(holder: int) -> str:
+    return f"previous run {holder} was still running"
 
 
 # --- executing ---------------------------------------------------------------------------------

@@ -120,12 +120,6 @@ def should_retry(run: RunRecord, job: JobConfig, facts: JobFacts, now: datetime)
         return False
     if not job.enabled or facts.paused:
         return False
-    # Once a newer slot has passed, that slot's run does the work (every job's newer run
-    # covers an older one's, and analytics values older than a day have expired anyway);
-    # retrying the old one would only take the lock and make the newer slot `skipped`.
-    later = job.schedule.next_slots(run.scheduled_for, 1)
-    if later and later[0] <= now:
-        return False
     return job.misfire_grace is None or now - run.scheduled_for <= job.misfire_grace
 
 

@@ -420,20 +420,28 @@ def test_stale_run_outside_grace_is_not_retried(engine: Engine, settings: Settin
     assert h.events("retry-not-wanted")
 
 
-def test_a_newer_slot_wins_over_retrying_an_older_interrupted_one(
+def test_a_slot_skipped_behind_a_retry_fires_when_the_retry_ends(
         engine: Engine, settings: Settings, harnesses: list[Harness]) -> None:
-    # The dead 09:00 run holds the forbid lock. By 10:00 the newer slot does the work:
-    # retrying 09:00 would take the lock and leave 10:00 `skipped` for good.
+    # The dead 09:00 run holds the forbid lock; by 10:00 it is recovered and retried
+    # (SPEC: once, within grace), so 10:00 is recorded skipped while the retry runs. When
+    # the retry ends, 10:00 fires: the newest slot of an outage is never lost.
     s = job_settings(settings, "0 * * * *")
     slot = utc(2026, 11, 28, 9)
     _dead_runner_claims(engine, s, slot)
     h = harness(harnesses, engine, s, slot + timedelta(minutes=59, seconds=50))
     claims = h.tick(utc(2026, 11, 28, 10), all_jobs=True, run=False)
-    assert [(c.slot, c.attempt) for c in claims] == [(utc(2026, 11, 28, 10), 1)]
-    assert slot_rows(engine) == [(slot, 1, "interrupted"), (utc(2026, 11, 28, 10), 1, "running")]
-    assert h.events("retry-not-wanted")
+    assert [(c.slot, c.attempt) for c in claims] == [(slot, 2)]
+    assert slot_rows(engine) == [(slot, 1, "interrupted"), (slot, 2, "running"),
+                                 (utc(2026, 11, 28, 10), 1, "skipped")]
+    report = h.runner.run(claims[0])
+    assert report is not None and report.status is RunStatus.SUCCEEDED
+    assert slot_rows(engine) == [(slot, 1, "interrupted"), (slot, 2, "succeeded"),
+                                 (utc(2026, 11, 28, 10), 1, "skipped"),
+                                 (utc(2026, 11, 28, 10), 2, "succeeded")]
+    [refired] = h.events("slot-refired")
+    assert refired["slot"] == "2026-11-28T10:00:00.000Z"
     h.clock.set(utc(2026, 11, 28, 10, 5))
-    assert h.runner.maintain(h.clock()) == []  # settled: not asked again
+    assert h.runner.maintain(h.clock()) == []  # nothing more to retry
 
 
 def test_a_slot_stopped_by_sigterm_is_retried_by_another_runner(
