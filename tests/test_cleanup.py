@@ -273,3 +273,25 @@ def test_stop_request_lands_between_batches(engine: Engine, settings: Settings,
     assert report.summary["stale_cart_items"] == 2 and report.summary["batches"] == 1
     assert len(cart_ids(engine)) == 3
     assert items_of(report) == [(t, "stale_cart_items", "ok", {"deleted": 2})]
+
+
+def test_a_multiple_of_the_batch_size_across_tenants(engine: Engine, settings: Settings,
+                                                     deletes: list[tuple[str, int]]) -> None:
+    small = with_batch_size(settings, 2)
+    ta, tb = add_tenant(engine), add_tenant(engine)
+    p = add_product(engine, ta)
+    for i, tenant in enumerate((ta, tb, tb, ta)):
+        _stale(engine, tenant, p, i)
+    kept = add_cart_item(engine, ta, p, FRESH)
+
+    preview = trigger(engine, small, dry_run=True)
+    real = trigger(engine, small)
+
+    assert dict(real.summary) == dict(preview.summary) == {
+        "stale_cart_items": 4, "orphaned_order_products": 0, "orphaned_cart_items": 0,
+        "batches": 2, "batch_size": 2,
+    }
+    assert sorted(items_of(real)) == sorted([(ta, "stale_cart_items", "ok", {"deleted": 2}),
+                                             (tb, "stale_cart_items", "ok", {"deleted": 2})])
+    assert all(rows <= 2 for _, rows in deletes)
+    assert cart_ids(engine) == {kept}
