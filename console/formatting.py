@@ -112,6 +112,17 @@ def number(value: Any) -> str:
     return str(value)
 
 
+def append_outcome(text: Text, summary: Mapping[str, Any] | None, error: str | None) -> Text:
+    """The summary and error lines a run and a preview both end with."""
+    if summary:
+        text.append("\nSummary ", style="dim")
+        text.append(compact(summary))
+    if error:
+        text.append("\nError ", style="dim")
+        text.append(error, style="red")
+    return text
+
+
 def compact(detail: Mapping[str, Any], skip: tuple[str, ...] = ()) -> str:
     """An item's detail on one line: `from=active to=expired email=queued`."""
     return " ".join(f"{k}={v}" for k, v in detail.items() if k not in skip)

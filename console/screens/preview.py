@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Header, Input, Static
 
-from console.formatting import compact, stamp
+from console.formatting import append_outcome, stamp
 from console.screens.base import OpsScreen
 from console.widgets.items_view import ItemsView, ReportItems
 from console.widgets.status_bar import StatusBar
@@ -27,13 +27,7 @@ def preview_summary(report: RunReport) -> Text:
     text.append(f"{report.processed:,} items")
     text.append(", of which ", style="dim")
     text.append(f"{len(report.errors):,} would fail", style="bold red" if report.errors else "")
-    if report.summary:
-        text.append("\nSummary ", style="dim")
-        text.append(compact(report.summary))
-    if report.error:
-        text.append("\nError ", style="dim")
-        text.append(report.error, style="red")
-    return text
+    return append_outcome(text, report.summary, report.error)
 
 
 class PreviewScreen(OpsScreen):

@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Header, Input, Static
 
-from console.formatting import compact, duration, stamp, status_text
+from console.formatting import append_outcome, duration, stamp, status_text
 from console.messages import RunLoaded
 from console.screens.base import OpsScreen
 from console.widgets.items_view import ItemsView, StoredItems
@@ -39,13 +39,7 @@ def run_summary(record: RunRecord) -> Text:
     text.append(f"{record.processed:,}")
     text.append("  errors ", style="dim")
     text.append(f"{record.errors:,}", style="bold red" if record.errors else "")
-    if record.summary:
-        text.append("\nSummary ", style="dim")
-        text.append(compact(record.summary))
-    if record.error:
-        text.append("\nError ", style="dim")
-        text.append(record.error, style="red")
-    return text
+    return append_outcome(text, record.summary, record.error)
 
 
 class RunDetailScreen(OpsScreen):
