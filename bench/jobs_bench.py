@@ -64,7 +64,7 @@ VARIANT_NOTES = {
                       "sold) and its own cache write (one set_many of 1 key: one round trip)",
     "cleanup-job": "the real job: batches of at most batch_size rows, each its own "
                    "transaction, per-tenant counts and run items (rows per DELETE observed "
-                   "with pg_stat_xact_user_tables before and after each statement)",
+                   "with pg_stat_get_xact_tuples_deleted before and after each statement)",
     "cleanup-unbatched": "3 DELETE statements (stale, orphan lines, orphan carts) in autocommit, "
                          "nothing counted per tenant",
 }
@@ -374,8 +374,7 @@ def child(variant: str, url: str, schema: str, cache_kind: str, prefix: str) -> 
 
         def deleted_so_far(cursor: Any, table: str) -> int:
             with cursor.connection.cursor() as own:
-                own.execute("SELECT n_tup_del FROM pg_stat_xact_user_tables"
-                            " WHERE relid = %s::regclass", (table,))
+                own.execute("SELECT pg_stat_get_xact_tuples_deleted(%s::regclass)", (table,))
                 row = own.fetchone()
             return int(row[0]) if row else 0
 

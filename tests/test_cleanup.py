@@ -66,8 +66,7 @@ def deletes(engine: Engine) -> Iterator[list[tuple[str, int]]]:
 
     def deleted_so_far(cursor: Any, table: str) -> int:
         with cursor.connection.cursor() as own:
-            own.execute("SELECT n_tup_del FROM pg_stat_xact_user_tables"
-                        " WHERE relid = %s::regclass", (table,))
+            own.execute("SELECT pg_stat_get_xact_tuples_deleted(%s::regclass)", (table,))
             row = own.fetchone()
         return int(row[0]) if row else 0
 
