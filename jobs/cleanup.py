@@ -7,22 +7,12 @@ How a batch finds its rows is what keeps a big table fast:
 - by key: each batch starts after the last key of the previous one, `(created_at, id) >
   last` along the created_at index for stale carts on PostgreSQL, `id > last` otherwise.
   Starting from the top every time would wade through the dead rows that earlier batches
-  left behind, which grows quadratically with the table. On PostgreSQL a batch is one
-  statement: the DELETE takes the row addresses (ctid) of the next `batch_size` keys from a
-  subquery and returns each row's tenant and key, so no separate look-up of the batch's
-  bound is sent, and the last key returned is where the next batch starts.
+  left behind, which grows quadratically with the table.
 - by one anti-join (orphans on PostgreSQL): a single query finds every orphan (PostgreSQL
   hashes the parent ids once), streamed from a server-side cursor on a second connection,
-  and the rows are deleted by their address (ctid) a batch at a time, which needs no index
-  probe. Paging the anti-join itself would cost a pass over the parent table (or a nested
-  loop) per batch. An address stays the same row while the streaming query is open (its
-  snapshot keeps VACUUM from reusing it, and an updated row has moved on, so its old
-  address deletes nothing), and a row found orphaned stays orphaned: parents are never
-  re-created under an old id.
-
-On PostgreSQL the rows a DELETE returns (up to a million tenant ids for stale carts) are
-read from the driver's cursor directly: SQLAlchemy's row objects would cost more than the
-deletes themselves.
+  and the ids are deleted by primary key a batch at a time. Paging the anti-join itself
+  would cost a pass over the parent table (or a nested loop) per batch. An id found
+  orphaned stays orphaned: parents are never re-created under an old id.
 
 A preview evaluates the same predicates as counts per tenant and deletes nothing; its
 summary is what the real run that follows reports. A cart item both stale and orphaned is
@@ -42,22 +32,16 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
-    Integer,
     Select,
     Table,
     Text,
     any_,
     bindparam,
-    cast,
     delete,
     exists,
     func,
-    literal_column,
-    null,
     select,
-    text,
     tuple_,
-    union_all,
 )
 from sqlalchemy.engine import Connection, CursorResult, Engine
 
@@ -89,7 +73,6 @@ class Kind:
     keys: tuple[Any, ...]  # the paging key, unique, in the order batches walk it
     by_tenant: bool  # rows carry tenant_id: report per tenant
     one_scan: bool  # find every row with one streamed query instead of paging by key
-    by_address: bool  # PostgreSQL: delete by ctid, a batch in one statement
 
 
 @dataclass
@@ -119,19 +102,17 @@ def kinds(engine: Engine, cutoff: datetime) -> tuple[Kind, ...]:
         Kind(
             STALE, cart_items, stale,
             (cart_items.c.id,) if sqlite else (cart_items.c.created_at, cart_items.c.id),
-            by_tenant=True, one_scan=False, by_address=not sqlite,
+            by_tenant=True, one_scan=False,
         ),
         Kind(
             ORPHANED_ORDER_PRODUCTS, order_products,
             ~exists().where(orders.c.id == order_products.c.order_id),
             (order_products.c.id,), by_tenant=False, one_scan=not sqlite,
-            by_address=not sqlite,
         ),
         Kind(
             ORPHANED_CART_ITEMS, cart_items,
             ~exists().where(products.c.id == cart_items.c.product_id) & ~stale,
             (cart_items.c.id,), by_tenant=True, one_scan=not sqlite,
-            by_address=not sqlite,
         ),
     )
 
@@ -148,8 +129,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
             _count(ctx, kind, size, tally)
         elif kind.one_scan:
             _delete_found(ctx, kind, size, tally)
-        elif kind.by_address:
-            _delete_by_address(ctx, kind, size, tally)
         else:
             _delete_by_key(ctx, kind, size, tally)
     _record_items(ctx, tallies)
@@ -214,54 +193,6 @@ def _delete_by_key(ctx: RunContext, kind: Kind, size: int, tally: Tally) -> None
         params = _key_bind(kind, "after", bound)
 
 
-def _delete_by_address(ctx: RunContext, kind: Kind, size: int, tally: Tally) -> None:
-    """PostgreSQL: each batch is one statement. Its DELETE takes the rows at the addresses of
-    the next `size` keys; PostgreSQL counts them per tenant and adds one row with the last key,
-    where the next batch starts. A batch of fewer than `size` rows was the last one (rows a
-    concurrent writer changed meanwhile are left to the next run)."""
-    key = tuple_(*kind.keys)
-    ctid: ColumnElement[Any] = literal_column("ctid")
-    tenant = kind.table.c.tenant_id
-
-    def remove(*where: ColumnElement[bool]) -> Any:
-        batch = select(ctid).select_from(kind.table).where(kind.where, *where)
-        batch = batch.order_by(*kind.keys).limit(size)
-        deleted = (
-            delete(kind.table).where(ctid == any_(func.array(batch.scalar_subquery())))
-            .returning(tenant, *kind.keys).cte("deleted")
-        )
-        keys = [deleted.c[k.name] for k in kind.keys]
-        per_tenant = select(deleted.c.tenant_id, func.count(),
-                            *(cast(null(), k.type) for k in kind.keys))
-        last_key = select(cast(null(), tenant.type), cast(null(), Integer), *keys)
-        return union_all(
-            per_tenant.group_by(deleted.c.tenant_id),
-            last_key.order_by(*(k.desc() for k in keys)).limit(1),
-        )
-
-    first, following = remove(), remove(key > _key_params(kind, "after"))
-    params: dict[str, Any] = {}
-    while not ctx.stop_requested:
-        with _batch(ctx.engine) as conn:
-            rows = _fetch_all(conn.execute(following if params else first, params))
-        counts = {row[0]: row[1] for row in rows if row[0] is not None}
-        deleted_rows = sum(counts.values())
-        if not deleted_rows:
-            return
-        tally.deleted.update(counts)
-        tally.batches += 1
-        if deleted_rows < size:
-            return
-        params = _key_bind(kind, "after", next(row[2:] for row in rows if row[0] is None))
-
-
-def _fetch_all(result: CursorResult[Any]) -> list[tuple[Any, ...]]:
-    """Every row of a PostgreSQL result as the driver's plain tuples."""
-    rows = list(result.cursor.fetchall())
-    result.close()
-    return rows
-
-
 @contextmanager
 def _batch(engine: Engine) -> Iterator[Connection]:
     """One batch's transaction. On PostgreSQL its commit does not wait for the WAL flush: a
@@ -291,39 +222,32 @@ def _key_bind(kind: Kind, name: str, values: Sequence[Any]) -> dict[str, Any]:
 
 
 def _delete_found(ctx: RunContext, kind: Kind, size: int, tally: Tally) -> None:
-    """Batches of rows found by one streamed query, deleted by their address (ctid)."""
+    """Batches of ids found by one streamed query, deleted by primary key."""
+    pk = kind.table.c.id
     tenant = _tenant_column(kind)
-    by_ctid = delete(kind.table).where(
-        text("ctid = ANY(CAST(:ids AS tid[]))").bindparams(bindparam("ids", type_=ARRAY(Text)))
-    )
-    stmt = by_ctid.returning(tenant) if tenant is not None else by_ctid
+    by_pk = delete(kind.table).where(pk == any_(bindparam("ids", type_=ARRAY(Text))))
+    stmt = by_pk.returning(tenant) if tenant is not None else by_pk
     batches = _stream_ids(ctx.engine, kind, size)
     try:
         for ids in batches:
             if ctx.stop_requested:
                 return
             with _batch(ctx.engine) as conn:
-                result = conn.execute(stmt, {"ids": ids})
-                if tenant is not None:
-                    rows = _fetch_all(result)
-                    tally.add_batch(len(rows), [row[0] for row in rows])
-                else:
-                    tally.add_batch(int(result.rowcount))
+                _add(tally, conn.execute(stmt, {"ids": ids}), tenant is not None)
     finally:
         batches.close()  # ends the reading transaction now, not when garbage-collected
 
 
 def _stream_ids(engine: Engine, kind: Kind, size: int) -> Generator[list[str], None, None]:
-    """The address of every matching row, `size` at a time, from one query on a connection
-    of its own (the deletes commit on another), which stays open until the last batch is
-    deleted. Only one batch of addresses is in memory at once."""
+    """Every matching id, `size` at a time, from one query on a connection of its own (the
+    deletes commit on another). Only one batch of ids is in memory at once."""
     with transaction(engine) as reader:
         # A cursor is planned for its first rows (cursor_tuple_fraction 0.1), which picks a
         # merge anti-join walking both indexes in random heap order; every row is wanted,
         # so plan for all of them: one hash anti-join over two sequential scans.
         reader.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1")
         result = reader.execution_options(stream_results=True, yield_per=size).execute(
-            select(literal_column("ctid", Text)).select_from(kind.table).where(kind.where)
+            select(kind.table.c.id).where(kind.where)
         )
         for part in result.partitions():
             yield [row[0] for row in part]
