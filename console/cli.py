@@ -145,7 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(Overrides(args.config, args.database_url, args.cache_url))
         ctx = CliContext(settings, json=bool(getattr(args, "json", False)))
-        return int(_handler(args)(ctx, args))
+        code = int(_handler(args)(ctx, args))
+        # Flush here, not at interpreter exit: a reader that went away must surface as
+        # BrokenPipeError below, not as Python's own exit status 120.
+        sys.stdout.flush()
+        return code
     except OpsError as exc:
         print(f"storeflow-ops: {exc.message}", file=sys.stderr)
         return int(exc.exit_code)

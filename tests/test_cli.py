@@ -582,8 +582,9 @@ def test_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{demo}"}
     subprocess.run(["storeflow-ops", "demo", "--no-tui", "--tenants", "3", "--path", str(demo)],
                    env=env, check=True, capture_output=True)
-    # `storeflow-ops jobs --json --count 500 | head -c 10`: the reader stops after 10 bytes.
-    proc = subprocess.Popen(["storeflow-ops", "jobs", "--json", "--count", "500"], env=env,
+    # `storeflow-ops jobs --json --count 5000 | head -c 10`: the reader stops after 10 bytes,
+    # long before the output (far more than a pipe buffer) is written.
+    proc = subprocess.Popen(["storeflow-ops", "jobs", "--json", "--count", "5000"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     assert len(proc.stdout.read(10)) == 10

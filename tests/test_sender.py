@@ -146,7 +146,8 @@ def test_delivers_each_email_once_with_headers_and_both_parts(engine: Engine,
     for i in (1, 2, 3):
         add_tenant(engine, id=f"shop-{i}", name=f"Shop Nº{i}",
                    email=f"owner{i}@example.com", expire_date=NOW - timedelta(days=i * 4))
-    report = runs.execute(engine, settings, "expiry-checker", now=NOW, started_by="test")
+    report = runs.execute(engine, settings, "expiry-checker", now=NOW, started_by="test",
+                          clock=lambda: NOW)
     assert report.summary["emails_queued"] == 3
     settings = tuned(settings)
     sink = Sink()
@@ -553,7 +554,7 @@ def test_script_and_newline_in_tenant_names(engine: Engine, settings: Settings) 
                email="script@example.com", expire_date=NOW - timedelta(days=1))
     add_tenant(engine, id="t-newline", name="Line one\r\nBcc: victim@example.com",
                email="newline@example.com", expire_date=NOW - timedelta(days=1))
-    runs.execute(engine, settings, "expiry-checker", now=NOW, started_by="test")
+    runs.execute(engine, settings, "expiry-checker", now=NOW, started_by="test", clock=lambda: NOW)
     sink = Sink()
     with smtp_server(sink) as port:
         assert drain(engine, tuned(settings), port).sent == 2
