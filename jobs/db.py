@@ -438,24 +438,3 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]],
     # Counted from RETURNING: for several rows psycopg reports rowcount -1.
     stmt_p = pg_insert(table).on_conflict_do_nothing(index_elements=conflict)
     return len(conn.execute(stmt_p.returning(table.c[conflict[0]]), rows).all())
-
-
-__all__ = [
-    "UTCDateTime",
-    "cart_items",
-    "customers",
-    "make_engine",
-    "ops",
-    "ops_cache",
-    "ops_email_outbox",
-    "ops_job_state",
-    "ops_run_items",
-    "ops_runners",
-    "ops_runs",
-    "order_products",
-    "orders",
-    "platform",
-    "products",
-    "tenants",
-    "ts",
-]

@@ -174,14 +174,6 @@ def list_entries(engine: Engine, *, status: str | None = None, tenant_id: str | 
         return [_entry(r) for r in conn.execute(q)]
 
 
-def get_entry(engine: Engine, entry_id: int) -> OutboxEntry | None:
-    with transaction(engine) as conn:
-        row = conn.execute(
-            select(ops_email_outbox).where(ops_email_outbox.c.id == entry_id)
-        ).first()
-    return None if row is None else _entry(row)
-
-
 def counts_by_status(engine: Engine) -> dict[str, int]:
     with transaction(engine) as conn:
         rows = conn.execute(

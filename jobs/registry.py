@@ -32,7 +32,6 @@ class JobSpec:
     description: str
     endpoint: str
     run: JobFunction
-    summary_keys: tuple[str, ...]
     check_params: ParamsCheck = _no_params
 
 
@@ -43,26 +42,22 @@ JOBS: dict[str, JobSpec] = {
             "expiry-checker", "Subscription expiry",
             "Expires subscriptions past their end date and suspends those past the grace period",
             "/api/admin/subscriptions/expiry-checker", expiry.run,
-            ("expired", "suspended", "unchanged", "emails_queued"),
         ),
         JobSpec(
             "payment-reminders", "Payment reminders",
             "Emails renewal reminders before expiry and payment-due notices during grace",
             "/api/admin/subscriptions/payment-reminders", reminders.run,
-            ("renewal_reminders", "payment_due_reminders", "already_sent"),
         ),
         JobSpec(
             "analytics-aggregate", "Daily analytics",
             "Aggregates yesterday's orders, revenue, new customers and products sold per tenant",
             "/api/admin/analytics/aggregate", analytics.run,
-            ("date", "tenants", "cache_writes", "orders", "revenue"),
             _analytics_params,
         ),
         JobSpec(
             "cleanup", "Data cleanup",
             "Deletes stale cart items and orphaned order products and cart items, in batches",
             "/api/admin/cleanup", cleanup.run,
-            ("stale_cart_items", "orphaned_order_products", "orphaned_cart_items"),
         ),
     )
 }

@@ -44,7 +44,7 @@ from jobs.records import (
     Trigger,
 )
 from jobs.registry import get_job
-from jobs.settings import Settings
+from jobs.settings import JOB_IDS, Settings
 from jobs.timeutil import utc_now
 
 log = logging.getLogger("storeflow.runs")
@@ -441,11 +441,6 @@ def _finish(engine: Engine, job_id: str, run_id: int, sink: ItemSink, status: Ru
             time.sleep(delays[attempt])
 
 
-def preview(engine: Engine, settings: Settings, job_id: str, *, now: datetime,
-            started_by: str, **kw: Any) -> RunReport:
-    return execute(engine, settings, job_id, now=now, started_by=started_by, dry_run=True, **kw)
-
-
 # --- reading history -----------------------------------------------------------------------
 
 
@@ -482,27 +477,13 @@ def history(engine: Engine, job_id: str | None = None, *, limit: int = 50,
 def last_runs(engine: Engine) -> dict[str, RunRecord]:
     """Each job's most recent run that actually ran (not missed or skipped)."""
     latest = (
-        select(ops_runs.c.job_id, ops_runs.c.id)
+        select(func.max(ops_runs.c.id))
         .where(ops_runs.c.status.not_in([RunStatus.MISSED, RunStatus.SKIPPED]))
-        .order_by(ops_runs.c.id.desc())
+        .group_by(ops_runs.c.job_id)
     )
-    out: dict[str, RunRecord] = {}
     with transaction(engine) as conn:
-        ids: dict[str, int] = {}
-        for job_id in get_job_ids():
-            rid = conn.execute(latest.where(ops_runs.c.job_id == job_id).limit(1)).first()
-            if rid is not None:
-                ids[job_id] = rid.id
-        if ids:
-            for row in conn.execute(select(ops_runs).where(ops_runs.c.id.in_(ids.values()))):
-                out[row.job_id] = _record(row)
-    return out
-
-
-def get_job_ids() -> tuple[str, ...]:
-    from jobs.settings import JOB_IDS
-
-    return JOB_IDS
+        rows = conn.execute(select(ops_runs).where(ops_runs.c.id.in_(latest))).all()
+    return {row.job_id: _record(row) for row in rows}
 
 
 def run_items(engine: Engine, run_id: int, *, errors_only: bool = False, search: str = "",
@@ -597,7 +578,7 @@ def job_states(engine: Engine) -> dict[str, JobState]:
                            r.active_run_id, r.schedule_since)
         for r in rows
     }
-    for job_id in get_job_ids():
+    for job_id in JOB_IDS:
         out.setdefault(job_id, JobState(job_id, False, None, None, None, None))
     return out
 
@@ -626,22 +607,3 @@ def note_schedules(engine: Engine, settings: Settings, now: datetime) -> list[st
             if res.rowcount:
                 changed.append(job_id)
     return changed
-
-
-__all__ = [
-    "Claim",
-    "JobState",
-    "claim_slot",
-    "execute",
-    "get_run",
-    "history",
-    "job_states",
-    "last_runs",
-    "preview",
-    "record_missed",
-    "recover_stale_runs",
-    "report_for",
-    "run_items",
-    "running_runs",
-    "set_paused",
-]
