@@ -8,6 +8,8 @@ ops_ tables are the console's own, created and migrated by Alembic.
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -312,8 +314,18 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets the console read while a runner writes; busy_timeout makes
     # concurrent writers (several runners on one file) wait instead of failing.
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=30000")
+    # Switching a fresh file to WAL needs an exclusive lock and SQLite answers "database is
+    # locked" at once, without the busy handler, when another process is switching it
+    # too (runners starting together): wait and try again; once in WAL it is a no-op.
+    for attempt in range(50):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError:
+            if attempt == 49:
+                raise
+            time.sleep(0.1)
     cur.execute("PRAGMA foreign_keys=OFF")
     cur.close()
 
