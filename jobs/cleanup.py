@@ -9,7 +9,7 @@ How a batch finds its rows is what keeps a big table fast:
   Starting from the top every time would wade through the dead rows that earlier batches
   left behind, which grows quadratically with the table.
 - by one anti-join (orphans on PostgreSQL): a single query finds every orphan (PostgreSQL
-  hashes the parent ids once), streamed from a server-side cursor on a second connection,
+  hashes the parent ids once, with parallel workers), streamed on a second connection,
   and the ids are deleted by primary key a batch at a time. Paging the anti-join itself
   would cost a pass over the parent table (or a nested loop) per batch. An id found
   orphaned stays orphaned: parents are never re-created under an old id.
@@ -27,23 +27,30 @@ from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any
 
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
+    Delete,
     Select,
     Table,
     Text,
     any_,
     bindparam,
+    cast,
+    column,
     delete,
     exists,
     func,
+    literal_column,
+    null,
     select,
     tuple_,
 )
 from sqlalchemy.engine import Connection, CursorResult, Engine
+from sqlalchemy.types import UserDefinedType
 
 from jobs.context import RunContext
 from jobs.db import (
@@ -52,6 +59,7 @@ from jobs.db import (
     order_products,
     orders,
     products,
+    stream_rows,
     tenants,
     transaction,
     ts,
@@ -168,15 +176,14 @@ def _delete_by_key(ctx: RunContext, kind: Kind, size: int, tally: Tally) -> None
     batch's rows, neither revisits earlier batches, and no DELETE is sent for nothing."""
     key = tuple_(*kind.keys) if len(kind.keys) > 1 else kind.keys[0]
     after, upto = key > _key_params(kind, "after"), key <= _key_params(kind, "upto")
-    tenant = _tenant_column(kind)
+    sqlite = is_sqlite(ctx.engine)
 
     def bound_of(*where: ColumnElement[bool]) -> Select[Any]:
         batch = select(*kind.keys).where(*where).order_by(*kind.keys).limit(size).subquery()
         return select(*batch.c).order_by(*(c.desc() for c in batch.c)).limit(1)
 
     def delete_upto(*where: ColumnElement[bool]) -> Any:
-        stmt = delete(kind.table).where(*where, upto)
-        return stmt.returning(tenant) if tenant is not None else stmt
+        return _tallied(delete(kind.table).where(*where, upto), kind, sqlite)
 
     # Built once: each batch only binds new key values, so nothing is compiled again.
     first = (bound_of(kind.where), delete_upto(kind.where))
@@ -189,8 +196,22 @@ def _delete_by_key(ctx: RunContext, kind: Kind, size: int, tally: Tally) -> None
             if bound is None:
                 return
             result = conn.execute(remove, {**params, **_key_bind(kind, "upto", bound)})
-            _add(tally, result, tenant is not None)
+            _add(tally, result, kind, sqlite)
         params = _key_bind(kind, "after", bound)
+
+
+def _tallied(stmt: Delete, kind: Kind, sqlite: bool) -> Any:
+    """The DELETE as a statement that also says what it deleted, for `_add`.
+
+    On PostgreSQL the DELETE sits in a CTE and one row comes back: the count and, for rows
+    with a tenant, their tenant ids as one array. A row per deleted row (RETURNING alone)
+    costs ~1 µs each in the driver; over a million stale carts that is a second."""
+    tenant = _tenant_column(kind)
+    if sqlite:
+        return stmt.returning(tenant) if tenant is not None else stmt
+    done = stmt.returning(tenant if tenant is not None else kind.table.c.id).cte("deleted")
+    tenants_of = func.array_agg(done.c[0]) if tenant is not None else null()
+    return select(func.count(), tenants_of).select_from(done)
 
 
 @contextmanager
@@ -204,10 +225,15 @@ def _batch(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def _add(tally: Tally, result: CursorResult[Any], returns_tenants: bool) -> None:
-    if returns_tenants:
-        tenant_ids = result.scalars().all()
-        tally.add_batch(len(tenant_ids), tenant_ids)
+def _add(tally: Tally, result: CursorResult[*tuple[Any, ...]], kind: Kind, sqlite: bool
+         ) -> None:
+    """Counts what one `_tallied` statement deleted."""
+    if not sqlite:
+        row = result.one()
+        tally.add_batch(int(row[0]), row[1] if kind.by_tenant else None)
+    elif kind.by_tenant:
+        returned = result.scalars().all()
+        tally.add_batch(len(returned), returned)
     else:
         tally.add_batch(int(result.rowcount))
 
@@ -222,35 +248,62 @@ def _key_bind(kind: Kind, name: str, values: Sequence[Any]) -> dict[str, Any]:
 
 
 def _delete_found(ctx: RunContext, kind: Kind, size: int, tally: Tally) -> None:
-    """Batches of ids found by one streamed query, deleted by primary key."""
-    pk = kind.table.c.id
-    tenant = _tenant_column(kind)
-    by_pk = delete(kind.table).where(pk == any_(bindparam("ids", type_=ARRAY(Text))))
-    stmt = by_pk.returning(tenant) if tenant is not None else by_pk
+    """Batches of rows found by one streamed query (PostgreSQL), deleted by their place.
+
+    A row is deleted by its ctid and its id together: the ctid goes straight to the row
+    (no index lookup, 10 ms for 5,000 rows against 60 ms by primary key), and the id makes
+    sure it is still the row that was found. A row updated meanwhile has moved and is
+    left for the next run; a slot reused by another row does not match its id."""
+    table = kind.table.name
+    remove = delete(kind.table).where(
+        kind.table.c.id == _found.c.id, literal_column(f"{table}.ctid") == _found.c.tid
+    )
+    stmt = _tallied(remove, kind, sqlite=False)
     batches = _stream_ids(ctx.engine, kind, size)
     try:
-        for ids in batches:
+        for pairs in batches:
             if ctx.stop_requested:
                 return
+            found = {"tids": [tid for tid, _ in pairs], "ids": [id_ for _, id_ in pairs]}
             with _batch(ctx.engine) as conn:
-                _add(tally, conn.execute(stmt, {"ids": ids}), tenant is not None)
+                _add(tally, conn.execute(stmt, found), kind, sqlite=False)
     finally:
         batches.close()  # ends the reading transaction now, not when garbage-collected
 
 
-def _stream_ids(engine: Engine, kind: Kind, size: int) -> Generator[list[str], None, None]:
-    """Every matching id, `size` at a time, from one query on a connection of its own (the
-    deletes commit on another). Only one batch of ids is in memory at once."""
+class TID(UserDefinedType[str]):
+    """PostgreSQL's row address (`ctid`), sent and received as its text form `(page,item)`."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "tid"
+
+
+# The (ctid, id) pairs of one batch, as a table the DELETE joins: unnest(tids, ids).
+_found = (
+    func.unnest(
+        cast(bindparam("tids", type_=ARRAY(Text)), ARRAY(TID)),
+        cast(bindparam("ids", type_=ARRAY(Text)), ARRAY(Text)),
+    )
+    .table_valued(column("tid", TID), column("id", Text))
+    .render_derived(name="found")
+)
+
+
+def _stream_ids(engine: Engine, kind: Kind, size: int
+                ) -> Generator[list[tuple[str, str]], None, None]:
+    """Every matching row's (ctid, id), `size` at a time, from one query on a connection of
+    its own (the deletes commit on another). Only one batch is in memory at once, and the
+    query keeps PostgreSQL's parallel workers (see `stream_rows`)."""
+    ctid = cast(literal_column(f"{kind.table.name}.ctid"), Text)
     with transaction(engine) as reader:
-        # A cursor is planned for its first rows (cursor_tuple_fraction 0.1), which picks a
-        # merge anti-join walking both indexes in random heap order; every row is wanted,
-        # so plan for all of them: one hash anti-join over two sequential scans.
-        reader.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1")
-        result = reader.execution_options(stream_results=True, yield_per=size).execute(
-            select(kind.table.c.id).where(kind.where)
-        )
-        for part in result.partitions():
-            yield [row[0] for row in part]
+        rows = stream_rows(reader, select(ctid, kind.table.c.id).where(kind.where), size)
+        try:
+            while batch := [(row[0], row[1]) for row in islice(rows, size)]:
+                yield batch
+        finally:
+            rows.close()
 
 
 def _record_items(ctx: RunContext, tallies: dict[str, Tally]) -> None:
@@ -266,10 +319,15 @@ def _record_items(ctx: RunContext, tallies: dict[str, Tally]) -> None:
 def _tenant_names(engine: Engine, ids: list[str]) -> dict[str, str]:
     names: dict[str, str] = {}
     with transaction(engine) as conn:
-        for start in range(0, len(ids), 1000):
-            chunk = ids[start : start + 1000]
-            rows = conn.execute(
-                select(tenants.c.id, tenants.c.name).where(tenants.c.id.in_(chunk))
-            )
+        if is_sqlite(conn):
+            for start in range(0, len(ids), 1000):
+                rows = conn.execute(select(tenants.c.id, tenants.c.name)
+                                    .where(tenants.c.id.in_(ids[start : start + 1000])))
+                names.update((row.id, row.name) for row in rows)
+        else:
+            # One array parameter: an IN list of 1,000 is a statement compiled afresh each time.
+            wanted = bindparam("ids", ids, type_=ARRAY(Text))
+            rows = conn.execute(select(tenants.c.id, tenants.c.name)
+                                .where(tenants.c.id == any_(wanted)))
             names.update((row.id, row.name) for row in rows)
     return names

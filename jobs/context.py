@@ -12,11 +12,11 @@ from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import insert, update
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 
 from jobs.cache import Cache
-from jobs.db import first_line, ops_run_items, ops_runs, transaction
+from jobs.db import first_line, insert_rows, ops_run_items, ops_runs, transaction
 from jobs.errors import OpsError
 from jobs.records import ItemResult, ItemStatus, Progress, RunParams
 from jobs.settings import JobConfig, Settings
@@ -68,27 +68,19 @@ class ItemSink:
             return
         pending = self.items[self._flushed :]
         with transaction(self.engine) as conn:
-            for start in range(0, len(pending), 500):
-                chunk = pending[start : start + 500]
-                # executemany: psycopg pipelines it (no round trip per item) and the
-                # statement compiles once; a 500-row VALUES list is compiled afresh every
-                # time, ~5x slower (bench: 10,000 items 0.3 s vs 1.6 s on PG, 0.09 vs 1.0 on SQLite).
-                conn.execute(
-                    insert(ops_run_items),
-                    [
-                        {
-                            "run_id": self.run_id,
-                            "seq": self._flushed + start + i,
-                            "tenant_id": item.tenant_id,
-                            "tenant_name": item.tenant_name,
-                            "action": item.action,
-                            "status": str(item.status),
-                            "detail": dict(item.detail),
-                            "error": item.error,
-                        }
-                        for i, item in enumerate(chunk)
-                    ],
-                )
+            insert_rows(conn, ops_run_items, [
+                {
+                    "run_id": self.run_id,
+                    "seq": self._flushed + i,
+                    "tenant_id": item.tenant_id,
+                    "tenant_name": item.tenant_name,
+                    "action": item.action,
+                    "status": str(item.status),
+                    "detail": dict(item.detail),
+                    "error": item.error,
+                }
+                for i, item in enumerate(pending)
+            ])
             conn.execute(
                 update(ops_runs).where(ops_runs.c.id == self.run_id)
                 .values(processed=len(self.items), errors=self.errors)

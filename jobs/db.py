@@ -7,10 +7,11 @@ ops_ tables are the console's own, created and migrated by Alembic.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
+    Select,
     String,
     Table,
     Text,
@@ -420,6 +422,65 @@ def transaction(engine: Engine) -> Iterator[Connection]:
         if exc.connection_invalidated or _is_connect_error(exc):
             raise UnreachableError("database", redact(str(engine.url)), first_line(exc)) from None
         raise
+
+
+def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Appends rows (dicts with the same keys) to one of our tables, fast.
+
+    PostgreSQL gets them through COPY: 10,000 run items in ~0.05 s, against ~0.3 s as a
+    pipelined executemany. SQLite gets an executemany, which is already in-process."""
+    if not rows:
+        return
+    names = list(rows[0])
+    if is_sqlite(conn):
+        conn.execute(table.insert(), list(rows))
+        return
+    as_json = {name for name in names if isinstance(table.c[name].type, JSON)}
+    quote = conn.dialect.identifier_preparer
+    columns = ", ".join(quote.quote(name) for name in names)
+    sql = f"COPY {quote.format_table(table)} ({columns}) FROM STDIN"
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    import psycopg
+
+    try:
+        with cursor.copy(sql) as copy:
+            for row in rows:
+                copy.write_row([
+                    json.dumps(row[name]) if name in as_json and row[name] is not None
+                    else row[name]
+                    for name in names
+                ])
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, psycopg.Error) from None
+    finally:
+        cursor.close()
+
+
+def stream_rows(conn: Connection, stmt: Select[Any], size: int
+                ) -> Generator[Sequence[Any], None, None]:
+    """The rows of `stmt`, fetched `size` at a time, as one plain query (PostgreSQL only).
+
+    SQLAlchemy streams through a server-side cursor, and PostgreSQL never runs a cursor's
+    query with parallel workers; a plain query read in chunks (libpq's chunked-rows mode)
+    keeps them. For cleanup's anti-joins over millions of rows that is the difference
+    between 5 s and under 2 s (bench/jobs_bench.py). Closing the iterator early cancels
+    the query."""
+    import psycopg
+
+    compiled = stmt.compile(dialect=conn.dialect)
+    params = {}
+    for name, value in compiled.params.items():
+        process = compiled.binds[name].type.bind_processor(conn.dialect)
+        params[name] = process(value) if process else value
+    # Chunks need libpq 17 (psycopg's binary wheels carry it); older ones get row by row.
+    chunk = size if psycopg.pq.version() >= 170000 else 1
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        yield from cursor.stream(compiled.string, params, size=chunk)
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(compiled.string, params, exc, psycopg.Error) from None
+    finally:
+        cursor.close()
 
 
 def _is_connect_error(exc: OperationalError) -> bool:

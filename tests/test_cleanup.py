@@ -290,3 +290,77 @@ def test_a_multiple_of_the_batch_size_across_tenants(engine: Engine, settings: S
                                              (tb, "stale_cart_items", "ok", {"deleted": 2})])
     assert all(rows <= 2 for _, rows in deletes)
     assert cart_ids(engine) == {kept}
+
+
+def test_stop_during_the_orphan_search_ends_it_and_the_next_run_finishes(
+        engine: Engine, settings: Settings, deletes: list[tuple[str, int]]) -> None:
+    """On PostgreSQL the orphans come from one streamed query on a second connection: a stop
+    request cancels it mid-stream, and the pool's connections stay usable."""
+    t = add_tenant(engine)
+    p = add_product(engine, t)
+    for i in range(5):
+        _orphaned_line(engine, t, p, i)
+    stop = threading.Event()
+
+    def stop_after_first_delete(*args: Any) -> None:
+        if deletes:
+            stop.set()
+
+    event.listen(engine, "after_cursor_execute", stop_after_first_delete)
+    try:
+        first = trigger(engine, with_batch_size(settings, 2), stop=stop)
+    finally:
+        event.remove(engine, "after_cursor_execute", stop_after_first_delete)
+
+    assert first.status is RunStatus.INTERRUPTED
+    assert first.summary["orphaned_order_products"] == 2
+    assert len(order_product_ids(engine)) == 3
+
+    second = trigger(engine, with_batch_size(settings, 2))
+
+    assert second.status is RunStatus.SUCCEEDED, second.error
+    assert second.summary["orphaned_order_products"] == 3
+    assert order_product_ids(engine) == set()
+
+
+def test_an_orphan_changed_after_it_was_found_is_counted_only_when_deleted(
+        engine: Engine, settings: Settings, deletes: list[tuple[str, int]]) -> None:
+    """PostgreSQL deletes a found orphan by its place and id together: a row updated after the
+    search has moved, so this run leaves it (and does not count it) and the next one deletes it.
+    SQLite re-reads each batch, so there the row goes in the same run. Either way the counts
+    are the rows actually deleted."""
+    t = add_tenant(engine)
+    p = add_product(engine, t)
+    for i in range(4):
+        _orphaned_line(engine, t, p, i)
+    with engine.connect() as c:
+        last = max(c.execute(select(order_products.c.id)).scalars())
+    changed = threading.Event()
+
+    def change_the_last_after_first_batch(*args: Any) -> None:
+        # When the first batch's connection goes back to the pool: its transaction is over,
+        # so even SQLite takes the write.
+        if deletes and not changed.is_set():
+            changed.set()
+            with engine.begin() as c:
+                c.execute(order_products.update().where(order_products.c.id == last)
+                          .values(quantity=7))
+
+    event.listen(engine, "checkin", change_the_last_after_first_batch)
+    try:
+        first = trigger(engine, with_batch_size(settings, 2))
+    finally:
+        event.remove(engine, "checkin", change_the_last_after_first_batch)
+
+    assert first.status is RunStatus.SUCCEEDED, first.error
+    assert changed.is_set()
+    assert first.summary["orphaned_order_products"] == sum(rows for _, rows in deletes)
+    if is_sqlite(engine):
+        assert first.summary["orphaned_order_products"] == 4
+        assert order_product_ids(engine) == set()
+    else:
+        assert first.summary["orphaned_order_products"] == 3
+        assert order_product_ids(engine) == {last}
+    second = trigger(engine, with_batch_size(settings, 2))
+    assert order_product_ids(engine) == set()
+    assert first.summary["orphaned_order_products"] + second.summary["orphaned_order_products"] == 4
