@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -264,11 +264,18 @@ def _delete_found(ctx: RunContext, kind: Kind, size: int, tally: Tally) -> None:
         for pairs in batches:
             if ctx.stop_requested:
                 return
-            found = {"tids": [tid for tid, _ in pairs], "ids": [id_ for _, id_ in pairs]}
+            found = {"tids": _array_literal(tid for tid, _ in pairs),
+                     "ids": _array_literal(id_ for _, id_ in pairs)}
             with _batch(ctx.engine) as conn:
                 _add(tally, conn.execute(stmt, found), kind, sqlite=False)
     finally:
         batches.close()  # ends the reading transaction now, not when garbage-collected
+
+
+def _array_literal(values: Iterable[str]) -> str:
+    """PostgreSQL's text form of an array of strings: every element quoted and escaped."""
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "{" + ",".join(quoted) + "}"
 
 
 class TID(UserDefinedType[str]):
@@ -280,11 +287,13 @@ class TID(UserDefinedType[str]):
         return "tid"
 
 
-# The (ctid, id) pairs of one batch, as a table the DELETE joins: unnest(tids, ids).
+# The (ctid, id) pairs of one batch, as a table the DELETE joins: unnest(tids, ids). Each
+# list travels as one array literal: psycopg adapts a list element by element, 30 ms for
+# 2 x 5,000 strings against 6 ms for the two literals.
 _found = (
     func.unnest(
-        cast(bindparam("tids", type_=ARRAY(Text)), ARRAY(TID)),
-        cast(bindparam("ids", type_=ARRAY(Text)), ARRAY(Text)),
+        cast(bindparam("tids", type_=Text), ARRAY(TID)),
+        cast(bindparam("ids", type_=Text), ARRAY(Text)),
     )
     .table_valued(column("tid", TID), column("id", Text))
     .render_derived(name="found")

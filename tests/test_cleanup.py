@@ -364,3 +364,32 @@ def test_an_orphan_changed_after_it_was_found_is_counted_only_when_deleted(
     second = trigger(engine, with_batch_size(settings, 2))
     assert order_product_ids(engine) == set()
     assert first.summary["orphaned_order_products"] + second.summary["orphaned_order_products"] == 4
+
+
+def test_orphans_with_awkward_ids_are_deleted_and_others_kept(engine: Engine,
+                                                              settings: Settings) -> None:
+    """Ids are text: quotes, backslashes, commas and braces travel to the DELETE intact."""
+    t = add_tenant(engine, id='tenant "quoted", {braced} \\ back')
+    p = add_product(engine, t)
+    awkward = ['line "1"', "line \\2", "line,3", "{line 4}", "NULL", " line 6 "]
+    with engine.begin() as c:
+        c.execute(order_products.insert(), [
+            {"id": i, "order_id": f"gone {i}", "product_id": p, "quantity": 1, "price": 1}
+            for i in awkward
+        ])
+        c.execute(cart_items.insert(), [
+            {"id": i, "tenant_id": t, "product_id": f"gone {i}", "customer_id": None,
+             "quantity": 1, "created_at": FRESH}
+            for i in awkward
+        ])
+    kept_line = add_order_product(engine, add_order(engine, t, FRESH, "5.00"), p)
+    kept_cart = add_cart_item(engine, t, p, FRESH)
+
+    report = trigger(engine, with_batch_size(settings, 4))
+
+    assert report.status is RunStatus.SUCCEEDED, report.error
+    assert report.summary["orphaned_order_products"] == 6
+    assert report.summary["orphaned_cart_items"] == 6
+    assert order_product_ids(engine) == {kept_line}
+    assert cart_ids(engine) == {kept_cart}
+    assert (t, "orphaned_cart_items", "ok", {"deleted": 6}) in items_of(report)
