@@ -73,8 +73,12 @@ class RedisCache:
     def set_many(self, values: Mapping[str, str], ttl: int) -> None:
         def write() -> None:
             with self._client.pipeline(transaction=False) as pipe:
+                # The raw command: redis-py's set() checks its arguments on every call,
+                # which is half the client's time for 10,000 keys.
                 for key, value in values.items():
-                    pipe.set(self.prefix + key, value, ex=ttl)
+                    pipe.execute_command(  # type: ignore[no-untyped-call]
+                        "SET", self.prefix + key, value, "EX", ttl
+                    )
                 pipe.execute()
 
         if values:

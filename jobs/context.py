@@ -28,7 +28,7 @@ class ItemSink:
     """Collects a run's items; for a real run, also writes them to ops_run_items in batches
     and keeps the run row's counts current, so other processes can watch progress."""
 
-    FLUSH_EVERY = 500
+    FLUSH_EVERY = 2000
     FLUSH_SECONDS = 1.0
 
     def __init__(self, engine: Engine, job_id: str, run_id: int | None,

@@ -7,16 +7,17 @@ ops_ tables are the console's own, created and migrated by Alembic.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -436,6 +437,8 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
         conn.execute(table.insert(), list(rows))
         return
     as_json = {name for name in names if isinstance(table.c[name].type, JSON)}
+    # orjson: a tenth of json.dumps's time; 10,000 items are 10,000 documents.
+    dump = partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)
     quote = conn.dialect.identifier_preparer
     columns = ", ".join(quote.quote(name) for name in names)
     sql = f"COPY {quote.format_table(table)} ({columns}) FROM STDIN"
@@ -446,7 +449,7 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
         with cursor.copy(sql) as copy:
             for row in rows:
                 copy.write_row([
-                    json.dumps(row[name]) if name in as_json and row[name] is not None
+                    dump(row[name]).decode() if name in as_json and row[name] is not None
                     else row[name]
                     for name in names
                 ])

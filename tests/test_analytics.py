@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import socket
+import subprocess
 import threading
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import redis
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
@@ -21,6 +29,7 @@ from jobs.errors import ExitCode, UsageError
 from jobs.records import ItemStatus, RunParams, RunReport, RunStatus
 from jobs.schedule import CronSchedule
 from jobs.settings import Settings
+from tests.conftest import _unavailable
 from tests.factories import add_customer, add_order, add_product, add_tenant
 
 JOB = "analytics-aggregate"
@@ -291,3 +300,55 @@ def test_read_days(engine: Engine, settings: Settings, cache: Cache) -> None:
     assert got[0].ttl is not None and 86_400 - 5 <= got[0].ttl <= 86_400
     assert got[1] == DayValue(date(2026, 11, 26), None, None)
     assert got[2].value is None and got[2].ttl is not None
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[str]:
+    """A Redis server of this test's own, which the test may shut down."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        _unavailable("redis", "redis-server is not on PATH")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(binary), "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+    yield url
+    proc.kill()
+    proc.wait()
+
+
+def test_redis_lost_mid_run_records_only_the_tenants_written(
+        engine: Engine, settings: Settings, own_redis: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk's items are recorded only after its cache write succeeded, even though the
+    next chunk's write is already under way when they are."""
+    monkeypatch.setattr("jobs.analytics.CHUNK", 2)
+    tenants = [add_tenant(engine, id=f"t-{i}") for i in range(5)]
+
+    class ShutsDownAfterFirstWrite(RedisCache):
+        def set_many(self, values: Mapping[str, str], ttl: int) -> None:
+            super().set_many(values, ttl)
+            with contextlib.suppress(redis.ConnectionError):
+                redis.Redis.from_url(self.url).shutdown(nosave=True)
+
+    report = trigger(engine, settings, ShutsDownAfterFirstWrite(own_redis))
+
+    assert report.status is RunStatus.FAILED and report.exit_code is ExitCode.UNREACHABLE
+    assert [i.tenant_id for i in report.items] == tenants[:2]
+    with engine.connect() as c:
+        stored = c.execute(select(ops_run_items.c.tenant_id).order_by(ops_run_items.c.seq))
+        assert list(stored.scalars()) == tenants[:2]
