@@ -414,15 +414,29 @@ def first_line(exc: BaseException) -> str:
 
 
 @contextmanager
-def transaction(engine: Engine) -> Iterator[Connection]:
-    """One transaction; turns a lost connection into UnreachableError."""
+def _reachable(engine: Engine) -> Iterator[None]:
+    """Turns a lost connection into UnreachableError."""
     try:
-        with engine.begin() as conn:
-            yield conn
+        yield
     except OperationalError as exc:
         if exc.connection_invalidated or _is_connect_error(exc):
             raise UnreachableError("database", redact(str(engine.url)), first_line(exc)) from None
         raise
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """One transaction; turns a lost connection into UnreachableError."""
+    with _reachable(engine), engine.begin() as conn:
+        yield conn
+
+
+@contextmanager
+def connection(engine: Engine) -> Iterator[Connection]:
+    """One connection for a series of short transactions (`with conn.begin():` each), so
+    they skip the pool's checkout ping and reset; a lost connection is UnreachableError."""
+    with _reachable(engine), engine.connect() as conn:
+        yield conn
 
 
 def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:

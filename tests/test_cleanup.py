@@ -337,20 +337,24 @@ def test_an_orphan_changed_after_it_was_found_is_counted_only_when_deleted(
         last = max(c.execute(select(order_products.c.id)).scalars())
     changed = threading.Event()
 
-    def change_the_last_after_first_batch(*args: Any) -> None:
-        # When the first batch's connection goes back to the pool: its transaction is over,
-        # so even SQLite takes the write.
-        if deletes and not changed.is_set():
-            changed.set()
-            with engine.begin() as c:
-                c.execute(order_products.update().where(order_products.c.id == last)
-                          .values(quantity=7))
+    def change_the_last_after_first_batch(conn: Any, cursor: Any, statement: str,
+                                          *args: Any) -> None:
+        # Before the next statement after the first batch; on SQLite before the next
+        # BEGIN IMMEDIATE, when no transaction holds the write lock.
+        if not deletes or changed.is_set():
+            return
+        if is_sqlite(engine) and not statement.startswith("BEGIN IMMEDIATE"):
+            return
+        changed.set()
+        with engine.begin() as c:
+            c.execute(order_products.update().where(order_products.c.id == last)
+                      .values(quantity=7))
 
-    event.listen(engine, "checkin", change_the_last_after_first_batch)
+    event.listen(engine, "before_cursor_execute", change_the_last_after_first_batch)
     try:
         first = trigger(engine, with_batch_size(settings, 2))
     finally:
-        event.remove(engine, "checkin", change_the_last_after_first_batch)
+        event.remove(engine, "before_cursor_execute", change_the_last_after_first_batch)
 
     assert first.status is RunStatus.SUCCEEDED, first.error
     assert changed.is_set()
@@ -393,3 +397,25 @@ def test_orphans_with_awkward_ids_are_deleted_and_others_kept(engine: Engine,
     assert order_product_ids(engine) == {kept_line}
     assert cart_ids(engine) == {kept_cart}
     assert (t, "orphaned_cart_items", "ok", {"deleted": 6}) in items_of(report)
+
+
+def test_connections_go_back_to_the_pool_with_synchronous_commit_on(
+        engine: Engine, settings: Settings) -> None:
+    """The batches turn off waiting for the WAL flush for their session; nothing else that
+    borrows a pooled connection afterwards may inherit that."""
+    if is_sqlite(engine):
+        pytest.skip("synchronous_commit is a PostgreSQL setting")
+    t = add_tenant(engine)
+    p = add_product(engine, t)
+    for i in range(3):
+        _stale(engine, t, p, i)
+        _orphaned_line(engine, t, p, i)
+
+    assert trigger(engine, with_batch_size(settings, 2)).status is RunStatus.SUCCEEDED
+
+    held = [engine.connect() for _ in range(5)]  # every connection the pool keeps
+    try:
+        assert {c.exec_driver_sql("SHOW synchronous_commit").scalar() for c in held} == {"on"}
+    finally:
+        for c in held:
+            c.close()
