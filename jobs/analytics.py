@@ -35,6 +35,7 @@ from jobs.timeutil import iso_z
 CHUNK = 1_000  # keys per cache write; also how often a stop request is honoured
 MAX_RANGE_DAYS = 366
 _CENT = Decimal("0.01")
+_ZERO = Decimal(0)
 
 
 # --- which days, and where they begin and end ------------------------------------------------
@@ -76,13 +77,20 @@ def cache_key(tenant_id: str, day: date) -> str:
     return f"analytics:{tenant_id}:overview:daily:{day.isoformat()}"
 
 
+def cents(value: Decimal | float | int | None) -> Decimal:
+    """The amount rounded to cents (half up)."""
+    if value is None:
+        return _ZERO
+    if not isinstance(value, Decimal):
+        # str() first: SQLite sums REALs, and Decimal(0.1 + 0.2) would carry the binary error.
+        value = Decimal(str(value))
+    return value.quantize(_CENT, rounding=ROUND_HALF_UP)
+
+
 def money(value: Decimal | float | int | None) -> int | float:
     """Rounded to cents, as the JSON number JavaScript would write (`1234.5`, `12`)."""
-    if value is None:
-        return 0
-    # str() first: SQLite sums REALs, and Decimal(0.1 + 0.2) would carry the binary error.
-    cents = Decimal(str(value)).quantize(_CENT, rounding=ROUND_HALF_UP)
-    return int(cents) if cents == cents.to_integral_value() else float(cents)
+    rounded = cents(value)
+    return int(rounded) if rounded == rounded.to_integral_value() else float(rounded)
 
 
 # --- the job -----------------------------------------------------------------------------------
@@ -182,12 +190,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
                 values: dict[str, str] = {}
                 items: list[ItemResult] = []
                 for tenant_id, name, n_orders, revenue, n_customers, n_sold in chunk:
-                    cents = money(revenue)
+                    rounded = cents(revenue)
                     value = {
                         "tenantId": tenant_id,
                         "date": day_text,
                         "orders": n_orders,
-                        "revenue": cents,
+                        "revenue": money(rounded),
                         "newCustomers": n_customers,
                         "productsSold": n_sold,
                         "generatedAt": generated_at,
@@ -198,7 +206,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
                                             {**value, "key": key}, tenant_name=name))
                     seen.add(tenant_id)
                     total_orders += n_orders
-                    total_revenue += Decimal(str(cents))
+                    total_revenue += rounded
                 write = None if cache is None else writer.submit(cache.set_many, values, ttl)
                 _record_when_written(ctx, *pending)
                 pending = (write, items)
@@ -269,6 +277,7 @@ def last_days(until: date, count: int) -> list[date]:
 __all__ = [
     "DayValue",
     "cache_key",
+    "cents",
     "day_bounds",
     "day_statement",
     "days_for",
