@@ -277,7 +277,7 @@ def _delete_found(ctx: RunContext, kind: Kind, size: int, tally: Tally) -> None:
         kind.table.c.id == _found.c.id, literal_column(f"{table}.ctid") == _found.c.tid
     )
     stmt = _tallied(remove, kind, sqlite=False)
-    batches = _stream_ids(ctx.engine, kind, size)
+    batches = _stream_found(ctx.engine, kind, size)
     try:
         with _batches(ctx.engine) as conn:
             for pairs in batches:
@@ -319,7 +319,7 @@ _found = (
 )
 
 
-def _stream_ids(engine: Engine, kind: Kind, size: int
+def _stream_found(engine: Engine, kind: Kind, size: int
                 ) -> Generator[list[tuple[str, str]], None, None]:
     """Every matching row's (ctid, id), `size` at a time, from one query on a connection of
     its own (the deletes commit on another). Only one batch is in memory at once, and the

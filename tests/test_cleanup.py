@@ -246,12 +246,9 @@ def test_preview_reports_the_real_run_and_deletes_nothing(engine: Engine,
     assert len(cart_ids(engine)) == 1 and order_product_ids(engine) == set()
 
 
-def test_stop_request_lands_between_batches(engine: Engine, settings: Settings,
-                                            deletes: list[tuple[str, int]]) -> None:
-    t = add_tenant(engine)
-    p = add_product(engine, t)
-    for i in range(5):
-        _stale(engine, t, p, i)
+def stopped_after_first_delete(engine: Engine, settings: Settings,
+                               deletes: list[tuple[str, int]]) -> RunReport:
+    """A run whose stop request arrives as soon as its first DELETE has run."""
     stop = threading.Event()
 
     def stop_after_first_delete(*args: Any) -> None:
@@ -260,9 +257,18 @@ def test_stop_request_lands_between_batches(engine: Engine, settings: Settings,
 
     event.listen(engine, "after_cursor_execute", stop_after_first_delete)
     try:
-        report = trigger(engine, with_batch_size(settings, 2), stop=stop)
+        return trigger(engine, settings, stop=stop)
     finally:
         event.remove(engine, "after_cursor_execute", stop_after_first_delete)
+
+
+def test_stop_request_lands_between_batches(engine: Engine, settings: Settings,
+                                            deletes: list[tuple[str, int]]) -> None:
+    t = add_tenant(engine)
+    p = add_product(engine, t)
+    for i in range(5):
+        _stale(engine, t, p, i)
+    report = stopped_after_first_delete(engine, with_batch_size(settings, 2), deletes)
 
     assert report.status is RunStatus.INTERRUPTED
     assert report.summary["stale_cart_items"] == 2 and report.summary["batches"] == 1
@@ -300,17 +306,7 @@ def test_stop_during_the_orphan_search_ends_it_and_the_next_run_finishes(
     p = add_product(engine, t)
     for i in range(5):
         _orphaned_line(engine, t, p, i)
-    stop = threading.Event()
-
-    def stop_after_first_delete(*args: Any) -> None:
-        if deletes:
-            stop.set()
-
-    event.listen(engine, "after_cursor_execute", stop_after_first_delete)
-    try:
-        first = trigger(engine, with_batch_size(settings, 2), stop=stop)
-    finally:
-        event.remove(engine, "after_cursor_execute", stop_after_first_delete)
+    first = stopped_after_first_delete(engine, with_batch_size(settings, 2), deletes)
 
     assert first.status is RunStatus.INTERRUPTED
     assert first.summary["orphaned_order_products"] == 2
