@@ -326,6 +326,10 @@ def _stream_found(engine: Engine, kind: Kind, size: int
     query keeps PostgreSQL's parallel workers (see `stream_rows`)."""
     ctid = cast(literal_column(f"{kind.table.name}.ctid"), Text)
     with transaction(engine) as reader:
+        # The query stays active until its last row is read, and rows are read at the pace
+        # of the deletes: a role's statement_timeout, meant for runaway queries, would cut a
+        # long orphan phase off halfway (the server-side cursor this replaced was immune).
+        reader.exec_driver_sql("SET LOCAL statement_timeout = 0")
         rows = stream_rows(reader, select(ctid, kind.table.c.id).where(kind.where), size)
         try:
             while batch := [(row[0], row[1]) for row in islice(rows, size)]:

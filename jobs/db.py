@@ -485,9 +485,11 @@ def stream_rows(conn: Connection, stmt: Select[Any], size: int
     import psycopg
 
     compiled = stmt.compile(dialect=conn.dialect)
+    if "POSTCOMPILE" in compiled.string:
+        raise ValueError("stream_rows takes no expanding IN lists or literal_execute parameters")
     params = {}
     for name, value in compiled.params.items():
-        process = compiled.binds[name].type.bind_processor(conn.dialect)
+        process = compiled.binds[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
         params[name] = process(value) if process else value
     # Chunks need libpq 17 (psycopg's binary wheels carry it); older ones get row by row.
     chunk = size if psycopg.pq.version() >= 170000 else 1

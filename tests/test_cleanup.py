@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
 
 from jobs import runs
-from jobs.db import cart_items, is_sqlite, ops_run_items, order_products
+from jobs.db import cart_items, is_sqlite, make_engine, ops_run_items, order_products
 from jobs.records import ItemStatus, RunReport, RunStatus
 from jobs.settings import Settings
 from tests.factories import (
@@ -415,3 +416,34 @@ def test_connections_go_back_to_the_pool_with_synchronous_commit_on(
     finally:
         for c in held:
             c.close()
+
+
+def test_a_statement_timeout_does_not_cut_a_long_orphan_phase_off(
+        engine: Engine, db_url: str, settings: Settings) -> None:
+    """The orphans are read by one query that stays active while the batches are deleted,
+    for longer than a role's statement_timeout may allow a single statement."""
+    if is_sqlite(engine):
+        pytest.skip("statement_timeout is a PostgreSQL setting; SQLite pages by key")
+    orphans = 200_000  # more than the socket buffers hold, so the server waits for reads
+    with engine.begin() as c:
+        c.exec_driver_sql(
+            "INSERT INTO order_products (id, order_id, product_id, quantity, price) "
+            f"SELECT 'op-' || i, 'gone-' || i, 'p', 1, 1 FROM generate_series(1, {orphans}) i")
+    timed_out = make_engine(f"{db_url} -cstatement_timeout%3D1000")
+    with timed_out.connect() as c:
+        assert c.exec_driver_sql("SHOW statement_timeout").scalar() == "1s"
+
+    def slow_batches(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "DELETE FROM order_products" in statement:
+            time.sleep(0.05)  # 40 batches: the phase outlasts the timeout
+
+    event.listen(timed_out, "after_cursor_execute", slow_batches)
+    try:
+        report = trigger(timed_out, with_batch_size(settings, 5_000))
+    finally:
+        event.remove(timed_out, "after_cursor_execute", slow_batches)
+        timed_out.dispose()
+
+    assert report.status is RunStatus.SUCCEEDED, report.error
+    assert report.summary["orphaned_order_products"] == orphans
+    assert order_product_ids(engine) == set()
