@@ -21,6 +21,7 @@ counted once, as stale, because that phase deletes it first.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 from collections.abc import Generator, Iterable, Iterator, Sequence
@@ -130,16 +131,23 @@ def run(ctx: RunContext) -> dict[str, Any]:
     cutoff = ctx.now - timedelta(days=ctx.job.cart_retention_days)
     size = ctx.job.batch_size
     tallies: dict[str, Tally] = {}
-    for kind in kinds(ctx.engine, cutoff):
-        if ctx.stop_requested:
-            break
-        tally = tallies[kind.action] = Tally()
-        if ctx.dry_run:
-            _count(ctx, kind, size, tally)
-        elif kind.one_scan:
-            _delete_found(ctx, kind, size, tally)
-        else:
-            _delete_by_key(ctx, kind, size, tally)
+    try:
+        for kind in kinds(ctx.engine, cutoff):
+            if ctx.stop_requested:
+                break
+            tally = tallies[kind.action] = Tally()
+            if ctx.dry_run:
+                _count(ctx, kind, size, tally)
+            elif kind.one_scan:
+                _delete_found(ctx, kind, size, tally)
+            else:
+                _delete_by_key(ctx, kind, size, tally)
+    except Exception:
+        # The batches committed so far are deleted for good: a failed run still says
+        # what it deleted, per tenant, if the database lets it; then the failure stands.
+        with contextlib.suppress(Exception):
+            _record_items(ctx, tallies)
+        raise
     _record_items(ctx, tallies)
     done = tallies.values()
     return {

@@ -447,3 +447,32 @@ def test_a_statement_timeout_does_not_cut_a_long_orphan_phase_off(
     assert report.status is RunStatus.SUCCEEDED, report.error
     assert report.summary["orphaned_order_products"] == orphans
     assert order_product_ids(engine) == set()
+
+
+def test_a_run_that_fails_midway_still_records_what_it_deleted(
+        engine: Engine, settings: Settings, deletes: list[tuple[str, int]]) -> None:
+    """Batches commit one by one: when a later phase fails, the run fails, and its items
+    still say which tenants' rows the committed batches removed."""
+    t = add_tenant(engine)
+    p = add_product(engine, t)
+    for i in range(3):
+        _stale(engine, t, p, i)
+        _orphaned_line(engine, t, p, i)
+
+    def refuse_order_products(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "DELETE FROM order_products" in statement:
+            raise RuntimeError("lock timeout (injected)")
+
+    event.listen(engine, "before_cursor_execute", refuse_order_products)
+    try:
+        report = trigger(engine, with_batch_size(settings, 2))
+    finally:
+        event.remove(engine, "before_cursor_execute", refuse_order_products)
+
+    assert report.status is RunStatus.FAILED
+    assert "lock timeout (injected)" in (report.error or "")
+    assert items_of(report) == [(t, "stale_cart_items", "ok", {"deleted": 3})]
+    with engine.connect() as c:
+        stored = c.execute(select(ops_run_items.c.tenant_id, ops_run_items.c.detail)).all()
+    assert [tuple(row) for row in stored] == [(t, {"deleted": 3})]
+    assert len(cart_ids(engine)) == 0 and len(order_product_ids(engine)) == 3
