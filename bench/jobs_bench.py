@@ -411,8 +411,10 @@ def child(variant: str, url: str, schema: str, cache_kind: str, prefix: str) -> 
         sql = ANALYTICS_SQL_LATERAL if variant == "analytics-sql-lateral" else ANALYTICS_SQL
         with pg_connect(url, schema) as conn, conn.transaction():
             if variant == "analytics-sql-tuned":
-                conn.execute("SET LOCAL random_page_cost = 1.1")
-                conn.execute("SET LOCAL jit = off")
+                from jobs.analytics import DAY_PLAN_SETTINGS
+
+                for setting in DAY_PLAN_SETTINGS:
+                    conn.execute(f"SET LOCAL {setting}")
             rows = conn.execute(sql, window).fetchall()
         from jobs.analytics import cache_key
 

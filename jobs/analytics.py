@@ -141,6 +141,9 @@ def day_statement(start: datetime, end: datetime) -> Select[Any]:
     )
 
 
+DAY_PLAN_SETTINGS = ("random_page_cost = 1.1", "jit = off")
+
+
 def plan_for_a_day(conn: Connection) -> None:
     """Planner settings for the day's statement, for this transaction only (PostgreSQL).
 
@@ -152,8 +155,8 @@ def plan_for_a_day(conn: Connection) -> None:
     them on the day (bench/jobs_bench.py). JIT compilation costs more than it saves on a
     statement this short."""
     if not is_sqlite(conn):
-        conn.exec_driver_sql("SET LOCAL random_page_cost = 1.1")
-        conn.exec_driver_sql("SET LOCAL jit = off")
+        for setting in DAY_PLAN_SETTINGS:
+            conn.exec_driver_sql(f"SET LOCAL {setting}")
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -275,6 +278,7 @@ def last_days(until: date, count: int) -> list[date]:
 
 
 __all__ = [
+    "DAY_PLAN_SETTINGS",
     "DayValue",
     "cache_key",
     "cents",

@@ -280,9 +280,8 @@ def _delete_found(ctx: RunContext, kind: Kind, size: int, tally: Tally) -> None:
     (no index lookup, 10 ms for 5,000 rows against 60 ms by primary key), and the id makes
     sure it is still the row that was found. A row updated meanwhile has moved and is
     left for the next run; a slot reused by another row does not match its id."""
-    table = kind.table.name
     remove = delete(kind.table).where(
-        kind.table.c.id == _found.c.id, literal_column(f"{table}.ctid") == _found.c.tid
+        kind.table.c.id == _found.c.id, _ctid(kind.table) == _found.c.tid
     )
     stmt = _tallied(remove, kind, sqlite=False)
     batches = _stream_found(ctx.engine, kind, size)
@@ -297,6 +296,11 @@ def _delete_found(ctx: RunContext, kind: Kind, size: int, tally: Tally) -> None:
                     _add(tally, conn.execute(stmt, found), kind, sqlite=False)
     finally:
         batches.close()  # ends the reading transaction now, not when garbage-collected
+
+
+def _ctid(table: Table) -> ColumnElement[Any]:
+    """The row's physical address, PostgreSQL's system column `ctid`."""
+    return literal_column(f"{table.name}.ctid")
 
 
 def _array_literal(values: Iterable[str]) -> str:
@@ -332,7 +336,7 @@ def _stream_found(engine: Engine, kind: Kind, size: int
     """Every matching row's (ctid, id), `size` at a time, from one query on a connection of
     its own (the deletes commit on another). Only one batch is in memory at once, and the
     query keeps PostgreSQL's parallel workers (see `stream_rows`)."""
-    ctid = cast(literal_column(f"{kind.table.name}.ctid"), Text)
+    ctid = cast(_ctid(kind.table), Text)
     with transaction(engine) as reader:
         # The query stays active until its last row is read, and rows are read at the pace
         # of the deletes: a role's statement_timeout, meant for runaway queries, would cut a

@@ -439,6 +439,22 @@ def connection(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+@contextmanager
+def _driver_cursor(conn: Connection, sql: str, params: Any = None) -> Iterator[Any]:
+    """psycopg's own cursor on `conn`'s connection (inside its transaction), for what
+    SQLAlchemy does not offer (COPY, chunked reads); its errors become SQLAlchemy's, so
+    `transaction`/`connection` still turn a lost connection into UnreachableError."""
+    import psycopg
+
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        yield cursor
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(sql, params, exc, psycopg.Error) from None
+    finally:
+        cursor.close()
+
+
 def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
     """Appends rows (dicts with the same keys) to one of our tables, fast.
 
@@ -456,21 +472,13 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
     quote = conn.dialect.identifier_preparer
     columns = ", ".join(quote.quote(name) for name in names)
     sql = f"COPY {quote.format_table(table)} ({columns}) FROM STDIN"
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    import psycopg
-
-    try:
-        with cursor.copy(sql) as copy:
-            for row in rows:
-                copy.write_row([
-                    dump(row[name]).decode() if name in as_json and row[name] is not None
-                    else row[name]
-                    for name in names
-                ])
-    except psycopg.Error as exc:
-        raise DBAPIError.instance(sql, None, exc, psycopg.Error) from None
-    finally:
-        cursor.close()
+    with _driver_cursor(conn, sql) as cursor, cursor.copy(sql) as copy:
+        for row in rows:
+            copy.write_row([
+                dump(row[name]).decode() if name in as_json and row[name] is not None
+                else row[name]
+                for name in names
+            ])
 
 
 def stream_rows(conn: Connection, stmt: Select[Any], size: int
@@ -493,13 +501,8 @@ def stream_rows(conn: Connection, stmt: Select[Any], size: int
         params[name] = process(value) if process else value
     # Chunks need libpq 17 (psycopg's binary wheels carry it); older ones get row by row.
     chunk = size if psycopg.pq.version() >= 170000 else 1
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
+    with _driver_cursor(conn, compiled.string, params) as cursor:
         yield from cursor.stream(compiled.string, params, size=chunk)
-    except psycopg.Error as exc:
-        raise DBAPIError.instance(compiled.string, params, exc, psycopg.Error) from None
-    finally:
-        cursor.close()
 
 
 def _is_connect_error(exc: OperationalError) -> bool:
