@@ -13,11 +13,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import redis
+from hiredis import pack_command
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
 from jobs.db import insert_ignore, ops_cache, redact, transaction
-from jobs.errors import UnreachableError
+from jobs.errors import CacheRefusedError, UnreachableError
 
 Clock = Callable[[], float]
 
@@ -66,20 +67,44 @@ class RedisCache:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
             raise UnreachableError("cache", redact(self.url), reason) from None
+        except redis.ResponseError as exc:
+            # Redis's own words ("OOM command not allowed when used memory > 'maxmemory'",
+            # "READONLY ...") are what the operator needs; the stack is not.
+            kind = "" if type(exc) is redis.ResponseError else f"{type(exc).__name__}: "
+            raise CacheRefusedError(redact(self.url), f"{kind}{exc}") from None
 
     def ping(self) -> None:
         self._guard(self._client.ping)
 
     def set_many(self, values: Mapping[str, str], ttl: int) -> None:
         def write() -> None:
-            with self._client.pipeline(transaction=False) as pipe:
-                # The raw command: redis-py's set() checks its arguments on every call,
-                # which is half the client's time for 10,000 keys.
-                for key, value in values.items():
-                    pipe.execute_command(  # type: ignore[no-untyped-call]
-                        "SET", self.prefix + key, value, "EX", ttl
-                    )
-                pipe.execute()
+            # A pipeline of identical SETs, sent as one buffer packed by hiredis and answered
+            # one reply per key on a connection of redis-py's pool (its timeouts and error
+            # mapping). redis-py's Pipeline object spends ~10 µs a key on bookkeeping these
+            # SETs do not need: 10,000 keys in 0.12 s against 0.05 s (bench/cache_bench.py).
+            payload = b"".join([
+                # hiredis's stub declares a one-element tuple; it takes any command.
+                pack_command(("SET", self.prefix + key, value, "EX", ttl))  # type: ignore[arg-type]
+                for key, value in values.items()
+            ])
+            pool = self._client.connection_pool
+            conn = pool.get_connection()
+
+            def send() -> None:
+                conn.send_packed_command([payload])  # type: ignore[no-untyped-call]
+                for _ in range(len(values)):
+                    conn.read_response()  # raises the error of a refused SET
+
+            try:
+                # As redis-py's own pipeline: a dropped connection is reopened and the whole
+                # batch sent again (SET is idempotent); a refused SET is not retried.
+                conn.retry.call_with_retry(send, lambda _error: conn.disconnect())  # type: ignore[no-untyped-call]
+            except BaseException:
+                # Replies left unread would answer the connection's next command.
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                raise
+            finally:
+                pool.release(conn)
 
         if values:
             self._guard(write)

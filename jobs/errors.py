@@ -54,6 +54,13 @@ class UnreachableError(OpsError):
         super().__init__(f"{what} unreachable at {target}: {reason}")
 
 
+class CacheRefusedError(OpsError):
+    """The cache answered but refused a command: out of memory, a read-only replica, ..."""
+
+    def __init__(self, target: str, reason: str) -> None:
+        super().__init__(f"cache at {target} refused a command: {reason}")
+
+
 class JobRunningError(OpsError):
     exit_code = ExitCode.RUNNING
 

@@ -25,7 +25,7 @@ from jobs import runs
 from jobs.analytics import DayValue, cache_key, day_bounds, days_for, read_days
 from jobs.cache import Cache, RedisCache
 from jobs.db import ops_run_items, ops_runs
-from jobs.errors import ExitCode, UsageError
+from jobs.errors import CacheRefusedError, ExitCode, UsageError
 from jobs.records import ItemStatus, RunParams, RunReport, RunStatus
 from jobs.schedule import CronSchedule
 from jobs.settings import Settings
@@ -352,3 +352,53 @@ def test_redis_lost_mid_run_records_only_the_tenants_written(
     with engine.connect() as c:
         stored = c.execute(select(ops_run_items.c.tenant_id).order_by(ops_run_items.c.seq))
         assert list(stored.scalars()) == tenants[:2]
+
+
+def test_refused_write_is_one_clear_error_and_the_connection_stays_usable(own_redis: str) -> None:
+    """A write Redis refuses (here: out of memory) names the server and Redis's reason, and
+    leaves no unread replies behind: the next commands get their own answers."""
+    admin = redis.Redis.from_url(own_redis)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")
+    cache = RedisCache(own_redis, prefix="p:")
+
+    with pytest.raises(CacheRefusedError) as refused:
+        cache.set_many({"a": "1", "b": "2", "c": "3"}, 60)
+
+    assert refused.value.exit_code is ExitCode.FAILED
+    assert refused.value.message.startswith(f"cache at {own_redis} refused a command: ")
+    assert "maxmemory" in refused.value.message
+    admin.config_set("maxmemory", "0")
+    cache.set_many({"a": "1", "b": "2"}, 60)
+    got = cache.get_many(["a", "b", "c"])
+    assert {key: value.value for key, value in got.items()} == {"a": "1", "b": "2"}
+    assert all(value.ttl is not None and 0 < value.ttl <= 60 for value in got.values())
+
+
+def test_redis_refusing_writes_fails_the_run_without_a_traceback(
+        engine: Engine, settings: Settings, own_redis: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    add_tenant(engine)
+    admin = redis.Redis.from_url(own_redis)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")
+
+    report = trigger(engine, settings, RedisCache(own_redis))
+
+    assert report.status is RunStatus.FAILED and report.exit_code is ExitCode.FAILED
+    assert report.error is not None and "refused a command" in report.error
+    assert report.items == ()
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_a_dropped_cache_connection_is_reopened(own_redis: str) -> None:
+    """A long-lived runner's pooled connection may have been closed by Redis (a restart, an
+    idle timeout) since the last run: the next write reopens it instead of failing."""
+    cache = RedisCache(own_redis, prefix="p:")
+    cache.set_many({"a": "1"}, 60)
+    admin = redis.Redis.from_url(own_redis)
+    assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+
+    cache.set_many({"b": "2"}, 60)
+
+    assert {key: value.value for key, value in cache.get_many(["a", "b"]).items()} == {"a": "1", "b": "2"}
