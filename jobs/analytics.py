@@ -89,8 +89,8 @@ def cents(value: Decimal | float | int | None) -> Decimal:
 
 def money(value: Decimal | float | int | None) -> int | float:
     """Rounded to cents, as the JSON number JavaScript would write (`1234.5`, `12`)."""
-    rounded = cents(value)
-    return int(rounded) if rounded == rounded.to_integral_value() else float(rounded)
+    as_float = float(cents(value))  # exact enough: JavaScript's numbers are doubles too
+    return int(as_float) if as_float.is_integer() else as_float
 
 
 # --- the job -----------------------------------------------------------------------------------
@@ -232,8 +232,7 @@ def _record_when_written(ctx: RunContext, write: Future[None] | None,
                          items: list[ItemResult]) -> None:
     if write is not None:
         write.result()
-    for item in items:
-        ctx.record(item)
+    ctx.record_many(items)
 
 
 def _chunks(rows: Sequence[Any], size: int) -> Iterator[list[Any]]:

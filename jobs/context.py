@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -22,6 +22,7 @@ from jobs.records import ItemResult, ItemStatus, Progress, RunParams
 from jobs.settings import JobConfig, Settings
 
 ProgressCallback = Callable[[Progress], None]
+ITEM_COLUMNS = ("run_id", "seq", "tenant_id", "tenant_name", "action", "status", "detail", "error")
 
 
 class ItemSink:
@@ -53,9 +54,13 @@ class ItemSink:
         self._notify()
 
     def add(self, item: ItemResult) -> None:
-        self.items.append(item)
-        if item.status is ItemStatus.ERROR:
-            self.errors += 1
+        self.add_many((item,))
+
+    def add_many(self, items: Iterable[ItemResult]) -> None:
+        """Several items at once: one flush check and one progress report for all of them."""
+        start = len(self.items)
+        self.items.extend(items)
+        self.errors += sum(1 for item in self.items[start:] if item.status is ItemStatus.ERROR)
         if self.run_id is not None and (
             len(self.items) - self._flushed >= self.FLUSH_EVERY
             or time.monotonic() - self._last_flush >= self.FLUSH_SECONDS
@@ -66,20 +71,12 @@ class ItemSink:
     def flush(self) -> None:
         if self.run_id is None:
             return
-        pending = self.items[self._flushed :]
+        run_id, first = self.run_id, self._flushed
         with transaction(self.engine) as conn:
-            insert_rows(conn, ops_run_items, [
-                {
-                    "run_id": self.run_id,
-                    "seq": self._flushed + i,
-                    "tenant_id": item.tenant_id,
-                    "tenant_name": item.tenant_name,
-                    "action": item.action,
-                    "status": str(item.status),
-                    "detail": dict(item.detail),
-                    "error": item.error,
-                }
-                for i, item in enumerate(pending)
+            insert_rows(conn, ops_run_items, ITEM_COLUMNS, [
+                (run_id, first + i, item.tenant_id, item.tenant_name, item.action,
+                 str(item.status), dict(item.detail), item.error)
+                for i, item in enumerate(self.items[first:])
             ])
             conn.execute(
                 update(ops_runs).where(ops_runs.c.id == self.run_id)
@@ -131,6 +128,9 @@ class RunContext:
 
     def record(self, item: ItemResult) -> None:
         self.sink.add(item)
+
+    def record_many(self, items: Iterable[ItemResult]) -> None:
+        self.sink.add_many(items)
 
     def set_total(self, total: int) -> None:
         self.sink.set_total(total)

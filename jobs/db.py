@@ -455,30 +455,31 @@ def _driver_cursor(conn: Connection, sql: str, params: Any = None) -> Iterator[A
         cursor.close()
 
 
-def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Appends rows (dicts with the same keys) to one of our tables, fast.
+def insert_rows(conn: Connection, table: Table, columns: Sequence[str],
+                rows: Sequence[Sequence[Any]]) -> None:
+    """Appends rows (sequences of values in `columns` order) to one of our tables, fast.
 
     PostgreSQL gets them through COPY: 10,000 run items in ~0.05 s, against ~0.3 s as a
     pipelined executemany. SQLite gets an executemany, which is already in-process."""
     if not rows:
         return
-    names = list(rows[0])
     if is_sqlite(conn):
-        conn.execute(table.insert(), list(rows))
+        conn.execute(table.insert(), [dict(zip(columns, row, strict=True)) for row in rows])
         return
-    as_json = {name for name in names if isinstance(table.c[name].type, JSON)}
+    as_json = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, JSON)]
     # orjson: a tenth of json.dumps's time; 10,000 items are 10,000 documents.
     dump = partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS)
     quote = conn.dialect.identifier_preparer
-    columns = ", ".join(quote.quote(name) for name in names)
-    sql = f"COPY {quote.format_table(table)} ({columns}) FROM STDIN"
+    names = ", ".join(quote.quote(name) for name in columns)
+    sql = f"COPY {quote.format_table(table)} ({names}) FROM STDIN"
     with _driver_cursor(conn, sql) as cursor, cursor.copy(sql) as copy:
         for row in rows:
-            copy.write_row([
-                dump(row[name]).decode() if name in as_json and row[name] is not None
-                else row[name]
-                for name in names
-            ])
+            if as_json:
+                row = list(row)
+                for i in as_json:
+                    if row[i] is not None:
+                        row[i] = dump(row[i]).decode()
+            copy.write_row(row)
 
 
 def stream_rows(conn: Connection, stmt: Select[Any], size: int

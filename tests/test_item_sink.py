@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 
 from jobs.context import ItemSink
 from jobs.db import ops_run_items, ops_runs
-from jobs.records import ItemResult, ItemStatus
+from jobs.records import ItemResult, ItemStatus, Progress
 from jobs.runs import run_items
 
 NOW = datetime(2026, 11, 28, 1, 0, tzinfo=UTC)
@@ -58,3 +58,22 @@ def test_flushes_in_steps_keep_the_order(engine: Engine) -> None:
     sink.flush()
 
     assert run_items(engine, run_id) == written
+
+
+def test_items_added_together_count_their_errors_and_report_progress_once(engine: Engine) -> None:
+    run_id = a_run(engine)
+    reported: list[Progress] = []
+    sink = ItemSink(engine, "cleanup", run_id, reported.append)
+    written = [ItemResult("t-1", "cached", ItemStatus.OK, {"i": 1}),
+               ItemResult("t-2", "cached", ItemStatus.ERROR, {}, error="refused"),
+               ItemResult("t-3", "cached", ItemStatus.OK, {"i": 3})]
+
+    sink.add_many(written)
+    sink.flush()
+
+    assert reported == [Progress("cleanup", run_id, 3, None, 1)]
+    assert run_items(engine, run_id) == written
+    with engine.connect() as conn:
+        run = conn.execute(select(ops_runs.c.processed, ops_runs.c.errors)
+                           .where(ops_runs.c.id == run_id)).one()
+    assert tuple(run) == (3, 1)
