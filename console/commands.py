@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from console.context import CliContext
+from console.formatting import item_note
 from jobs import runs
 from jobs.db import check_reachable, make_engine, redact, tenants, transaction
 from jobs.errors import ExitCode, UnknownJobError, UsageError
@@ -260,11 +261,7 @@ def _print_report(ctx: CliContext, report: RunReport, record: RunRecord | None =
 def _items_table(report: RunReport) -> str:
     rows = []
     for item in report.items:
-        if item.status is ItemStatus.ERROR:
-            note = item.error or ""
-        else:
-            note = " ".join(f"{k}={v}" for k, v in dict(item.detail).items()
-                            if not isinstance(v, dict | list))
+        note = (item.error or "") if item.status is ItemStatus.ERROR else item_note(item)
         rows.append((item.tenant_id or "-", item.tenant_name or "", item.action,
                      str(item.status), note))
     return table(("TENANT", "NAME", "ACTION", "STATUS", "DETAIL / ERROR"), rows)

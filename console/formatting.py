@@ -10,6 +10,8 @@ from zoneinfo import ZoneInfo
 
 from rich.text import Text
 
+from jobs.records import ItemResult
+
 STATUS_STYLES: dict[str, str] = {
     "succeeded": "green",
     "ok": "green",
@@ -123,9 +125,19 @@ def append_outcome(text: Text, summary: Mapping[str, Any] | None, error: str | N
     return text
 
 
-def compact(detail: Mapping[str, Any], skip: tuple[str, ...] = ()) -> str:
-    """An item's detail on one line: `from=active to=expired email=queued`."""
-    return " ".join(f"{k}={v}" for k, v in detail.items() if k not in skip)
+def compact(detail: Mapping[str, Any]) -> str:
+    """A run's summary on one line: `expired=1 suspended=0 emails_queued=1`."""
+    return " ".join(f"{k}={v}" for k, v in detail.items())
+
+
+def item_note(item: ItemResult) -> str:
+    """An item's detail for a table row: what the row does not already show. Skips the
+    cache key and values that repeat the row's tenant id (analytics' `tenantId`), so the
+    figures come first in a narrow column."""
+    return " ".join(
+        f"{k}={v}" for k, v in item.detail.items()
+        if k != "key" and v != item.tenant_id and not isinstance(v, dict | list)
+    )
 
 
 def plural(n: int, word: str) -> str:

@@ -432,6 +432,13 @@ def test_analytics_command_reads_the_cache(engine: Engine, run_cli: Any) -> None
     code, out, _ = run_cli("analytics", tid, "--date", "2026-11-27")
     assert code == 0 and "20.00" in out
 
+    # The run's table shows the figures, not the tenant id and cache key it already implies.
+    code, out, _ = run_cli("trigger", "analytics-aggregate", "--date", day.isoformat())
+    row = next(line for line in out.splitlines() if line.startswith(tid))
+    assert code == 0
+    assert "orders=2 revenue=20 newCustomers=1 productsSold=2" in row
+    assert "tenantId" not in row and "analytics:" not in row
+
 
 # --- outbox ----------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import var
 from textual.widgets import DataTable, Input, Label, Static
 
-from console.formatting import clip, compact, status_text
+from console.formatting import clip, item_note, status_text
 from console.messages import ItemsLoaded
 from console.session import Session
 from console.widgets.tables import FitTable
@@ -199,7 +199,7 @@ class ItemsView(Vertical):
 
 def _row(seq: int, item: ItemResult) -> tuple[str | Text, ...]:
     info = (Text(clip(item.error, 200), style="red") if item.error
-            else Text(clip(compact(item.detail, skip=("key",)), 200)))
+            else Text(clip(item_note(item), 200)))
     return (
         str(seq + 1),
         clip(item.tenant_name or "—", 20),
