@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from importlib import import_module
 
 from console.context import CliContext
@@ -46,10 +47,19 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="storeflow-ops",
                 description="Run and inspect StoreFlow's recurring jobs.")
-    p.add_argument("--config", metavar="PATH", help="schedules.toml to use")
-    p.add_argument("--database-url", metavar="URL", help="overrides DATABASE_URL")
-    p.add_argument("--cache-url", metavar="URL", help="Redis URL; overrides REDIS_URL/KV_URL")
+    # Accepted before the command and after it (`storeflow-ops run --config FILE`): after
+    # it, an option only overrides when given (SUPPRESS), so one before it still counts.
+    common = _Parser(add_help=False)
+    for target in (p, common):
+        default = None if target is p else argparse.SUPPRESS
+        target.add_argument("--config", metavar="PATH", default=default,
+                            help="schedules.toml to use")
+        target.add_argument("--database-url", metavar="URL", default=default,
+                            help="overrides DATABASE_URL")
+        target.add_argument("--cache-url", metavar="URL", default=default,
+                            help="Redis URL; overrides REDIS_URL/KV_URL")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    add_parser = partial(sub.add_parser, parents=[common])
 
     def job_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("job", metavar="JOB", help=f"one of: {', '.join(JOB_IDS)}")
@@ -57,26 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
     def json_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--json", action="store_true", help="print one JSON document")
 
-    sp = sub.add_parser("tui", help="open the console (the default)")
+    sp = add_parser("tui", help="open the console (the default)")
     sp.add_argument("--read-only", action="store_true", help="hide every action that writes")
 
-    sp = sub.add_parser("demo", help="build an embedded demo database and open the console")
+    sp = add_parser("demo", help="build an embedded demo database and open the console")
     sp.add_argument("--tenants", type=int, default=40, metavar="N")
     sp.add_argument("--path", metavar="FILE", help="where to write the demo SQLite file")
     sp.add_argument("--no-tui", action="store_true", help="build the database only")
     sp.add_argument("--read-only", action="store_true")
 
-    sp = sub.add_parser("run", help="the headless runner: fire every slot exactly once")
+    sp = add_parser("run", help="the headless runner: fire every slot exactly once")
     sp.add_argument("--http", metavar="HOST:PORT", help="also serve the seed's HTTP endpoints")
     sp.add_argument("--log-format", choices=("text", "json"), default="text")
 
-    sp = sub.add_parser("jobs", help="jobs, schedules, next runs, last runs")
+    sp = add_parser("jobs", help="jobs, schedules, next runs, last runs")
     sp.add_argument("--now", metavar="TS", help="reference time (ISO 8601 with offset)")
     sp.add_argument("--count", type=int, default=3, metavar="N", help="next N slots")
     json_arg(sp)
 
     for name in ("trigger", "preview"):
-        sp = sub.add_parser(name, help="run a job now" if name == "trigger"
+        sp = add_parser(name, help="run a job now" if name == "trigger"
                             else "show what a run would do, writing nothing")
         job_arg(sp)
         if name == "trigger":
@@ -87,22 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--to", dest="date_to", metavar="D", help="analytics: backfill to")
         json_arg(sp)
 
-    sp = sub.add_parser("history", help="run history")
+    sp = add_parser("history", help="run history")
     sp.add_argument("job", nargs="?", metavar="JOB")
     sp.add_argument("--limit", type=int, default=20, metavar="N")
     json_arg(sp)
 
-    sp = sub.add_parser("show", help="one run and its items")
+    sp = add_parser("show", help="one run and its items")
     sp.add_argument("run_id", type=int, metavar="RUN_ID")
     sp.add_argument("--errors", action="store_true", help="only the items that failed")
     json_arg(sp)
 
-    sp = sub.add_parser("analytics", help="a tenant's cached daily analytics")
+    sp = add_parser("analytics", help="a tenant's cached daily analytics")
     sp.add_argument("tenant", metavar="TENANT")
     sp.add_argument("--date", metavar="D", help="one day (default: the last 14 days)")
     json_arg(sp)
 
-    sp = sub.add_parser("outbox", help="the email outbox")
+    sp = add_parser("outbox", help="the email outbox")
     sp.add_argument("action", nargs="?", choices=("send", "retry"), help="deliver now / retry")
     sp.add_argument("ids", nargs="*", type=int, metavar="ID", help="retry: the emails")
     sp.add_argument("--status", choices=("pending", "sent", "failed", "dead"))
@@ -110,16 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     json_arg(sp)
 
     for name in ("pause", "resume"):
-        sp = sub.add_parser(name, help=f"{name} a job's schedule")
+        sp = add_parser(name, help=f"{name} a job's schedule")
         job_arg(sp)
 
-    sp = sub.add_parser("status", help="runners and jobs; exits 1 when no runner is alive")
+    sp = add_parser("status", help="runners and jobs; exits 1 when no runner is alive")
     json_arg(sp)
 
-    sp = sub.add_parser("db", help="database maintenance")
+    sp = add_parser("db", help="database maintenance")
     sp.add_argument("action", choices=("upgrade",))
 
-    sp = sub.add_parser("import-vercel", help="turn a vercel.json's crons into schedules.toml")
+    sp = add_parser("import-vercel", help="turn a vercel.json's crons into schedules.toml")
     sp.add_argument("path", metavar="VERCEL_JSON")
     sp.add_argument("--write", metavar="TOML", help="write to this file instead of stdout")
     return p

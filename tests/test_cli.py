@@ -599,3 +599,27 @@ def test_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=30) == 141
     assert err == ""
+
+
+def test_global_options_also_after_the_command(engine: Engine, run_cli: Any,
+                                                tmp_path: Path) -> None:
+    """`storeflow-ops run --config FILE` is how people type it; before or after the command,
+    the option counts, and one given after overrides one given before."""
+    hourly = tmp_path / "hourly.toml"
+    hourly.write_text('[jobs.cleanup]\nschedule = "@hourly"\n')
+    weekly = tmp_path / "weekly.toml"
+    weekly.write_text('[jobs.cleanup]\nschedule = "0 3 * * 0"\n')
+
+    def cleanup_schedule(*args: str) -> str:
+        listed = run_json(run_cli, *args)
+        return next(j["schedule"] for j in listed if j["job"] == "cleanup")
+
+    assert cleanup_schedule("jobs", "--config", str(hourly)) == "@hourly"
+    assert cleanup_schedule("--config", str(hourly), "jobs") == "@hourly"
+    assert cleanup_schedule("--config", str(hourly), "jobs", "--config", str(weekly)) == "0 3 * * 0"
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[jobs.cleanup]\nschedule = "61 * * * *"\n')
+    code, out, err = run_cli("jobs", "--config", str(bad))
+    assert code == 2 and out == ""
+    assert err.strip().startswith(f"storeflow-ops: {bad}") and "schedule" in err
