@@ -390,6 +390,10 @@ def _simulate_history(rng: random.Random, engine: Engine, settings: Settings,
             runner_id=RUNNER_ID, claimed_run_id=claim.run_id, scheduled_for=slot, cache=cache,
             clock=_clock(slot + timedelta(milliseconds=150), rng.uniform(0.3, 6.0)),
         )
+    # What the simulated runner leaves behind as a real one would: the schedules it planned.
+    # A real runner started on the demo with other schedules then counts slots from its
+    # start, instead of taking hours of the new schedule for missed slots.
+    runs.note_schedules(engine, settings, now)
 
 
 def _age_outbox(engine: Engine, settings: Settings, now: datetime) -> None:

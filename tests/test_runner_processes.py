@@ -293,3 +293,31 @@ def test_start_errors_are_one_line_with_their_exit_code(
     assert done.returncode == code, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0] and "pw@" not in lines[0]
+
+
+def test_a_runner_with_new_schedules_on_the_demo_counts_slots_from_its_start(
+        tmp_path: Path, spawn: Callable[..., Runner]) -> None:
+    """The demo's history was made under the default schedules. A runner started on it
+    with expiry-checker every 2 seconds is a schedule change: it fires the new slots from
+    its start instead of recording the hours since the demo's last run as missed slots."""
+    from jobs.db import make_engine
+    from jobs.demo import build_demo
+
+    path = tmp_path / "demo.sqlite3"
+    build_demo(path, 5, utc_now())
+    demo = make_engine(f"sqlite:///{path}")
+    env = {"DATABASE_URL": f"sqlite:///{path}", "PATH": os.environ.get("PATH", ""),
+           "HOME": str(tmp_path)}
+    config = write_config(tmp_path / "schedules.toml", "* * * * * */2")
+
+    started = utc_now()
+    runner = spawn(env, config, "runner")
+    wait_until("a slot of the new schedule", lambda: [
+        r for r in slot_runs(demo) if r.status in ("succeeded", "partial")
+        and r.scheduled_for is not None and r.scheduled_for > started])
+    assert runner.stop() == 0
+
+    assert [r for r in slot_runs(demo) if r.status == "missed"] == []
+    assert not [e for e in runner.events() if e["event"].startswith("missed")
+                or e["event"] == "slots-missed"]
+    demo.dispose()
