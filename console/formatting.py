@@ -130,13 +130,13 @@ def compact(detail: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in detail.items())
 
 
-def item_note(item: ItemResult) -> str:
-    """An item's detail for a table row: what the row does not already show. Skips the
-    cache key and values that repeat the row's tenant id (analytics' `tenantId`), so the
-    figures come first in a narrow column."""
+def item_note(item: ItemResult, skip: tuple[str, ...] = ()) -> str:
+    """An item's detail for a table row, without what the row already shows: values that
+    repeat its tenant id (analytics' `tenantId`) go, so the figures come first."""
     return " ".join(
         f"{k}={v}" for k, v in item.detail.items()
-        if k != "key" and v != item.tenant_id and not isinstance(v, dict | list)
+        if k not in skip and not isinstance(v, dict | list)
+        and (item.tenant_id is None or v != item.tenant_id)
     )
 
 

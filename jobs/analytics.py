@@ -89,8 +89,8 @@ def cents(value: Decimal | float | int | None) -> Decimal:
 
 def money(value: Decimal | float | int | None) -> int | float:
     """Rounded to cents, as the JSON number JavaScript would write (`1234.5`, `12`)."""
-    as_float = float(cents(value))  # exact enough: JavaScript's numbers are doubles too
-    return int(as_float) if as_float.is_integer() else as_float
+    rounded = cents(value)
+    return int(rounded) if rounded == rounded.to_integral_value() else float(rounded)
 
 
 # --- the job -----------------------------------------------------------------------------------

@@ -96,8 +96,11 @@ class RedisCache:
                     conn.read_response()  # raises the error of a refused SET
 
             try:
-                # As redis-py's own pipeline: a dropped connection is reopened and the whole
-                # batch sent again (SET is idempotent); a refused SET is not retried.
+                # The client's retry policy, as redis-py's own pipeline applies it (none by
+                # default: a connection lost mid-batch fails the run, exit 3). Resending the
+                # whole batch is safe, SET being idempotent; a refused SET is not retried.
+                # A connection Redis closed while it sat in the pool is replaced by
+                # get_connection() itself.
                 conn.retry.call_with_retry(send, lambda _error: conn.disconnect())  # type: ignore[no-untyped-call]
             except BaseException:
                 # Replies left unread would answer the connection's next command.

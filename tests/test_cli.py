@@ -432,12 +432,13 @@ def test_analytics_command_reads_the_cache(engine: Engine, run_cli: Any) -> None
     code, out, _ = run_cli("analytics", tid, "--date", "2026-11-27")
     assert code == 0 and "20.00" in out
 
-    # The run's table shows the figures, not the tenant id and cache key it already implies.
+    # The run's table shows the figures first, not the tenant id the row begins with.
     code, out, _ = run_cli("trigger", "analytics-aggregate", "--date", day.isoformat())
     row = next(line for line in out.splitlines() if line.startswith(tid))
     assert code == 0
     assert "orders=2 revenue=20 newCustomers=1 productsSold=2" in row
-    assert "tenantId" not in row and "analytics:" not in row
+    assert "tenantId" not in row
+    assert row.endswith(f"key=analytics:{tid}:overview:daily:2026-11-27")
 
 
 # --- outbox ----------------------------------------------------------------------------------
@@ -623,3 +624,16 @@ def test_global_options_also_after_the_command(engine: Engine, run_cli: Any,
     code, out, err = run_cli("jobs", "--config", str(bad))
     assert code == 2 and out == ""
     assert err.strip().startswith(f"storeflow-ops: {bad}") and "schedule" in err
+
+
+def test_item_note_leaves_out_only_what_the_row_shows() -> None:
+    from console.formatting import item_note
+    from jobs.records import ItemResult, ItemStatus
+
+    cached = ItemResult("t-1", "cached", ItemStatus.OK,
+                        {"tenantId": "t-1", "orders": 2, "key": "analytics:t-1:x"})
+    assert item_note(cached) == "orders=2 key=analytics:t-1:x"
+    assert item_note(cached, skip=("key",)) == "orders=2"
+    rows = ItemResult(None, "orphaned_order_products", ItemStatus.OK,
+                      {"deleted": 3, "tenant": None, "nested": {"a": 1}})
+    assert item_note(rows) == "deleted=3 tenant=None"

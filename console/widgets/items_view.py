@@ -199,7 +199,7 @@ class ItemsView(Vertical):
 
 def _row(seq: int, item: ItemResult) -> tuple[str | Text, ...]:
     info = (Text(clip(item.error, 200), style="red") if item.error
-            else Text(clip(item_note(item), 200)))
+            else Text(clip(item_note(item, skip=("key",)), 200)))
     return (
         str(seq + 1),
         clip(item.tenant_name or "—", 20),
