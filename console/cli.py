@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in ("trigger", "preview"):
         sp = add_parser(name, help="run a job now" if name == "trigger"
-                            else "show what a run would do, writing nothing")
+                        else "show what a run would do, writing nothing")
         job_arg(sp)
         if name == "trigger":
             sp.add_argument("--dry-run", action="store_true", help="same as preview")
