@@ -354,12 +354,18 @@ def test_redis_lost_mid_run_records_only_the_tenants_written(
         assert list(stored.scalars()) == tenants[:2]
 
 
+def refusing_writes(url: str) -> redis.Redis:
+    """Puts the server over its memory limit with no eviction: every write is refused (OOM)."""
+    admin = redis.Redis.from_url(url)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")
+    return admin
+
+
 def test_refused_write_is_one_clear_error_and_the_connection_stays_usable(own_redis: str) -> None:
     """A write Redis refuses (here: out of memory) names the server and Redis's reason, and
     leaves no unread replies behind: the next commands get their own answers."""
-    admin = redis.Redis.from_url(own_redis)
-    admin.config_set("maxmemory-policy", "noeviction")
-    admin.config_set("maxmemory", "1")
+    admin = refusing_writes(own_redis)
     cache = RedisCache(own_redis, prefix="p:")
 
     with pytest.raises(CacheRefusedError) as refused:
@@ -379,9 +385,7 @@ def test_redis_refusing_writes_fails_the_run_without_a_traceback(
         engine: Engine, settings: Settings, own_redis: str,
         caplog: pytest.LogCaptureFixture) -> None:
     add_tenant(engine)
-    admin = redis.Redis.from_url(own_redis)
-    admin.config_set("maxmemory-policy", "noeviction")
-    admin.config_set("maxmemory", "1")
+    refusing_writes(own_redis)
 
     report = trigger(engine, settings, RedisCache(own_redis))
 
