@@ -110,7 +110,8 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
     if args.count < 0:
         raise UsageError("--count: must not be negative")
     engine = ctx.engine  # the schedules need no cache: it is never opened here
-    # The real clock, whatever --now says: it decides which runners are alive now.
+    # The real clock, whatever --now says: it decides which runners are alive now, and
+    # how long ago a run finished.
     real_now = utc_now()
     schedules = live_schedules(engine, ctx.settings, real_now)
     states = runs.job_states(engine)
@@ -142,7 +143,7 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
             "-" if not slots
             else f"{slots[0].astimezone(tz):%Y-%m-%d %H:%M %Z} ({_relative(slots[0], now)})",
             "never" if record is None
-            else f"{record.status} {_relative(record.finished_at or record.created_at, now)}",
+            else f"{record.status} {_relative(record.finished_at or record.created_at, real_now)}",
             state,
         ))
     _warn_schedules(ctx, schedules)

@@ -291,6 +291,18 @@ def test_jobs_paused_and_disabled_show_no_next_run(
     assert len(by_job["expiry-checker"]["next_runs"]) == 3  # the default --count
 
 
+def test_jobs_with_a_past_now_says_how_long_ago_the_last_run_was(
+        engine: Engine, run_cli: Any) -> None:
+    expiring_tenants(engine)
+    assert run_cli("trigger", "expiry-checker", "--now", NOW_ARG)[0] == 0
+    code, out, _ = run_cli("jobs", "--now", "2026-03-01T00:00:00Z")
+    assert code == 0
+    line = next(ln for ln in out.splitlines() if ln.startswith("expiry-checker"))
+    # The run finished moments ago on the real clock, however far back --now is.
+    assert re.search(r"succeeded \d+s ago", line), line
+    assert "2026-03-02 00:00 UTC (in 1d 0h)" in line
+
+
 # --- trigger / preview -----------------------------------------------------------------------
 
 
