@@ -127,7 +127,7 @@ class EffectiveSchedules:
             whose = "live runner's" if len(self.runners) == 1 else "live runners'"
             lines.append(
                 f"the {whose} configuration ({', '.join(sources)}) differs from the local one "
-                f"({self.local_source}) for {self._describe(self.differs)}; showing the runners'"
+                f"({self.local_source}) for {self._describe(self.differs)}; showing the {whose} schedules"
             )
         if self.disagree:
             parts = []
