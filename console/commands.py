@@ -29,6 +29,7 @@ from jobs.db import check_reachable, make_engine, redact, tenants, transaction
 from jobs.errors import ExitCode, UnknownJobError, UsageError
 from jobs.presence import Presence, list_runners, who_am_i
 from jobs.records import ItemStatus, Progress, RunParams, RunRecord, RunReport
+from jobs.runner_schedules import EffectiveSchedules, live_schedules
 from jobs.settings import JOB_IDS
 from jobs.timeutil import as_utc, iso, parse_timestamp, utc_now
 
@@ -99,20 +100,31 @@ def _parse_date(flag: str, text: str | None) -> date | None:
 # --- jobs ------------------------------------------------------------------------------------
 
 
+def _warn_schedules(ctx: CliContext, schedules: EffectiveSchedules) -> None:
+    for line in schedules.warnings():
+        ctx.err(f"storeflow-ops: warning: {line}")
+
+
 def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
     now = _parse_now(args.now)
     if args.count < 0:
         raise UsageError("--count: must not be negative")
     engine = ctx.engine  # the schedules need no cache: it is never opened here
+    # The real clock, whatever --now says: it decides which runners are alive now, and
+    # how long ago a run finished.
+    real_now = utc_now()
+    schedules = live_schedules(engine, ctx.settings, real_now)
     states = runs.job_states(engine)
     last = runs.last_runs(engine)
     rows: list[dict[str, Any]] = []
     human: list[tuple[str, ...]] = []
     for job_id in JOB_IDS:
-        job = ctx.settings.job(job_id)
+        job = schedules.job(job_id)
         tz = job.schedule.timezone
         record = last.get(job_id)
-        slots = job.schedule.next_slots(now, max(args.count, 1))
+        # A paused or disabled job fires nothing, so it has no next run to show.
+        fires = job.enabled and not states[job_id].paused
+        slots = job.schedule.next_slots(now, max(args.count, 1)) if fires else []
         rows.append({
             "job": job_id,
             "schedule": job.schedule.expression,
@@ -122,6 +134,7 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
             # In the job's own zone, so the offset says which wall clock the cron reads.
             "next_runs": [s.astimezone(tz).isoformat() for s in slots[: args.count]],
             "last_run": None if record is None else record.to_json(),
+            "schedule_source": schedules.source_of(job_id),
         })
         state = "disabled" if not job.enabled else "paused" if states[job_id].paused else "active"
         human.append((
@@ -130,9 +143,10 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
             "-" if not slots
             else f"{slots[0].astimezone(tz):%Y-%m-%d %H:%M %Z} ({_relative(slots[0], now)})",
             "never" if record is None
-            else f"{record.status} {_relative(record.finished_at or record.created_at, now)}",
+            else f"{record.status} {_relative(record.finished_at or record.created_at, real_now)}",
             state,
         ))
+    _warn_schedules(ctx, schedules)
     if ctx.json:
         ctx.emit_json(rows)
         return ExitCode.OK
@@ -418,14 +432,18 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
     processes = list_runners(engine, now, ctx.settings.runner.stale_after,
                              kinds=("runner", "console", "cli"))
     alive = any(p.alive and p.kind == "runner" for p in processes)
+    schedules = live_schedules(engine, ctx.settings, now, processes)
     states = runs.job_states(engine)
     running = {r.job_id: r.run_id for r in runs.running_runs(engine)}
     jobs = [
-        {"job": job_id, "enabled": ctx.settings.job(job_id).enabled,
+        {"job": job_id, "enabled": schedules.job(job_id).enabled,
          "paused": states[job_id].paused, "running": job_id in running,
-         "run_id": running.get(job_id)}
+         "run_id": running.get(job_id), "schedule": schedules.job(job_id).expression,
+         "timezone": schedules.job(job_id).timezone,
+         "schedule_source": schedules.source_of(job_id)}
         for job_id in JOB_IDS
     ]
+    _warn_schedules(ctx, schedules)
     if ctx.json:
         ctx.emit_json({"runner_alive": alive, "runners": [p.to_json() for p in processes],
                        "jobs": jobs, "database": redact(ctx.settings.database_url)})
@@ -440,9 +458,10 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
             ))
         ctx.out("")
         ctx.out(table(
-            ("JOB", "STATE", "RUNNING"),
+            ("JOB", "STATE", "RUNNING", "SCHEDULE"),
             [(j["job"], "disabled" if not j["enabled"] else "paused" if j["paused"] else "active",
-              f"run {j['run_id']}" if j["running"] else "-") for j in jobs],
+              f"run {j['run_id']}" if j["running"] else "-",
+              f"{j['schedule']} {j['timezone']} ({j['schedule_source']})") for j in jobs],
         ))
     if not alive:
         ctx.err("storeflow-ops: no runner is alive: scheduled slots are not firing "

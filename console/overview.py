@@ -13,6 +13,7 @@ from jobs.cache import Cache
 from jobs.errors import OpsError
 from jobs.presence import RunnerInfo, list_runners
 from jobs.records import RunRecord
+from jobs.runner_schedules import EffectiveSchedules, live_schedules
 from jobs.runs import JobState
 from jobs.settings import Settings
 
@@ -29,6 +30,7 @@ class Overview:
     outbox_counts: Mapping[str, int]
     cache_error: str | None
     recent: tuple[RunRecord, ...] = ()  # the newest runs of every job
+    schedules: EffectiveSchedules | None = None  # what the live runners plan with
 
     @property
     def alive_runners(self) -> tuple[RunnerInfo, ...]:
@@ -46,13 +48,15 @@ def load_overview(engine: Engine, settings: Settings, cache: Cache | None,
             cache.ping()
         except OpsError as exc:
             cache_error = exc.message
+    runners = tuple(list_runners(engine, now, settings.runner.stale_after))
     return Overview(
         loaded_at=now,
         states=runs.job_states(engine),
         last_runs=runs.last_runs(engine),
         running=running,
-        runners=tuple(list_runners(engine, now, settings.runner.stale_after)),
+        runners=runners,
         outbox_counts=outbox.counts_by_status(engine),
         cache_error=cache_error,
         recent=tuple(runs.history(engine, None, limit=RECENT)),
+        schedules=live_schedules(engine, settings, now, runners),
     )

@@ -58,6 +58,7 @@ from jobs.db import ops_runs, redact, transaction
 from jobs.errors import OpsError
 from jobs.presence import Presence
 from jobs.records import RunReport, RunStatus, Trigger
+from jobs.runner_schedules import record_schedules
 from jobs.runs import (
     abandon_run,
     claim_slot,
@@ -565,7 +566,11 @@ def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
     engine = ctx.engine  # reachable and migrated, or exit 3
     install(runlog)
     clock = utc_now
-    presence = Presence(engine, "runner", clock, settings.runner.heartbeat_interval).start()
+    presence = Presence(engine, "runner", clock, settings.runner.heartbeat_interval)
+    # Before it registers: the faces show a live runner's schedules, so it never looks
+    # alive without them on record.
+    record_schedules(engine, presence.id, settings)
+    presence.start()
     state = RunnerState(
         engine=engine, settings=settings, runner_id=presence.id,
         started_by=f"runner@{socket.gethostname()}", log=runlog, clock=clock,

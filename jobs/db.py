@@ -270,6 +270,23 @@ ops_runners = Table(
     Column("stopped_at", UTCDateTime, nullable=True),
 )
 
+# The schedules each runner plans with (one row per runner and job), written before the
+# runner registers: the faces show what the live runners will do, not what the viewer's
+# own configuration says.
+ops_runner_schedules = Table(
+    "ops_runner_schedules",
+    ops,
+    Column("runner_id", String(64), primary_key=True),
+    Column("job_id", String(64), primary_key=True),
+    Column("schedule", Text, nullable=False),
+    Column("timezone", Text, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    # sha256 of the job's whole effective configuration, so settings beside the schedule
+    # that differ (misfire_grace, batch_size, ...) are noticed too.
+    Column("config_digest", String(64), nullable=False),
+    Column("config_source", Text, nullable=False),  # the schedules file the runner read
+)
+
 ops_job_state = Table(
     "ops_job_state",
     ops,

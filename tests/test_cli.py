@@ -33,6 +33,7 @@ from jobs.db import (
     platform,
     tenants,
 )
+from jobs.migrate import head_revision
 from jobs.presence import Presence
 from jobs.settings import Settings
 from jobs.timeutil import utc_now
@@ -134,7 +135,8 @@ def test_jobs_json_fields_next_runs_and_last_run(engine: Engine, run_cli: Any) -
     by_job = {r["job"]: r for r in rows}
     for row in rows:
         assert set(row) == {"job", "schedule", "timezone", "enabled", "paused", "next_runs",
-                            "last_run"}
+                            "last_run", "schedule_source"}
+        assert row["schedule_source"] == "local"  # no runner is alive
         assert row["timezone"] == "UTC" and row["enabled"] is True and row["paused"] is False
         assert row["last_run"] is None
     assert by_job["expiry-checker"]["schedule"] == "0 0 * * *"
@@ -178,6 +180,127 @@ def test_jobs_does_not_need_the_cache(engine: Engine, env: dict[str, str]) -> No
     proc = cli({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}, "jobs", "--json")
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)) == 4
+
+
+def write_schedules(path: Path, expiry: str, *, others_enabled: bool = True) -> Path:
+    lines = ["[jobs.expiry-checker]", f'schedule = "{expiry}"', ""]
+    if not others_enabled:
+        for other in ("payment-reminders", "analytics-aggregate", "cleanup"):
+            lines += [f"[jobs.{other}]", "enabled = false", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def start_runner(engine: Engine, config: Path, env: dict[str, str]) -> Presence:
+    """A runner as `storeflow-ops run --config CONFIG` registers itself (the real runner
+    process is tested in test_runner_processes.py)."""
+    from jobs.runner_schedules import record_schedules
+    from jobs.settings import Overrides, load_settings
+
+    settings = load_settings(Overrides(config=str(config)), env=env)
+    presence = Presence(engine, "runner", clock=utc_now, interval=3600)
+    record_schedules(engine, presence.id, settings)
+    return presence.start()
+
+
+def test_jobs_shows_the_live_runners_schedules_and_warns_once(
+        engine: Engine, run_cli: Any, env: dict[str, str], tmp_path: Path) -> None:
+    slow = write_schedules(tmp_path / "slow.toml", "@daily", others_enabled=False)
+    write_schedules(tmp_path / "schedules.toml", "* * * * * */5")  # the viewer's, in the cwd
+
+    code, out, err = run_cli("jobs", "--now", NOW_ARG)  # no runner: the local configuration
+    assert code == 0 and err == ""
+    assert "* * * * * */5" in next(ln for ln in out.splitlines() if ln.startswith("expiry"))
+
+    runner = start_runner(engine, slow, env)
+    try:
+        code, out, err = run_cli("jobs", "--now", NOW_ARG)
+        assert code == 0
+        line = next(ln for ln in out.splitlines() if ln.startswith("expiry-checker"))
+        assert "@daily" in line and "daily at 00:00" in line and "*/5" not in line
+        assert "2026-11-29 00:00" in line and "(in 23h 30m)" in line
+        cleanup = next(ln for ln in out.splitlines() if ln.startswith("cleanup"))
+        assert cleanup.split()[-1] == "disabled" and " - " in cleanup
+        warning = err.strip().splitlines()
+        assert len(warning) == 1, err
+        assert warning[0].startswith("storeflow-ops: warning:")
+        assert "slow.toml" in warning[0] and "schedules.toml" in warning[0]
+        assert "expiry-checker (runner: @daily UTC, local: * * * * * */5 UTC)" in warning[0]
+
+        code, out, err = run_cli("jobs", "--now", NOW_ARG, "--count", "2", "--json")
+        assert code == 0 and len(err.strip().splitlines()) == 1
+        by_job = {r["job"]: r for r in json.loads(out)}
+        assert by_job["expiry-checker"]["schedule"] == "@daily"
+        assert by_job["expiry-checker"]["next_runs"] == ["2026-11-29T00:00:00+00:00",
+                                                         "2026-11-30T00:00:00+00:00"]
+        assert by_job["cleanup"]["enabled"] is False and by_job["cleanup"]["next_runs"] == []
+        assert {r["schedule_source"] for r in by_job.values()} == {"runner"}
+
+        code, out, err = run_cli("status", "--json")
+        assert code == 0 and len(err.strip().splitlines()) == 1 and "slow.toml" in err
+        jobs = {j["job"]: j for j in json.loads(out)["jobs"]}
+        assert jobs["expiry-checker"]["schedule"] == "@daily"
+        assert jobs["expiry-checker"]["schedule_source"] == "runner"
+        assert jobs["cleanup"]["enabled"] is False
+
+        # The runner's own configuration, seen from anywhere: nothing to warn about.
+        code, out, err = run_cli("--config", str(slow), "jobs")
+        assert code == 0 and err == ""
+    finally:
+        runner.stop()
+
+    code, out, err = run_cli("jobs", "--now", NOW_ARG, "--json")  # stopped: local again
+    assert code == 0 and err == ""
+    assert {r["schedule_source"] for r in json.loads(out)} == {"local"}
+    assert json.loads(out)[0]["schedule"] == "* * * * * */5"
+
+
+def test_jobs_warns_when_live_runners_disagree(
+        engine: Engine, run_cli: Any, env: dict[str, str], tmp_path: Path) -> None:
+    older = start_runner(engine, write_schedules(tmp_path / "a.toml", "0 6 * * *"), env)
+    newer = start_runner(engine, write_schedules(tmp_path / "b.toml", "0 7 * * *"), env)
+    try:
+        code, out, err = run_cli("--config", str(tmp_path / "b.toml"), "jobs", "--json")
+        assert code == 0
+        assert json.loads(out)[0]["schedule"] == "0 7 * * *"  # the newest runner's
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "live runners disagree about expiry-checker" in lines[0]
+        assert f"pid {os.getpid()}: 0 6 * * * UTC" in lines[0]
+        assert f"pid {os.getpid()}: 0 7 * * * UTC" in lines[0]
+    finally:
+        newer.stop()
+        older.stop()
+
+
+def test_jobs_paused_and_disabled_show_no_next_run(
+        engine: Engine, run_cli: Any, tmp_path: Path) -> None:
+    config = tmp_path / "off.toml"
+    config.write_text("[jobs.payment-reminders]\nenabled = false\n")
+    assert run_cli("pause", "cleanup")[0] == 0
+    code, out, _ = run_cli("--config", str(config), "jobs", "--now", NOW_ARG)
+    assert code == 0
+    rows = {ln.split()[0]: ln for ln in out.splitlines()[1:]}
+    for job_id, state in (("payment-reminders", "disabled"), ("cleanup", "paused")):
+        assert rows[job_id].split()[-1] == state
+        assert "2026-" not in rows[job_id] and " in " not in rows[job_id], rows[job_id]
+    assert "2026-11-29 00:00" in rows["expiry-checker"]
+    by_job = {r["job"]: r for r in run_json(run_cli, "--config", str(config), "jobs",
+                                            "--now", NOW_ARG)}
+    assert by_job["payment-reminders"]["next_runs"] == []
+    assert by_job["cleanup"]["next_runs"] == []
+    assert len(by_job["expiry-checker"]["next_runs"]) == 3  # the default --count
+
+
+def test_jobs_with_a_past_now_says_how_long_ago_the_last_run_was(
+        engine: Engine, run_cli: Any) -> None:
+    expiring_tenants(engine)
+    assert run_cli("trigger", "expiry-checker", "--now", NOW_ARG)[0] == 0
+    code, out, _ = run_cli("jobs", "--now", "2026-03-01T00:00:00Z")
+    assert code == 0
+    line = next(ln for ln in out.splitlines() if ln.startswith("expiry-checker"))
+    # The run finished moments ago on the real clock, however far back --now is.
+    assert re.search(r"succeeded \d+s ago", line), line
+    assert "2026-03-02 00:00 UTC (in 1d 0h)" in line
 
 
 # --- trigger / preview -----------------------------------------------------------------------
@@ -509,9 +632,10 @@ def test_db_upgrade_reports_the_revision(tmp_path: Path) -> None:
            "PATH": "/usr/bin:/bin"}
     proc = cli(env, "db", "upgrade", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "none -> 0001" in proc.stdout
+    head = head_revision()
+    assert f"none -> {head}" in proc.stdout
     proc = cli(env, "db", "upgrade", cwd=tmp_path)
-    assert proc.returncode == 0 and "already at revision 0001" in proc.stdout
+    assert proc.returncode == 0 and f"already at revision {head}" in proc.stdout
     # Only the ops_ tables: the platform's are never created by an upgrade.
     eng = make_engine(env["DATABASE_URL"])
     from sqlalchemy import inspect

@@ -321,3 +321,45 @@ def test_a_runner_with_new_schedules_on_the_demo_counts_slots_from_its_start(
     assert not [e for e in runner.events() if e["event"].startswith("missed")
                 or e["event"] == "slots-missed"]
     demo.dispose()
+
+
+def test_jobs_and_status_show_the_live_runners_schedule_not_the_viewers(
+        engine: Engine, env: dict[str, str], tmp_path: Path,
+        spawn: Callable[..., Runner]) -> None:
+    """A runner started with its own --config (@daily); `jobs` and `status` run in a
+    directory whose ./schedules.toml says every 5 seconds. They show what the runner will
+    do, and say once that the local configuration differs."""
+    slow = write_config(tmp_path / "slow.toml", "@daily")
+    write_config(tmp_path / "schedules.toml", "* * * * * */5")  # the viewer's
+    runner = spawn(env, slow, "runner")
+    wait_until("the runner alive", lambda: alive_runners(engine, {runner.pid}) == 1)
+
+    done = cli(env, tmp_path, "jobs")
+    assert done.returncode == 0, done.stderr
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith(JOB))
+    assert "@daily" in line and "daily at 00:00 UTC" in line and "*/5" not in line
+    tomorrow = (utc_now() + timedelta(days=1)).date()  # the next midnight, UTC
+    if f"{tomorrow:%Y-%m-%d} 00:00 UTC" not in line:  # it may have struck in between
+        tomorrow += timedelta(days=1)
+    assert f"{tomorrow:%Y-%m-%d} 00:00 UTC" in line, line
+    warnings = done.stderr.strip().splitlines()
+    assert len(warnings) == 1, done.stderr
+    assert "warning" in warnings[0] and str(slow) in warnings[0]
+    assert f"{JOB} (runner: @daily UTC, local: * * * * * */5 UTC)" in warnings[0]
+
+    done = cli(env, tmp_path, "jobs", "--json", "--count", "1")
+    assert done.returncode == 0 and len(done.stderr.strip().splitlines()) == 1
+    row = next(r for r in json.loads(done.stdout) if r["job"] == JOB)
+    assert row["schedule"] == "@daily" and row["schedule_source"] == "runner"
+    assert row["next_runs"] == [f"{tomorrow.isoformat()}T00:00:00+00:00"]
+
+    done = cli(env, tmp_path, "status", "--json")
+    assert done.returncode == 0 and len(done.stderr.strip().splitlines()) == 1
+    job = next(j for j in json.loads(done.stdout)["jobs"] if j["job"] == JOB)
+    assert job["schedule"] == "@daily" and job["schedule_source"] == "runner"
+
+    assert runner.stop() == 0
+    done = cli(env, tmp_path, "jobs", "--json")  # no live runner: the local configuration
+    assert done.returncode == 0 and done.stderr == ""
+    row = next(r for r in json.loads(done.stdout) if r["job"] == JOB)
+    assert row["schedule"] == "* * * * * */5" and row["schedule_source"] == "local"

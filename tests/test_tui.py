@@ -142,6 +142,45 @@ async def test_jobs_screen_shows_schedules_countdowns_and_runner_state(
         assert "1 runner alive" in status and "No runner" not in status
 
 
+async def test_jobs_screen_shows_the_live_runners_schedules_and_says_they_differ(
+        engine: Engine, settings: Settings, tmp_path: Any) -> None:
+    from jobs.runner_schedules import record_schedules
+
+    slow = tmp_path / "slow.toml"
+    slow.write_text('[jobs.expiry-checker]\nschedule = "0 6 * * *"\n'
+                    '[jobs.cleanup]\nenabled = false\n')
+    runner_settings = load_settings(Overrides(config=str(slow)), env={})
+    app = make_app(settings, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        table = app.screen.query_one("#jobs", DataTable)
+        note = app.screen.query_one("#schedules-note", Static)
+        assert cell(table, "expiry-checker", "next") == "29 Nov 00:00 UTC\nin 14h 00m 00s"
+        assert not note.display  # no runner: this console's configuration, nothing to say
+
+        runner = Presence(engine, "runner", clock, interval=3600)
+        record_schedules(engine, runner.id, runner_settings)
+        runner.start()
+        app.refresh_data()
+        await settle(app, pilot)
+        assert cell(table, "expiry-checker", "schedule") == "0 6 * * *\ndaily at 06:00 UTC"
+        assert cell(table, "expiry-checker", "next") == "29 Nov 06:00 UTC\nin 20h 00m 00s"
+        assert cell(table, "cleanup", "next").startswith("disabled")
+        assert cell(table, "cleanup", "state") == "off"
+        assert note.display
+        warning = text(note)
+        assert warning.count("\n") == 0 and str(slow) in warning
+        assert "expiry-checker (runner: 0 6 * * * UTC, local: 0 0 * * * UTC)" in warning
+        assert "cleanup (runner: disabled, local: 0 2 * * 0 UTC)" in warning
+
+        runner.stop()
+        app.refresh_data()
+        await settle(app, pilot)
+        assert cell(table, "expiry-checker", "schedule") == "0 0 * * *\ndaily at 00:00 UTC"
+        assert cell(table, "expiry-checker", "next") == "29 Nov 00:00 UTC\nin 14h 00m 00s"
+        assert not note.display
+
+
 async def test_trigger_asks_runs_in_a_worker_and_opens_the_result(
         engine: Engine, settings: Settings) -> None:
     a, b, c = expiring_tenants(engine)

@@ -22,6 +22,7 @@ from console.widgets.status_bar import StatusBar
 from console.widgets.tables import RowTable
 from jobs.records import RunRecord
 from jobs.registry import JOBS
+from jobs.runner_schedules import JobSchedule
 from jobs.settings import JOB_IDS
 
 RECENT_COLUMNS = (("Run", "run", 7), ("Job", "job", 19), ("Trigger", "trigger", 8),
@@ -57,10 +58,13 @@ class JobsScreen(OpsScreen):
         super().__init__()
         self.overview: Overview | None = None
         self._next: dict[str, datetime | None] = {}
+        self._shown: dict[str, JobSchedule] = {}  # the schedule each row shows
+        self._local: dict[str, JobSchedule] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield StatusBar(id="status")
+        yield Static("", id="schedules-note")
         yield RowTable(id="jobs", cell_padding=1)
         yield Static("", id="job-detail")
         yield Label("Recent runs of every job", id="recent-title", classes="screen-title")
@@ -74,11 +78,11 @@ class JobsScreen(OpsScreen):
         for label, key, width in COLUMNS:
             table.add_column(label, key=key, width=width)
         for job_id in JOB_IDS:
-            cfg = self.session.settings.job(job_id)
+            sched = self._schedule(job_id)
+            self._shown[job_id] = sched
             table.add_row(
                 Text.assemble((job_id, "bold"), "\n", (JOBS[job_id].title, "dim")),
-                Text.assemble(clip(cfg.schedule.expression, 25), "\n",
-                              (clip(cfg.schedule.describe(), 25), "dim")),
+                schedule_cell(sched),
                 Text(""),
                 Text("…", style="dim"),
                 Text("…", style="dim"),
@@ -105,12 +109,20 @@ class JobsScreen(OpsScreen):
     def _paused(self, job_id: str) -> bool:
         return bool(self.overview and self.overview.states[job_id].paused)
 
+    def _schedule(self, job_id: str) -> JobSchedule:
+        """The live runners' schedule for the job, or this console's until they are read."""
+        if self.overview is not None and self.overview.schedules is not None:
+            return self.overview.schedules.job(job_id)
+        if job_id not in self._local:
+            self._local[job_id] = JobSchedule.of(self.session.settings.job(job_id))
+        return self._local[job_id]
+
     def tick(self) -> None:
         """Move each countdown on by a second; recompute a slot only once it has passed."""
         now = self.session.clock()
         table = self.query_one("#jobs", DataTable)
         for job_id in JOB_IDS:
-            cfg = self.session.settings.job(job_id)
+            cfg = self._schedule(job_id)
             tz = cfg.schedule.timezone
             if not cfg.enabled:
                 cell = Text.assemble(("disabled", "dim"), "\n", ("enabled = false", "dim"))
@@ -134,7 +146,11 @@ class JobsScreen(OpsScreen):
         now = self.session.clock()
         for job_id in JOB_IDS:
             table.update_cell(job_id, "last", self._last_cell(job_id, now))
-            cfg = self.session.settings.job(job_id)
+            cfg = self._schedule(job_id)
+            if cfg != self._shown.get(job_id):
+                self._shown[job_id] = cfg
+                self._next.pop(job_id, None)  # counted down on the old schedule
+                table.update_cell(job_id, "schedule", schedule_cell(cfg))
             if not cfg.enabled:
                 state = Text("off", style="dim")
             elif overview.states[job_id].paused:
@@ -142,6 +158,7 @@ class JobsScreen(OpsScreen):
             else:
                 state = Text("active", style="green")
             table.update_cell(job_id, "state", state)
+        self._schedules_note(overview)
         self.tick()
         self._detail()
         self._recent(overview)
@@ -162,6 +179,13 @@ class JobsScreen(OpsScreen):
             table.add_row(*recent_row(r), key=str(r.run_id))
         if overview.recent:
             table.move_cursor(row=min(selected, len(overview.recent) - 1), animate=False)
+
+    def _schedules_note(self, overview: Overview) -> None:
+        note = self.query_one("#schedules-note", Static)
+        lines = [] if overview.schedules is None else overview.schedules.warnings()
+        note.update(Text("\n".join(f"⚠ {line[:1].upper()}{line[1:]}" for line in lines),
+                         style="yellow"))
+        note.display = bool(lines)
 
     def _last_cell(self, job_id: str, now: datetime) -> Text:
         assert self.overview is not None
@@ -187,7 +211,8 @@ class JobsScreen(OpsScreen):
         text.append(f": {spec.description}\n")
         grace = "no limit" if cfg.misfire_grace is None else duration(
             cfg.misfire_grace.total_seconds())
-        text.append(f"{spec.endpoint} · {cfg.timezone} · concurrency {cfg.concurrency}"
+        text.append(f"{spec.endpoint} · {self._schedule(job_id).timezone}"
+                    f" · concurrency {cfg.concurrency}"
                     f" · misfire grace {grace}", style="dim")
         if self.overview is not None:
             now = self.session.clock()
@@ -255,6 +280,11 @@ class JobsScreen(OpsScreen):
 
     def action_refresh(self) -> None:
         self.ops.refresh_data()
+
+
+def schedule_cell(sched: JobSchedule) -> Text:
+    return Text.assemble(clip(sched.expression, 25), "\n",
+                         (clip(sched.schedule.describe(), 25), "dim"))
 
 
 def recent_row(r: RunRecord) -> tuple[str | Text, ...]:
