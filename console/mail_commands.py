@@ -12,6 +12,7 @@ Exit codes of `outbox send` (SPEC 4):
 from __future__ import annotations
 
 import argparse
+import os
 
 from console.context import CliContext
 from jobs import sender
@@ -27,8 +28,10 @@ def cmd_outbox_send(ctx: CliContext, args: argparse.Namespace) -> int:
     settings = ctx.settings
     smtp = sender.parse_smtp_url(settings.smtp_url) if settings.smtp_url else None
     now = utc_now()
+    # The pid tells apart two `outbox send` of one user on one host: each may only send
+    # and mark the emails it claimed itself.
     result = sender.drain(ctx.engine, settings, now=now, clock=utc_now, smtp=smtp,
-                          sender_id=f"cli:{who_am_i()}"[:64])
+                          sender_id=f"cli:{os.getpid()}:{who_am_i()}"[:64])
     if ctx.json:
         ctx.emit_json(result.to_json())
     if result.skipped_reason:

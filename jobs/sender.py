@@ -4,11 +4,18 @@ Jobs only queue emails (jobs.outbox). `drain()` delivers the due ones:
 
 - It claims due rows (`status = 'pending' AND next_attempt_at <= now`, lease free or
   expired) in batches of `outbox.batch_size`. A claim writes `claimed_by` and
-  `claimed_until` (a lease) and COMMITS before a single byte goes to the SMTP server.
+  `claimed_until` (a lease of `outbox.lease` seconds) and COMMITS before a single byte
+  goes to the SMTP server.
   On PostgreSQL the ids are picked with `SELECT ... FOR UPDATE SKIP LOCKED`, so two
   senders never pick the same row and never wait for each other; on SQLite the claim
   runs in a BEGIN IMMEDIATE transaction (what jobs.db.transaction does there), which
   makes it single-writer. Either way a row is held by one sender until its lease ends.
+- A batch can outlast its lease (a slow server), and then another sender may claim
+  the rows not sent yet. So right before each message the sender renews that row's
+  lease, on the condition that the row is still pending and still claimed by this
+  sender; a row it lost is skipped, not sent. Every mark and hand-back carries the same
+  condition, so a sender never overwrites the outcome of a row another sender holds.
+  `sender_id` must therefore be unique among live senders.
 - Each batch goes over one SMTP connection, paced by `outbox.rate_limit` messages per
   second (0: unlimited). Each message is marked the moment the server answers: `sent`
   (sent_at, message_id); a temporary failure (4xx, connection refused or lost, timeout)
@@ -27,10 +34,11 @@ outcome: the other choice, marking before sending, turns the same crash into a l
 email, and a suspension notice that never arrives costs a store owner far more than a
 second copy. The copy carries the same `Message-ID` (derived from the idempotency key),
 so mail clients and most servers fold the two into one. Nothing else sends twice: a
-row is only sent by the sender holding its lease, and a row whose mark failed is the
-only one that can come back. (Marks are committed without waiting for the disk, so a
-crash of the database server itself can also forget the last marks: the same resend,
-never a loss.)
+row is only sent by the sender holding its lease, checked right before sending, and a
+row whose mark failed is the only one that can come back. (The check covers the send
+that follows as long as one message takes less than the lease. Marks are committed
+without waiting for the disk, so a crash of the database server itself can also forget
+the last marks: the same resend, never a loss.)
 
 The password in SMTP_URL never reaches a message or a log line (jobs.db.redact).
 """
@@ -55,7 +63,7 @@ from email.utils import format_datetime, parseaddr
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
@@ -65,7 +73,7 @@ from jobs.settings import OutboxConfig, Settings
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(minutes=5)
+LEASE = timedelta(seconds=OutboxConfig.lease)  # the default `outbox.lease`
 NO_SMTP = "SMTP_URL is not set"
 MESSAGE_ID_DOMAIN = "storeflow-ops"
 
@@ -325,7 +333,8 @@ def drain(
         if remaining is not None:
             remaining -= len(batch)
         try:
-            _send_batch(engine, smtp, cfg, batch, envelope_from=envelope_from,
+            _send_batch(engine, smtp, cfg, batch, sender_id=sender_id, lease=lease,
+                        envelope_from=envelope_from,
                         mail_from=settings.mail_from, clock=clock, pacer=pacer,
                         jitter=jitter, tally=tally, stop=stop, on_accepted=on_accepted)
         except _Unreachable as exc:
@@ -337,11 +346,13 @@ def drain(
 
 
 def _lease_for(cfg: OutboxConfig) -> timedelta:
-    # A slow rate limit can make one batch outlast the default lease; a lease that
-    # ends mid-batch would let a second sender send the same rows.
+    # A slow rate limit can make one batch outlast the configured lease; a lease that
+    # ends mid-batch lets a second sender take the rows not sent yet (each is then sent
+    # by one of the two, but the batch is scattered).
+    lease = timedelta(seconds=cfg.lease)
     if cfg.rate_limit > 0:
-        return max(LEASE, timedelta(seconds=2 * cfg.batch_size / cfg.rate_limit + 60))
-    return LEASE
+        return max(lease, timedelta(seconds=2 * cfg.batch_size / cfg.rate_limit + 60))
+    return lease
 
 
 def _claim(engine: Engine, *, sender_id: str, due: datetime, at: datetime, lease: timedelta,
@@ -495,6 +506,10 @@ class _Marks:
     """Writes each outcome the moment it is known, in its own transaction, on one database
     connection held for the batch (no pool checkout and ping per message).
 
+    Every write here (renewal, mark, hand-back) applies only to a row still pending and
+    still claimed by `sender_id`: a row whose lease ran out and that another sender
+    claimed is that sender's to send and mark.
+
     These commits do not wait for the disk (PostgreSQL: synchronous_commit off; SQLite:
     synchronous NORMAL under WAL; for this connection only, restored after). A crash of
     the database server or the machine can then forget the last fraction of a second of
@@ -503,9 +518,12 @@ class _Marks:
     """
 
     def __init__(self, engine: Engine, cfg: OutboxConfig, clock: Callable[[], datetime],
-                 jitter: Callable[[], float], tally: _Tally) -> None:
+                 jitter: Callable[[], float], tally: _Tally, *, sender_id: str,
+                 lease: timedelta) -> None:
         self.engine = engine
         self.cfg = cfg
+        self.sender_id = sender_id
+        self.lease = lease
         self.clock = clock
         self.jitter = jitter
         self.tally = tally
@@ -558,15 +576,42 @@ class _Marks:
                                        first_line(exc)) from None
             raise
 
-    def _write(self, row: Claimed, values: dict[str, Any]) -> None:
+    def _held(self, ids: Sequence[int]) -> ColumnElement[bool]:
+        t = ops_email_outbox
+        return and_(t.c.id.in_(ids), t.c.status == "pending", t.c.claimed_by == self.sender_id)
+
+    def _write(self, row: Claimed, values: dict[str, Any]) -> bool:
+        """Apply `values` if the row is still ours; False when another sender took it."""
         assert self.conn is not None
         t = ops_email_outbox
         with self._unreachable(), self.conn.begin():
-            self.conn.execute(update(t).where(t.c.id == row.id, t.c.status == "pending")
-                              .values(claimed_by=None, claimed_until=None, **values))
+            done = self.conn.execute(update(t).where(self._held([row.id]))
+                                     .values(claimed_by=None, claimed_until=None, **values))
+        if done.rowcount == 1:
+            return True
+        log.warning("email %d to %s: claim lost (its lease ran out and another sender "
+                    "took it); its outcome here is not recorded", row.id, row.recipient)
+        return False
+
+    def renew(self, row: Claimed) -> bool:
+        """Extend the lease of the row about to be sent: True if it is still ours to send.
+
+        Checked in the database right before the send, so a row claimed by another
+        sender after our lease ran out (a batch slower than the lease) is skipped."""
+        assert self.conn is not None
+        t = ops_email_outbox
+        with self._unreachable(), self.conn.begin():
+            done = self.conn.execute(update(t).where(self._held([row.id]))
+                                     .values(claimed_until=self.clock() + self.lease))
+        if done.rowcount == 1:
+            return True
+        log.info("email %d skipped: another sender claimed it after this one's lease ran out",
+                 row.id)
+        return False
 
     def sent(self, row: Claimed) -> None:
         t = ops_email_outbox
+        # Counted even if the mark finds the row taken: the message did go out.
         self._write(row, {"status": "sent", "sent_at": self.clock(),
                           "message_id": message_id(row.idempotency_key),
                           "attempts": t.c.attempts + 1})
@@ -574,8 +619,9 @@ class _Marks:
 
     def permanent(self, row: Claimed, answer: str) -> None:
         t = ops_email_outbox
-        self._write(row, {"status": "failed", "last_error": answer,
-                          "attempts": t.c.attempts + 1})
+        if not self._write(row, {"status": "failed", "last_error": answer,
+                                 "attempts": t.c.attempts + 1}):
+            return
         log.warning("email %d to %s rejected: %s", row.id, row.recipient, answer)
         self.tally.failed += 1
 
@@ -589,7 +635,8 @@ class _Marks:
         else:
             values["next_attempt_at"] = self.clock() + backoff(self.cfg, attempts,
                                                                self.jitter())
-        self._write(row, values)
+        if not self._write(row, values):
+            return
         if attempts >= self.cfg.max_attempts:
             self.tally.dead += 1
         else:
@@ -601,17 +648,17 @@ class _Marks:
             return
         t = ops_email_outbox
         with self._unreachable(), self.conn.begin():
-            self.conn.execute(update(t).where(t.c.id.in_([r.id for r in rows]),
-                                              t.c.status == "pending")
+            self.conn.execute(update(t).where(self._held([r.id for r in rows]))
                               .values(claimed_by=None, claimed_until=None))
 
 
 def _send_batch(engine: Engine, smtp: SmtpConfig, cfg: OutboxConfig, batch: Sequence[Claimed],
-                *, envelope_from: str, mail_from: str, clock: Callable[[], datetime],
+                *, sender_id: str, lease: timedelta, envelope_from: str, mail_from: str,
+                clock: Callable[[], datetime],
                 pacer: _Pacer, jitter: Callable[[], float], tally: _Tally,
                 stop: threading.Event | None,
                 on_accepted: Callable[[int], None] | None) -> None:
-    with _Marks(engine, cfg, clock, jitter, tally) as marks:
+    with _Marks(engine, cfg, clock, jitter, tally, sender_id=sender_id, lease=lease) as marks:
         try:
             conn: smtplib.SMTP | None = _connect(smtp)
         except _Unreachable as exc:
@@ -633,6 +680,12 @@ def _send_batch(engine: Engine, smtp: SmtpConfig, cfg: OutboxConfig, batch: Sequ
                 if conn is None:
                     conn = _connect(smtp)  # after a lost connection; _Unreachable ends it
                 pacer.wait()
+                # Last thing before the send: a lease renewed earlier (or the claim's,
+                # for a slow batch) may have run out since. A lost row still used its
+                # pacing slot: slower, never faster than the rate limit.
+                if not marks.renew(row):
+                    done += 1
+                    continue
                 in_hand = True
                 outcome, answer = _send_one(conn, msg, envelope_from, row.recipient)
                 if outcome == "sent":

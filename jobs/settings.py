@@ -61,6 +61,9 @@ class OutboxConfig:
     max_attempts: int = 8
     backoff_base: float = 30.0  # seconds before the 2nd attempt; doubles each time
     backoff_max: float = 3_600.0
+    # Seconds a sender holds a claimed email; renewed before each message is sent. Longer
+    # than one message can take (the SMTP timeout), or a second sender may take it mid-send.
+    lease: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,9 @@ def _merge(source: str, data: Mapping[str, Any], jobs: dict[str, JobConfig],
         jobs[jid] = _apply_job(source, jobs[jid], table)
     if "outbox" in data:
         outbox = _apply_section(source, "outbox", outbox, data["outbox"])
+        if outbox.lease < 1:
+            # A lease of nothing is free for any other sender to take at once.
+            raise ConfigError(source, "outbox.lease", f"{outbox.lease:g} is below the minimum 1 second")
     if "runner" in data:
         runner = _apply_section(source, "runner", runner, data["runner"])
         if not 0 < runner.heartbeat_interval < runner.stale_after:

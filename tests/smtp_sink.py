@@ -3,6 +3,7 @@ benchmarks. Answers can be scripted per recipient to play a server that rejects.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -72,6 +73,19 @@ class Sink:
     def messages(self) -> list[EmailMessage]:
         with self.lock:
             return [r.message for r in self.received]
+
+
+class SlowSink(Sink):
+    """A server that takes `delay` seconds to answer each message (a slow relay). One
+    event loop serves all connections, so two clients are slowed down side by side."""
+
+    def __init__(self, delay: float, answer: Answer | None = None) -> None:
+        super().__init__(answer)
+        self.delay = delay
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(self.delay)
+        return await super().handle_DATA(server, session, envelope)
 
 
 @contextmanager

@@ -24,9 +24,9 @@ from jobs import outbox, runs, sender
 from jobs.db import is_sqlite, ops_email_outbox, transaction
 from jobs.errors import ConfigError, UsageError
 from jobs.sender import SmtpConfig, parse_smtp_url
-from jobs.settings import Settings
+from jobs.settings import Overrides, Settings, load_settings
 from tests.factories import add_tenant
-from tests.smtp_sink import Sink, free_port, smtp_server
+from tests.smtp_sink import Sink, SlowSink, free_port, smtp_server
 
 NOW = datetime(2026, 11, 28, 0, 0, tzinfo=UTC)
 FROM = "StoreFlow Billing <billing@storeflow.example>"
@@ -487,6 +487,110 @@ def test_stop_hands_unsent_claims_back(engine: Engine, settings: Settings) -> No
     assert result.sent == 1
     assert [(r.status, r.claimed_by) for r in rows(engine)] == [("sent", None)] + [
         ("pending", None)] * 3
+
+
+def test_a_claim_taken_over_mid_batch_is_neither_sent_nor_marked(engine: Engine,
+                                                                 settings: Settings) -> None:
+    """A sender checks its claim right before each message and on every write: rows
+    another sender claimed meanwhile (after this one's lease ran out) are that
+    sender's to send, mark and hand back."""
+    queue(engine, 4)
+    t = ops_email_outbox
+    stop = threading.Event()
+
+    def meanwhile(row_id: int) -> None:
+        if row_id == 1:  # "other" claims rows 1, 2 and 4, as if our lease had run out
+            with transaction(engine) as conn:
+                conn.execute(t.update().where(t.c.id.in_([1, 2, 4])).values(
+                    claimed_by="other", claimed_until=NOW + timedelta(minutes=10)))
+        elif row_id == 3:
+            stop.set()  # row 4 would be handed back: it is not ours any more
+
+    sink = Sink()
+    with smtp_server(sink) as port:
+        result = drain(engine, tuned(settings), port, stop=stop, on_accepted=meanwhile)
+    # Row 1 was in flight when it was taken: it went out (and counts), row 2 did not.
+    assert [m["To"] for m in sink.messages] == ["owner-1@example.com", "owner-3@example.com"]
+    assert result.sent == 2
+    assert [(r.id, r.status, r.claimed_by) for r in rows(engine)] == [
+        (1, "pending", "other"), (2, "pending", "other"), (3, "sent", None),
+        (4, "pending", "other")]
+    assert [r.attempts for r in rows(engine)] == [0, 0, 1, 0]
+
+
+RACER = """
+import io, json, sys, time
+from console.cli import build_parser
+from console.context import CliContext
+from console.mail_commands import cmd_outbox_send
+from jobs.outbox import counts_by_status
+from jobs.settings import Overrides, load_settings
+
+# `storeflow-ops outbox send --json`, again and again until nothing is pending: the
+# command's own code (and sender id), on one database engine.
+ctx = CliContext(load_settings(Overrides()), json=True, stdout=io.StringIO())
+args = build_parser().parse_args(["outbox", "send", "--json"])
+sent, deadline = 0, time.monotonic() + 60
+while time.monotonic() < deadline:
+    ctx.stdout.seek(0)
+    ctx.stdout.truncate()
+    code = cmd_outbox_send(ctx, args)
+    if code != 0:
+        sys.exit(code)
+    sent += json.loads(ctx.stdout.getvalue())["sent"]
+    if not counts_by_status(ctx.engine).get("pending"):
+        break
+    time.sleep(0.05)
+print(json.dumps({"sent": sent}))
+"""
+
+
+@pytest.mark.slow
+def test_batches_outlasting_their_lease_send_each_email_once(engine: Engine,
+                                                             cli_env: dict[str, str],
+                                                             tmp_path: Path) -> None:
+    """Two `outbox send` processes against a slow server (0.5 s a message) with a 2 s
+    lease: a batch of 12 takes 6 s, so the other process claims the rows whose lease
+    ran out while the first is still sending. Each email still goes out exactly once."""
+    n = 12
+    keys = queue(engine, n, now=datetime.now(UTC) - timedelta(seconds=1))
+    config = tmp_path / "schedules.toml"
+    config.write_text(f"[outbox]\nbatch_size = {n}\nlease = 2\n")
+    sink = SlowSink(0.5)
+    with smtp_server(sink) as port:
+        env = {**cli_env, "MAIL_FROM": FROM, "SMTP_URL": f"smtp://127.0.0.1:{port}",
+               "STOREFLOW_CONFIG": str(config)}
+        procs = [subprocess.Popen([sys.executable, "-c", RACER], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  cwd=Path(__file__).resolve().parents[1])
+                 for _ in range(2)]
+        outputs = [p.communicate(timeout=120) for p in procs]
+    for p, (_out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err
+    sent = [json.loads(out)["sent"] for out, _err in outputs]
+    ids = Counter(m["Message-ID"] for m in sink.messages)
+    assert ids == {sender.message_id(k): 1 for k in keys}
+    assert len(sink.received) == n
+    assert sum(sent) == n and min(sent) > 0  # both sent: the takeover did happen
+    assert {r.status for r in rows(engine)} == {"sent"}
+
+
+def test_lease_setting(engine: Engine, settings: Settings, env: dict[str, str],
+                       tmp_path: Path) -> None:
+    config = tmp_path / "lease.toml"
+    config.write_text("[outbox]\nlease = 0.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(Overrides(config=str(config)), env=env, cwd=tmp_path)
+    assert info.value.key == "outbox.lease" and "minimum 1 second" in info.value.message
+    config.write_text("[outbox]\nlease = 90\n")
+    loaded = load_settings(Overrides(config=str(config)), env=env, cwd=tmp_path)
+    assert loaded.outbox.lease == 90
+    queue(engine, 1)
+    sink = Sink()
+    with smtp_server(sink) as port, pytest.raises(Crash):
+        drain(engine, tuned(loaded), port, on_accepted=crash)
+    (row,) = rows(engine)
+    assert row.claimed_until == NOW + timedelta(seconds=90)
 
 
 # --- rate limit ------------------------------------------------------------------------------
