@@ -100,12 +100,21 @@ class OpsApp(App[int]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="connect")
     def connect(self) -> None:
+        from jobs.db import require_platform_tables
+
         try:
-            self.session.connect()
+            engine = self.session.connect()
         except OpsError as exc:
             self.post_message(ConnectionFailed(exc.message))
             return
         self.post_message(Connected())
+        try:
+            require_platform_tables(engine)
+        except OpsError as exc:
+            # Runs, the outbox and the cache still show; the jobs cannot run: say so now,
+            # not only when a job or the tenant picker first trips over it.
+            self.call_from_thread(self.notify, exc.message, title="Database",
+                                  severity="warning", timeout=30)
 
     def on_connected(self, _: Connected) -> None:
         self.status = self._status(connected=True, db_error=None)
@@ -432,4 +441,9 @@ def run_app(settings: Settings, read_only: bool = False, *,
 
 
 def cmd_tui(ctx: CliContext, args: argparse.Namespace) -> int:
+    from jobs.db import make_engine
+
+    # A SQLite file that does not exist (a mistyped path) is refused here, one line and
+    # exit 2, instead of the console opening on a new, empty database.
+    make_engine(ctx.settings.database_url, create=False).dispose()
     return run_app(ctx.settings, read_only=bool(getattr(args, "read_only", False)))

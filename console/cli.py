@@ -4,6 +4,8 @@ from jobs.errors.ExitCode, and never a traceback for an expected error."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
 import sys
@@ -12,7 +14,7 @@ from functools import partial
 from importlib import import_module
 
 from console.context import CliContext
-from jobs.errors import ExitCode, OpsError
+from jobs.errors import ExitCode, JobRunningError, OpsError, UsageError
 from jobs.settings import JOB_IDS, Overrides, load_settings
 
 # command -> "module:function"; imported on demand so `storeflow-ops jobs` never pays for Textual.
@@ -37,11 +39,19 @@ HANDLERS: dict[str, str] = {
 }
 
 
+class _UsageExit(SystemExit):
+    """argparse's refusal, with its message kept for the --json error document."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ExitCode.USAGE)
+        self.message = message
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(ExitCode.USAGE)
+        raise _UsageExit(f"{self.prog}: error: {message}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,15 +156,47 @@ def _handler(args: argparse.Namespace) -> Callable[[CliContext, argparse.Namespa
     return handler
 
 
+def require_terminal(instead: str) -> None:
+    """The console reads keys from stdin and draws on stderr; without a terminal there
+    (cron, systemd, a pipe) it would spin on a dead input and write escape codes to a log."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise UsageError(f"the console needs a terminal (stdin and stderr are not one); {instead}")
+
+
+def _error_document(message: str, code: int, run_id: int | None = None) -> None:
+    """With --json, a failure is a JSON document on stdout too, so a script reading stdout
+    sees what went wrong; stderr keeps its one line."""
+    doc: dict[str, object] = {"error": message, "exit_code": code}
+    if run_id is not None:
+        doc["run_id"] = run_id
+    # A closed stdout (a reader that went away) leaves the stderr line to tell it.
+    with contextlib.suppress(OSError):
+        print(json.dumps(doc, indent=2), file=sys.stdout, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageExit as exc:
+        if "--json" in argv:
+            _error_document(exc.message, int(ExitCode.USAGE))
+        raise
     if args.command is None:
         args.read_only = False
+    wants_json = bool(getattr(args, "json", False))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="storeflow-ops: %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command in (None, "tui"):
+            require_terminal("for scheduled work use `storeflow-ops run` (the headless "
+                             "runner), for scripts the commands: `storeflow-ops --help`")
         settings = load_settings(Overrides(args.config, args.database_url, args.cache_url))
-        ctx = CliContext(settings, json=bool(getattr(args, "json", False)))
+        if settings.cache_url and args.command != "demo":  # the demo uses its own cache
+            from jobs.cache import check_redis_url
+
+            check_redis_url(settings.cache_url)
+        ctx = CliContext(settings, json=wants_json)
         code = int(_handler(args)(ctx, args))
         # Flush here, not at interpreter exit: a reader that went away must surface as
         # BrokenPipeError below, not as Python's own exit status 120.
@@ -162,9 +204,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except OpsError as exc:
         print(f"storeflow-ops: {exc.message}", file=sys.stderr)
+        if wants_json:
+            _error_document(exc.message, int(exc.exit_code),
+                            exc.run_id if isinstance(exc, JobRunningError) else None)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         print("storeflow-ops: interrupted", file=sys.stderr)
+        if wants_json:
+            _error_document("interrupted", int(ExitCode.INTERRUPTED))
         return int(ExitCode.INTERRUPTED)
     except BrokenPipeError:
         # The reader went away (`storeflow-ops history --json | head`): stop quietly, as
@@ -179,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"storeflow-ops: internal error: {type(exc).__name__}: {exc} "
               "(set STOREFLOW_DEBUG=1 for the traceback)", file=sys.stderr)
+        if wants_json:
+            _error_document(f"internal error: {type(exc).__name__}: {exc}", int(ExitCode.FAILED))
         return int(ExitCode.FAILED)
 
 

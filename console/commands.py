@@ -324,6 +324,9 @@ def cmd_show(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def _find_tenant(ctx: CliContext, key: str) -> tuple[str, str]:
     """(id, name) of the tenant with this id, or else this exact name."""
+    from jobs.db import require_platform_tables
+
+    require_platform_tables(ctx.engine)  # a database that is not StoreFlow's says so
     with transaction(ctx.engine) as conn:
         rows = conn.execute(
             select(tenants.c.id, tenants.c.name)
@@ -474,10 +477,15 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(ctx: CliContext, args: argparse.Namespace) -> int:
+    from jobs.db import sqlite_file
     from jobs.migrate import upgrade
 
     # Not ctx.engine: that one migrates on open, and this command should report the change.
-    engine = make_engine(ctx.settings.database_url)
+    # Creating the ops_ tables is this command's purpose, so it may create a new SQLite
+    # file, but only in a folder that exists: a mistyped folder is still refused.
+    path = sqlite_file(ctx.settings.database_url)
+    engine = make_engine(ctx.settings.database_url,
+                         create=path is not None and path.parent.is_dir())
     try:
         check_reachable(engine)
         before, after = upgrade(engine)
@@ -505,6 +513,10 @@ def cmd_demo(ctx: CliContext, args: argparse.Namespace) -> int:
 
     if args.tenants < 1:
         raise UsageError("--tenants: must be at least 1")
+    if not args.no_tui:
+        from console.cli import require_terminal
+
+        require_terminal("build it with `storeflow-ops demo --no-tui`, then use the commands")
     path = Path(args.path).expanduser().resolve() if args.path else default_demo_path()
     url = f"sqlite:///{path}"
     # The demo's own database and embedded cache, whatever DATABASE_URL / REDIS_URL say.

@@ -24,8 +24,9 @@ class CliContext:
 
     @cached_property
     def engine(self) -> Engine:
-        """The database, reachable and with current ops_ tables (or UnreachableError)."""
-        engine = make_engine(self.settings.database_url)
+        """The database, reachable and with current ops_ tables (or UnreachableError; a
+        SQLite file that does not exist is a UsageError, see make_engine)."""
+        engine = make_engine(self.settings.database_url, create=False)
         check_reachable(engine)
         ensure_schema(engine)
         return engine

@@ -43,7 +43,7 @@ class Session:
         from jobs.migrate import ensure_schema  # Alembic: loaded off the UI's first paint
 
         with self._lock:
-            engine = self.engine or make_engine(self.settings.database_url)
+            engine = self.engine or make_engine(self.settings.database_url, create=False)
             check_reachable(engine)
             ensure_schema(engine)
             self.engine = engine

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import redis
 from hiredis import pack_command
@@ -18,7 +19,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
 from jobs.db import insert_ignore, ops_cache, redact, transaction
-from jobs.errors import CacheRefusedError, UnreachableError
+from jobs.errors import CacheRefusedError, UnreachableError, UsageError
 
 Clock = Callable[[], float]
 
@@ -47,12 +48,28 @@ class Cache(Protocol):
     def get(self, key: str) -> CachedValue | None: ...
 
 
+def check_redis_url(url: str) -> None:
+    """UsageError unless redis-py can use `url` (scheme, port, database number, options);
+    nothing is connected, so a malformed URL is refused before any work starts."""
+    try:
+        redis.ConnectionPool.from_url(url)
+        parts = urlsplit(url)
+        db = parts.path.strip("/")
+        # redis-py quietly uses database 0 for a path that is not a number.
+        if parts.scheme != "unix" and db and not db.isdigit():
+            raise ValueError(f"the database {db!r} is not a number (redis://host:port/0)")
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"cache URL {redact(url)} is not a valid Redis URL: {exc}") from None
+
+
 class RedisCache:
     """Redis; writes are pipelined `SET key value EX ttl`."""
 
     def __init__(self, url: str, prefix: str = "", client: redis.Redis | None = None) -> None:
         self.url = url
         self.prefix = prefix
+        if client is None:
+            check_redis_url(url)
         self._client = client or redis.Redis.from_url(
             url, socket_connect_timeout=3, socket_timeout=10, decode_responses=True
         )
@@ -67,6 +84,11 @@ class RedisCache:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
             raise UnreachableError("cache", redact(self.url), reason) from None
+        except redis.InvalidResponse as exc:
+            # Something answers on that port, but not in Redis's protocol (an HTTP server,
+            # a database): as useless to the jobs as no answer at all.
+            raise UnreachableError("cache", redact(self.url),
+                                   f"the server there is not Redis ({exc})") from None
         except redis.ResponseError as exc:
             # Redis's own words ("OOM command not allowed when used memory > 'maxmemory'",
             # "READONLY ...") are what the operator needs; the stack is not.

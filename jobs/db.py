@@ -356,15 +356,39 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str) -> Engine:
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names; None for another database, an in-memory one, or a
+    `?uri=true` URL (SQLite's own syntax, left to SQLite)."""
+    try:
+        parsed = make_url(normalise_url(url))
+    except ArgumentError:
+        return None
+    if (parsed.get_backend_name() != "sqlite" or not parsed.database
+            or parsed.database == ":memory:" or parsed.query.get("uri")):
+        return None
+    return Path(parsed.database).expanduser()
+
+
+def make_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine for `url`. With `create=False`, what the faces use for the configured
+    database, a SQLite file that does not exist is refused (UsageError): a mistyped path
+    must not turn into a new, empty database that every command then reads as "no runs".
+    Only the embedded default location is created on first use, folder included."""
     url = normalise_url(url)
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise UsageError(f"database URL {redact(url)!r} is not a valid URL: {exc}") from None
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            folder = Path(parsed.database).expanduser().parent
+        path = sqlite_file(url)
+        if path is not None:
+            if (not create and not path.exists()
+                    and path.resolve() != default_sqlite_path().resolve()):
+                raise UsageError(
+                    f"database file {path.absolute()} does not exist; check the path in "
+                    "DATABASE_URL or --database-url (only the embedded default database is "
+                    "created on first use)")
+            folder = path.parent
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.engine import Engine
 
-from jobs.db import tenants, transaction
+from jobs.db import require_platform_tables, tenants, transaction
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,13 @@ def search_tenants(engine: Engine, text: str, limit: int = 20) -> list[TenantRef
         q = q.order_by(rank, tenants.c.name, tenants.c.id)
     else:
         q = q.order_by(tenants.c.name, tenants.c.id)
+    require_platform_tables(engine)  # "no platform tables", not "no such table: tenants"
     with transaction(engine) as conn:
         return [TenantRef(r.id, r.name, r.status) for r in conn.execute(q)]
 
 
 def get_tenant(engine: Engine, tenant_id: str) -> TenantRef | None:
+    require_platform_tables(engine)
     with transaction(engine) as conn:
         row = conn.execute(
             select(tenants.c.id, tenants.c.name, tenants.c.status).where(tenants.c.id == tenant_id)

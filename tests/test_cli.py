@@ -396,7 +396,11 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
         line = one_line_error(proc)
         for word in words:
             assert word in line, (args, line)
-        assert proc.stdout == "", args
+        # With --json the error is also a document on stdout; without, stdout stays empty.
+        if "--json" in args:
+            assert json.loads(proc.stdout)["exit_code"] == 2, args
+        else:
+            assert proc.stdout == "", args
     with make_engine(env["DATABASE_URL"]).connect() as c:
         assert c.execute(select(ops_runs)).all() == []  # refused before anything was recorded
 
@@ -405,12 +409,17 @@ def test_unreachable_database_exit_3(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     base = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    for url in ("postgresql://postgres@127.0.0.1:1/x", f"sqlite:///{blocker}/sub/db.sqlite3"):
+    # PostgreSQL down, and the embedded default database's folder impossible to create.
+    for where in ({"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x"},
+                  {"XDG_DATA_HOME": str(blocker)}):
         for args in (["jobs"], ["trigger", "expiry-checker", "--json"], ["status"]):
-            proc = cli({**base, "DATABASE_URL": url}, *args, cwd=tmp_path)
-            assert proc.returncode == 3, (url, args, proc.stderr)
+            proc = cli({**base, **where}, *args, cwd=tmp_path)
+            assert proc.returncode == 3, (where, args, proc.stderr)
             assert "database unreachable" in one_line_error(proc)
-            assert proc.stdout == ""
+            if "--json" in args:
+                assert json.loads(proc.stdout)["exit_code"] == 3
+            else:
+                assert proc.stdout == ""
 
 
 def test_unreachable_redis_fails_analytics_only(engine: Engine, env: dict[str, str],

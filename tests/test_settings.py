@@ -36,8 +36,8 @@ def write(path: Path, text: str) -> Path:
 
 def cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
         cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    base = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    # No DATABASE_URL: the embedded default under HOME, the one file created on first use.
+    base = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     return subprocess.run([EXE, *args], env={**base, **(env or {})}, capture_output=True,
                           text=True, cwd=cwd or tmp_path, timeout=60)
 
