@@ -60,7 +60,7 @@ from sqlalchemy.engine import Connection, CursorResult, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
-from jobs.context import ItemSink, RunContext
+from jobs.context import RunContext
 from jobs.db import (
     cart_items,
     connection,
@@ -136,11 +136,14 @@ def kinds(engine: Engine, cutoff: datetime) -> tuple[Kind, ...]:
 class Ledger:
     """What the run has deleted so far, per kind and tenant, and its record in the run.
 
-    Each batch writes the run's summary (rows per kind, batches) in its own transaction,
-    and the items (rows per kind and tenant) too when a tenant appears or the stored ones
-    are a second old: rewriting thousands of tenants' totals after every batch would cost
-    more than the deletes. A killed run thus shows exactly what its committed batches
-    deleted, at worst with some tenants' counts a second behind."""
+    Each batch writes, in its own transaction, the run's summary (rows per kind, batches)
+    and an item for each tenant it is the first to delete from; every few seconds it
+    rewrites all the items with their current counts instead. Rewriting thousands of
+    tenants' totals after every batch would cost more than the deletes. A killed run thus
+    shows exactly what its committed batches deleted, and every tenant they deleted from,
+    at worst with some tenants' counts a few seconds behind."""
+
+    REWRITE_SECONDS = 5.0
 
     def __init__(self, ctx: RunContext, size: int) -> None:
         self.ctx = ctx
@@ -148,7 +151,7 @@ class Ledger:
         self.tallies: dict[str, Tally] = {}
         self._names: dict[str, str] = {}
         self._stored: set[tuple[str, str | None]] = set()
-        self._stored_at = -math.inf
+        self._stored_at = time.monotonic()
 
     def start(self, action: str) -> Tally:
         tally = self.tallies[action] = Tally()
@@ -166,10 +169,14 @@ class Ledger:
 
     def committing(self, conn: Connection) -> None:
         """Inside a batch's transaction, after its DELETE: the run's record of it."""
-        keys = {(action, t) for action, tally in self.tallies.items() for t in tally.deleted}
-        if keys - self._stored or time.monotonic() - self._stored_at >= ItemSink.FLUSH_SECONDS:
+        if time.monotonic() - self._stored_at >= self.REWRITE_SECONDS:
             self._store(conn)
-            self._stored = keys
+            return
+        new = [(action, t) for action, tally in self.tallies.items() for t in tally.deleted
+               if (action, t) not in self._stored]
+        if new:
+            self.ctx.sink.store(conn, self._items(conn, new), self.summary(), append=True)
+            self._stored.update(new)
         else:
             self.ctx.sink.note(conn, self.summary())
 
@@ -178,17 +185,20 @@ class Ledger:
             self._store(conn)
 
     def _store(self, conn: Connection) -> None:
-        self.ctx.sink.store(conn, self._items(conn), self.summary())
+        keys = [(action, t) for action, tally in self.tallies.items() for t in tally.deleted]
+        self.ctx.sink.store(conn, self._items(conn, keys), self.summary())
+        self._stored = set(keys)
         self._stored_at = time.monotonic()
 
-    def _items(self, conn: Connection) -> list[ItemResult]:
-        tenant_ids = {t for tally in self.tallies.values() for t in tally.deleted if t is not None}
-        self._names.update(_tenant_names(conn, sorted(tenant_ids - self._names.keys())))
+    def _items(self, conn: Connection, keys: list[tuple[str, str | None]]) -> list[ItemResult]:
+        """Items for `keys` (kind, tenant): per kind, the rows without a tenant first."""
+        wanted = sorted({t for _, t in keys if t is not None} - self._names.keys())
+        self._names.update(_tenant_names(conn, wanted))
+        order = {action: i for i, action in enumerate(self.tallies)}
         return [
-            ItemResult(tenant_id, action, ItemStatus.OK, {"deleted": tally.deleted[tenant_id]},
-                       tenant_name=self._names.get(tenant_id) if tenant_id else None)
-            for action, tally in self.tallies.items()
-            for tenant_id in sorted(tally.deleted, key=lambda t: (t is not None, t or ""))
+            ItemResult(t, action, ItemStatus.OK, {"deleted": self.tallies[action].deleted[t]},
+                       tenant_name=self._names.get(t) if t else None)
+            for action, t in sorted(keys, key=lambda k: (order[k[0]], k[1] is not None, k[1] or ""))
         ]
 
 

@@ -86,20 +86,22 @@ class ItemSink:
         self._last_flush = time.monotonic()
 
     def store(self, conn: Connection, items: Sequence[ItemResult],
-              summary: dict[str, Any] | None = None) -> None:
-        """Make `items` the run's whole list of items, written on `conn` inside its
-        transaction: for a job whose items are running totals (rows deleted per tenant) that
-        must commit together with the changes they count, so a killed run still shows them.
-        `summary`, when given, is the run's summary so far. Nothing is written again at
-        the end; a preview only keeps the items."""
+              summary: dict[str, Any] | None = None, *, append: bool = False) -> None:
+        """Make `items` the run's whole list of items (or add them to it, `append`), written
+        on `conn` inside its transaction: for a job whose items are running totals (rows
+        deleted per tenant) that must commit together with the changes they count, so a
+        killed run still shows them. `summary`, when given, is the run's summary so far.
+        Nothing is written again at the end; a preview only keeps the items."""
+        first = len(self.items) if append else 0
         if self.run_id is not None:
-            conn.execute(delete(ops_run_items).where(ops_run_items.c.run_id == self.run_id))
+            if not append:
+                conn.execute(delete(ops_run_items).where(ops_run_items.c.run_id == self.run_id))
             insert_rows(conn, ops_run_items, ITEM_COLUMNS, [
-                (self.run_id, seq, item.tenant_id, item.tenant_name, item.action,
+                (self.run_id, first + i, item.tenant_id, item.tenant_name, item.action,
                  str(item.status), dict(item.detail), item.error)
-                for seq, item in enumerate(items)
+                for i, item in enumerate(items)
             ])
-        self.items = list(items)
+        self.items = [*self.items[:first], *items]
         self.errors = sum(1 for item in self.items if item.status is ItemStatus.ERROR)
         self._flushed = len(self.items)
         self.note(conn, summary)
