@@ -23,12 +23,15 @@ from jobs.db import (
     cart_items,
     is_sqlite,
     make_engine,
+    ops_email_outbox,
     ops_run_items,
     ops_runs,
     order_products,
     orders,
     products,
+    tenants,
 )
+from jobs.errors import UsageError
 from jobs.records import ItemStatus, RunReport, RunStatus
 from jobs.settings import Settings
 from tests.factories import (
@@ -651,3 +654,62 @@ def test_a_killed_run_shows_what_its_committed_batches_deleted(
     assert run.processed == 2
     assert run.summary["stale_cart_items"] == 4 and run.summary["batches"] == 2
 
+
+def test_a_real_run_may_not_look_into_the_future_a_preview_may(
+        engine: Engine, settings: Settings) -> None:
+    """With the clock at NOW, a real run at NOW + 1 day is refused before anything is
+    written; a few minutes ahead (another host's clock) is fine, and so is a preview."""
+    t = add_tenant(engine)
+    p = add_product(engine, t)
+    _stale(engine, t, p, 0)
+    fresh = add_cart_item(engine, t, p, FRESH)  # stale a month after NOW + 1 day
+    carts = cart_ids(engine)
+
+    def at(now: datetime, **kw: Any) -> RunReport:
+        return runs.execute(engine, settings, "cleanup", now=now, started_by="test",
+                            clock=lambda: NOW, **kw)
+
+    with pytest.raises(UsageError) as refused:
+        at(NOW + timedelta(days=40))
+    assert refused.value.exit_code == 2
+    assert "later than the clock" in refused.value.message and "--dry-run" in refused.value.message
+    assert cart_ids(engine) == carts
+    with engine.connect() as c:
+        assert c.execute(select(ops_runs)).first() is None
+
+    preview = at(NOW + timedelta(days=40), dry_run=True)
+    assert preview.summary["stale_cart_items"] == 2
+
+    real = at(NOW + timedelta(minutes=4))
+    assert real.status is RunStatus.SUCCEEDED, real.error
+    assert cart_ids(engine) == {fresh}
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_future_now_for_a_real_run(engine: Engine, env: dict[str, str],
+                                                 tmp_path: Path) -> None:
+    """The issue's two runs, through the CLI and the real clock: nothing deleted, nobody
+    suspended, no email queued; exit 2 and one line on stderr. A preview still works."""
+    t = add_tenant(engine, expire_date=datetime.now(UTC) + timedelta(days=30))
+    p = add_product(engine, t)
+    add_cart_item(engine, t, p, datetime.now(UTC) - timedelta(hours=1))
+    carts = cart_ids(engine)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "console.cli", *args], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    for job in ("cleanup", "expiry-checker"):
+        proc = cli("trigger", job, "--now", "2099-01-01T00:00:00Z")
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stdout == "" and "Traceback" not in proc.stderr
+        assert len(proc.stderr.splitlines()) == 1 and "later than the clock" in proc.stderr
+    assert cart_ids(engine) == carts
+    with engine.connect() as c:
+        assert c.execute(select(tenants.c.status)).scalars().all() == ["active"]
+        assert c.execute(select(ops_email_outbox)).first() is None
+        assert c.execute(select(ops_runs)).first() is None
+
+    preview = cli("trigger", "cleanup", "--dry-run", "--now", "2099-01-01T00:00:00Z", "--json")
+    assert preview.returncode == 0, preview.stderr
+    assert cart_ids(engine) == carts
