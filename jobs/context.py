@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import update
-from sqlalchemy.engine import Engine
+from sqlalchemy import delete, update
+from sqlalchemy.engine import Connection, Engine
 
 from jobs.cache import Cache
 from jobs.db import first_line, insert_rows, ops_run_items, ops_runs, transaction
 from jobs.errors import OpsError
-from jobs.records import ItemResult, ItemStatus, Progress, RunParams
+from jobs.records import ItemResult, ItemStatus, Progress, RunParams, RunStatus
 from jobs.settings import JobConfig, Settings
 
 ProgressCallback = Callable[[Progress], None]
@@ -84,6 +84,40 @@ class ItemSink:
             )
         self._flushed = len(self.items)
         self._last_flush = time.monotonic()
+
+    def store(self, conn: Connection, items: Sequence[ItemResult],
+              summary: dict[str, Any] | None = None, *, append: bool = False) -> None:
+        """Make `items` the run's whole list of items (or add them to it, `append`), written
+        on `conn` inside its transaction: for a job whose items are running totals (rows
+        deleted per tenant) that must commit together with the changes they count, so a
+        killed run still shows them. `summary`, when given, is the run's summary so far.
+        Nothing is written again at the end; a preview only keeps the items."""
+        first = len(self.items) if append else 0
+        if self.run_id is not None:
+            if not append:
+                conn.execute(delete(ops_run_items).where(ops_run_items.c.run_id == self.run_id))
+            insert_rows(conn, ops_run_items, ITEM_COLUMNS, [
+                (self.run_id, first + i, item.tenant_id, item.tenant_name, item.action,
+                 str(item.status), dict(item.detail), item.error)
+                for i, item in enumerate(items)
+            ])
+        self.items = [*self.items[:first], *items]
+        self.errors = sum(1 for item in self.items if item.status is ItemStatus.ERROR)
+        self._flushed = len(self.items)
+        self.note(conn, summary)
+        self._notify()
+
+    def note(self, conn: Connection, summary: dict[str, Any] | None) -> None:
+        """The run row's counts of the stored items and, when given, its summary so far,
+        on `conn` inside its transaction. Only a run still `running` is touched."""
+        if self.run_id is None:
+            return
+        values: dict[str, Any] = {"processed": self._flushed, "errors": self.errors}
+        if summary is not None:
+            values["summary"] = summary
+        conn.execute(update(ops_runs)
+                     .where(ops_runs.c.id == self.run_id, ops_runs.c.status == RunStatus.RUNNING)
+                     .values(**values))
 
     def _notify(self) -> None:
         if self.on_progress is not None:

@@ -4,16 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from jobs import analytics, cleanup, expiry, reminders
 from jobs.context import JobFunction
 from jobs.errors import UnknownJobError, UsageError
 from jobs.records import RunParams
 from jobs.settings import JOB_IDS, JobConfig
+from jobs.timeutil import iso
 
 # Checks a run's parameters before anything is written: a bad request leaves no run behind.
 ParamsCheck = Callable[[JobConfig, RunParams, datetime], None]
+
+
+# How far a real run's reference time may be ahead of the clock: another host's clock, a
+# slot fired a moment early. Further ahead, a run would act on what has not happened yet:
+# cart items deleted before they are stale, paid-up tenants suspended, real emails sent.
+FUTURE_TOLERANCE = timedelta(minutes=5)
+
+
+def check_reference_time(now: datetime, clock_now: datetime, dry_run: bool) -> None:
+    """Refuse a real run whose reference time is later than the clock (read at the edge,
+    passed in) by more than FUTURE_TOLERANCE. A preview may look at any time."""
+    if not dry_run and now > clock_now + FUTURE_TOLERANCE:
+        raise UsageError(
+            f"the reference time {iso(now)} (--now) is later than the clock ({iso(clock_now)}); "
+            "a real run may not act on the future; preview it with --dry-run"
+        )
 
 
 def _no_params(job: JobConfig, params: RunParams, now: datetime) -> None:

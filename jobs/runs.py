@@ -43,7 +43,7 @@ from jobs.records import (
     RunStatus,
     Trigger,
 )
-from jobs.registry import get_job
+from jobs.registry import check_reference_time, get_job
 from jobs.settings import JOB_IDS, Settings
 from jobs.timeutil import utc_now
 
@@ -354,6 +354,7 @@ def execute(
     spec.check_params(job, params, now)
     require_platform_tables(engine)
     started = clock()
+    check_reference_time(now, started, dry_run)
     run_id = claimed_run_id
     if not dry_run and run_id is None:
         with transaction(engine) as conn:

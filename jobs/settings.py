@@ -176,8 +176,11 @@ def _apply_job(source: str, cfg: JobConfig, table: Mapping[str, Any]) -> JobConf
             if value not in ("forbid", "allow"):
                 raise ConfigError(source, k, f"expected \"forbid\" or \"allow\", got {value!r}")
             changes[key] = value
-        elif key in ("grace_period_days", "cart_retention_days"):
+        elif key == "grace_period_days":
             changes[key] = _int(source, k, value)
+        elif key == "cart_retention_days":
+            # 0 would make every cart item stale, including the ones being filled right now.
+            changes[key] = _int(source, k, value, minimum=1)
         elif key == "cache_ttl":
             ttl = _duration(source, k, value)
             if ttl is None or ttl.total_seconds() < 1:

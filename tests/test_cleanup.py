@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +19,19 @@ from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
 
 from jobs import runs
-from jobs.db import cart_items, is_sqlite, make_engine, ops_run_items, order_products
+from jobs.db import (
+    cart_items,
+    is_sqlite,
+    make_engine,
+    ops_email_outbox,
+    ops_run_items,
+    ops_runs,
+    order_products,
+    orders,
+    products,
+    tenants,
+)
+from jobs.errors import UsageError
 from jobs.records import ItemStatus, RunReport, RunStatus
 from jobs.settings import Settings
 from tests.factories import (
@@ -420,8 +436,8 @@ def test_connections_go_back_to_the_pool_with_synchronous_commit_on(
 
 def test_a_statement_timeout_does_not_cut_a_long_orphan_phase_off(
         engine: Engine, db_url: str, settings: Settings) -> None:
-    """The orphans are read by one query that stays active while the batches are deleted,
-    for longer than a role's statement_timeout may allow a single statement."""
+    """An orphan phase lasts longer than a role's statement_timeout allows a statement:
+    the search and every batch are statements of their own, each well within it."""
     if is_sqlite(engine):
         pytest.skip("statement_timeout is a PostgreSQL setting; SQLite pages by key")
     orphans = 200_000  # more than the socket buffers hold, so the server waits for reads
@@ -476,3 +492,224 @@ def test_a_run_that_fails_midway_still_records_what_it_deleted(
         stored = c.execute(select(ops_run_items.c.tenant_id, ops_run_items.c.detail)).all()
     assert [tuple(row) for row in stored] == [(t, {"deleted": 3})]
     assert len(cart_ids(engine)) == 0 and len(order_product_ids(engine)) == 3
+
+
+@pytest.mark.parametrize("table", ["order_products", "cart_items"])
+def test_a_parent_inserted_while_the_phase_runs_keeps_its_rows(
+        engine: Engine, db_url: str, settings: Settings, deletes: list[tuple[str, int]],
+        table: str) -> None:
+    """Another client inserts the missing order (or product) once the first batch has
+    committed: the canary row that pointed at it is no longer an orphan, and stays."""
+    t = add_tenant(engine)
+    p = add_product(engine, t)
+    with engine.begin() as c:
+        if table == "order_products":
+            c.execute(order_products.insert(), [
+                {"id": i, "order_id": f"gone-{i}", "product_id": p, "quantity": 1, "price": 1}
+                for i in [f"a-line-{n}" for n in range(4)] + ["canary-line"]
+            ])
+        else:
+            c.execute(cart_items.insert(), [
+                {"id": i, "tenant_id": t, "product_id": f"gone-{i}", "customer_id": None,
+                 "quantity": 1, "created_at": FRESH}
+                for i in [f"a-cart-{n}" for n in range(4)] + ["canary-cart"]
+            ])
+    canary = "canary-line" if table == "order_products" else "canary-cart"
+    other = make_engine(db_url)  # another client of the database
+    inserted = threading.Event()
+
+    def insert_the_parent_after_the_first_batch(conn: Any, cursor: Any, statement: str,
+                                                *args: Any) -> None:
+        # Before the statement that follows the first batch's commit; on SQLite before the
+        # next BEGIN IMMEDIATE, when no transaction holds the write lock.
+        if not deletes or inserted.is_set():
+            return
+        if is_sqlite(engine) and not statement.startswith("BEGIN IMMEDIATE"):
+            return
+        inserted.set()
+        with other.begin() as c:
+            if table == "order_products":
+                c.execute(orders.insert().values(
+                    id="gone-canary-line", tenant_id=t, customer_id=None, total_amount=1,
+                    payment_status="paid", created_at=FRESH))
+            else:
+                c.execute(products.insert().values(
+                    id="gone-canary-cart", tenant_id=t, name="Late", price=1))
+
+    event.listen(engine, "before_cursor_execute", insert_the_parent_after_the_first_batch)
+    try:
+        report = trigger(engine, with_batch_size(settings, 2))
+    finally:
+        event.remove(engine, "before_cursor_execute", insert_the_parent_after_the_first_batch)
+        other.dispose()
+
+    assert report.status is RunStatus.SUCCEEDED, report.error
+    assert inserted.is_set()
+    assert all(rows <= 2 for _, rows in deletes)
+    remaining = order_product_ids(engine) if table == "order_products" else cart_ids(engine)
+    assert remaining == {canary}
+    kind = "orphaned_order_products" if table == "order_products" else "orphaned_cart_items"
+    assert report.summary[kind] == 4
+
+
+def test_between_batches_no_statement_of_the_run_holds_back_vacuum(
+        engine: Engine, settings: Settings) -> None:
+    """The orphan search ends before the first batch: while a phase waits between batches
+    (or its process is frozen), none of its sessions runs a statement or keeps a snapshot
+    (backend_xmin), so vacuum can go on and no statement outlives the role's timeout."""
+    if is_sqlite(engine):
+        pytest.skip("backend_xmin and statement_timeout are PostgreSQL's")
+    t = add_tenant(engine)
+    p = add_product(engine, t)
+    for i in range(6):
+        _orphaned_line(engine, t, p, i)
+    engine.dispose()  # every session of the run is then one the listener below sees open
+    sessions: list[int] = []
+    seen: list[list[tuple[Any, ...]]] = []
+    batches: list[str] = []
+
+    def note_session(dbapi_conn: Any, record: Any) -> None:
+        sessions.append(dbapi_conn.info.backend_pid)
+
+    def look_between_batches(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "DELETE FROM order_products" not in statement:
+            return
+        batches.append(statement)
+        if len(batches) == 2:  # the first batch has committed; the second is yet to run
+            with cursor.connection.cursor() as own:  # this session is idle between batches
+                own.execute("SELECT pid, state, backend_xmin FROM pg_stat_activity "
+                            "WHERE pid = ANY(%s) AND pid <> pg_backend_pid() "
+                            "AND (state <> 'idle' OR backend_xmin IS NOT NULL)", (sessions,))
+                seen.append([tuple(row) for row in own.fetchall()])
+
+    event.listen(engine, "connect", note_session)
+    event.listen(engine, "before_cursor_execute", look_between_batches)
+    try:
+        report = trigger(engine, with_batch_size(settings, 2))
+    finally:
+        event.remove(engine, "before_cursor_execute", look_between_batches)
+        event.remove(engine, "connect", note_session)
+
+    assert report.status is RunStatus.SUCCEEDED, report.error
+    assert report.summary["orphaned_order_products"] == 6
+    assert sessions and seen == [[]]
+
+
+@pytest.mark.slow
+def test_a_killed_run_shows_what_its_committed_batches_deleted(
+        engine: Engine, settings: Settings, env: dict[str, str], tmp_path: Path) -> None:
+    """A real CLI process deletes two batches (tenants A and B), then waits for a row lock
+    the test holds on C's first stale cart, and is killed with SIGKILL there: the run,
+    marked interrupted, lists what the two committed batches deleted."""
+    if is_sqlite(engine):
+        pytest.skip("stalls the third batch on a row lock, which SQLite does not have")
+    ta, tb, tc = (add_tenant(engine, id=f"t-{n}", name=f"Tenant {n}") for n in "abc")
+    p = add_product(engine, ta)
+    for i, tenant in enumerate((ta, ta, tb, tb, tc, tc)):  # oldest first: A's go first
+        add_cart_item(engine, tenant, p, OLD - timedelta(days=10) + timedelta(minutes=i))
+    with engine.connect() as c:
+        c_rows = c.execute(select(cart_items.c.id).where(cart_items.c.tenant_id == tc)
+                           .order_by(cart_items.c.created_at)).scalars().all()
+    blocked = c_rows[0]
+    (tmp_path / "schedules.toml").write_text("[jobs.cleanup]\nbatch_size = 2\n")
+
+    lock = engine.connect()
+    lock.execute(select(cart_items.c.id).where(cart_items.c.id == blocked).with_for_update())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "console.cli", "trigger", "cleanup", "--now", "2026-11-29T02:00:00Z"],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # until the run has recorded its second batch, then waits for the lock
+            with engine.connect() as c:
+                run = c.execute(select(ops_runs)).first()
+            if run is not None and (run.summary or {}).get("stale_cart_items") == 4:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                "the run never recorded its two batches"
+            time.sleep(0.05)
+        time.sleep(0.5)  # well into the wait for the lock
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        lock.rollback()
+        lock.close()
+
+    runs.recover_stale_runs(engine, datetime.now(UTC) + timedelta(hours=1),
+                            settings.runner.stale_after)
+    with engine.connect() as c:
+        run = c.execute(select(ops_runs)).one()
+        stored = c.execute(select(ops_run_items.c.tenant_id, ops_run_items.c.tenant_name,
+                                  ops_run_items.c.action, ops_run_items.c.detail)
+                           .where(ops_run_items.c.run_id == run.id)
+                           .order_by(ops_run_items.c.seq)).all()
+    assert run.status == "interrupted"
+    assert cart_ids(engine) == set(c_rows)  # the third batch never committed
+    assert [tuple(r) for r in stored] == [
+        (ta, "Tenant a", "stale_cart_items", {"deleted": 2}),
+        (tb, "Tenant b", "stale_cart_items", {"deleted": 2}),
+    ]
+    assert run.processed == 2
+    assert run.summary["stale_cart_items"] == 4 and run.summary["batches"] == 2
+
+
+def test_a_real_run_may_not_look_into_the_future_a_preview_may(
+        engine: Engine, settings: Settings) -> None:
+    """With the clock at NOW, a real run at NOW + 1 day is refused before anything is
+    written; a few minutes ahead (another host's clock) is fine, and so is a preview."""
+    t = add_tenant(engine)
+    p = add_product(engine, t)
+    _stale(engine, t, p, 0)
+    fresh = add_cart_item(engine, t, p, FRESH)  # stale a month after NOW + 1 day
+    carts = cart_ids(engine)
+
+    def at(now: datetime, **kw: Any) -> RunReport:
+        return runs.execute(engine, settings, "cleanup", now=now, started_by="test",
+                            clock=lambda: NOW, **kw)
+
+    with pytest.raises(UsageError) as refused:
+        at(NOW + timedelta(days=40))
+    assert refused.value.exit_code == 2
+    assert "later than the clock" in refused.value.message and "--dry-run" in refused.value.message
+    assert cart_ids(engine) == carts
+    with engine.connect() as c:
+        assert c.execute(select(ops_runs)).first() is None
+
+    preview = at(NOW + timedelta(days=40), dry_run=True)
+    assert preview.summary["stale_cart_items"] == 2
+
+    real = at(NOW + timedelta(minutes=4))
+    assert real.status is RunStatus.SUCCEEDED, real.error
+    assert cart_ids(engine) == {fresh}
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_future_now_for_a_real_run(engine: Engine, env: dict[str, str],
+                                                 tmp_path: Path) -> None:
+    """The issue's two runs, through the CLI and the real clock: nothing deleted, nobody
+    suspended, no email queued; exit 2 and one line on stderr. A preview still works."""
+    t = add_tenant(engine, expire_date=datetime.now(UTC) + timedelta(days=30))
+    p = add_product(engine, t)
+    add_cart_item(engine, t, p, datetime.now(UTC) - timedelta(hours=1))
+    carts = cart_ids(engine)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "console.cli", *args], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    for job in ("cleanup", "expiry-checker"):
+        proc = cli("trigger", job, "--now", "2099-01-01T00:00:00Z")
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stdout == "" and "Traceback" not in proc.stderr
+        assert len(proc.stderr.splitlines()) == 1 and "later than the clock" in proc.stderr
+    assert cart_ids(engine) == carts
+    with engine.connect() as c:
+        assert c.execute(select(tenants.c.status)).scalars().all() == ["active"]
+        assert c.execute(select(ops_email_outbox)).first() is None
+        assert c.execute(select(ops_runs)).first() is None
+
+    preview = cli("trigger", "cleanup", "--dry-run", "--now", "2099-01-01T00:00:00Z", "--json")
+    assert preview.returncode == 0, preview.stderr
+    assert cart_ids(engine) == carts
