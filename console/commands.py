@@ -29,6 +29,7 @@ from jobs.db import check_reachable, make_engine, redact, tenants, transaction
 from jobs.errors import ExitCode, UnknownJobError, UsageError
 from jobs.presence import Presence, list_runners, who_am_i
 from jobs.records import ItemStatus, Progress, RunParams, RunRecord, RunReport
+from jobs.registry import get_job
 from jobs.settings import JOB_IDS
 from jobs.timeutil import as_utc, iso, parse_timestamp, utc_now
 
@@ -144,18 +145,10 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def _run_params(args: argparse.Namespace) -> RunParams:
-    the_date = _parse_date("--date", args.date)
-    date_from = _parse_date("--from", args.date_from)
-    date_to = _parse_date("--to", args.date_to)
-    if (the_date or date_from or date_to) and args.job != ANALYTICS_JOB:
-        raise UsageError(f"--date, --from and --to apply to {ANALYTICS_JOB} only, not {args.job}")
-    if the_date and (date_from or date_to):
-        raise UsageError("give either --date or --from/--to, not both")
-    if (date_from is None) != (date_to is None):
-        raise UsageError("--from needs --to (and --to needs --from): a backfill is a range")
-    if date_from and date_to and date_from > date_to:
-        raise UsageError(f"--from {date_from} is after --to {date_to}")
-    return RunParams(date=the_date, date_from=date_from, date_to=date_to)
+    """Parsed only: whether they make sense for the job is the job's own check."""
+    return RunParams(date=_parse_date("--date", args.date),
+                     date_from=_parse_date("--from", args.date_from),
+                     date_to=_parse_date("--to", args.date_to))
 
 
 class _ProgressLine:
@@ -203,6 +196,9 @@ def cmd_trigger(ctx: CliContext, args: argparse.Namespace) -> int:
     dry_run = args.command == "preview" or bool(getattr(args, "dry_run", False))
     now = _parse_now(args.now)
     params = _run_params(args)
+    # The run checks them too; here first, so a bad request is a usage error (exit 2)
+    # even when the database is down.
+    get_job(job_id).check_params(ctx.settings.job(job_id), params, now)
     engine = ctx.engine
     stop = threading.Event()
     progress = None if ctx.json else _ProgressLine(ctx, job_id)

@@ -7,6 +7,10 @@ runner's event loop keeps firing slots while a job runs.
 Status codes of a trigger:
 - 200: the run finished (`succeeded` or `partial`: item errors are in the body) or,
   with `?dry_run=1`, the preview;
+- 400 `{"message": "Bad request", "error": ...}`: a query parameter other than `dry_run`,
+  `date`, `from` and `to` (the CLI's `--date`, `--from`, `--to`), one given twice or not a
+  date, or dates the job refuses (a day after today, a range that runs backwards, dates
+  on a job other than analytics-aggregate); nothing is written;
 - 401 `{"message": "Unauthorized"}`: no, malformed or wrong `Authorization: Bearer`;
 - 409: the job is already running (the holder's run id is in the body);
 - 500: the run started and failed (its report is the body, with the error), or it
@@ -30,7 +34,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
@@ -44,8 +48,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from jobs.db import first_line, ops_runners, transaction
-from jobs.errors import ConfigError, JobRunningError, OpsError, UnreachableError
-from jobs.records import RunReport, RunStatus, Trigger
+from jobs.errors import ConfigError, JobRunningError, OpsError, UnreachableError, UsageError
+from jobs.records import RunParams, RunReport, RunStatus, Trigger
 from jobs.registry import JOBS
 from jobs.runs import execute
 from jobs.settings import Settings
@@ -289,6 +293,34 @@ def _dry_run(request: web.Request) -> bool | None:
     return False if value in _FALSE else None
 
 
+# The query parameters a trigger takes: the CLI's `--date`, `--from` and `--to`, and
+# `dry_run`. Any other is refused, so a misspelt `?dat=` cannot quietly run another day.
+_DATE_PARAMS = {"date": "date", "from": "date_from", "to": "date_to"}
+_QUERY_PARAMS = ("dry_run", *_DATE_PARAMS)
+
+
+def _run_params(request: web.Request) -> RunParams:
+    """The run's dates from the query; UsageError (a 400) when unknown, repeated or not a
+    date. Whether they fit the job is the job's own check, made by the run."""
+    unknown = sorted(set(request.query) - set(_QUERY_PARAMS))
+    if unknown:
+        raise UsageError(f"unknown query parameter {', '.join(map(repr, unknown))}; "
+                         f"a trigger takes {', '.join(_QUERY_PARAMS)}")
+    repeated = sorted(k for k in _QUERY_PARAMS if len(request.query.getall(k, ())) > 1)
+    if repeated:
+        raise UsageError(f"query parameter {', '.join(map(repr, repeated))} given more than once")
+    days: dict[str, date] = {}
+    for name, field in _DATE_PARAMS.items():
+        text = request.query.get(name)
+        if text is None:
+            continue
+        try:
+            days[field] = date.fromisoformat(text.strip())
+        except ValueError:
+            raise UsageError(f"{name}: {text!r} is not a date; write YYYY-MM-DD") from None
+    return RunParams(**days)
+
+
 def _report_status(report: RunReport) -> int:
     if report.status is RunStatus.FAILED:
         return 500
@@ -309,16 +341,23 @@ def _trigger_handler(job_id: str) -> Handler:
         dry_run = _dry_run(request)
         if dry_run is None:
             return _json(400, {"message": "dry_run must be 1 or 0", "job": job_id})
+        try:
+            params = _run_params(request)
+        except UsageError as exc:
+            return _json(400, {"message": "Bad request", "job": job_id, "error": exc.message})
         if host.stop.is_set():
             return _json(503, {"message": "Runner is shutting down", "job": job_id})
         run = partial(
             execute, host.engine, host.settings, job_id, now=utc_now(), trigger=Trigger.HTTP,
             started_by=f"http:{client}", runner_id=host.runner_id, dry_run=dry_run,
-            stop=host.stop,
+            params=params, stop=host.stop,
         )
         loop = asyncio.get_running_loop()
         try:
             report = await loop.run_in_executor(request.app[_RUNS], run)
+        except UsageError as exc:  # the job's check of its dates: refused, nothing written
+            log.info("http %s from %s: refused: %s", job_id, client, exc.message)
+            return _json(400, {"message": "Bad request", "job": job_id, "error": exc.message})
         except JobRunningError as exc:
             log.info("http %s from %s: refused, run %s is running", job_id, client, exc.run_id)
             return _json(409, {"message": "Job already running", "job": job_id,

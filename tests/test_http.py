@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from sqlalchemy.engine import Engine
 
 from console.http import HttpServer, check_token, parse_listen, start_http
 from jobs import runs
+from jobs.analytics import cache_key
+from jobs.cache import TableCache
 from jobs.db import make_engine, ops_email_outbox, ops_runs, tenants
 from jobs.errors import ConfigError
 from jobs.migrate import upgrade
@@ -39,7 +41,7 @@ from jobs.presence import Presence
 from jobs.registry import JOBS
 from jobs.settings import Overrides, Settings, load_settings
 from jobs.timeutil import utc_now
-from tests.factories import add_tenant
+from tests.factories import add_order, add_tenant
 
 TOKEN = "sf-ops-Token-0123456789abcdef"  # mixed case, so a case change is a different token
 
@@ -237,6 +239,41 @@ def test_dry_run_previews_and_writes_nothing(served: Served, engine: Engine) -> 
     bad = request(served.url + JOBS["expiry-checker"].endpoint + "?dry_run=maybe",
                   headers=bearer())
     assert bad.status == 400
+
+
+def test_dates_in_the_query_are_the_clis_and_anything_else_is_a_400(served: Served,
+                                                                    engine: Engine) -> None:
+    tid = add_tenant(engine)
+    add_order(engine, tid, datetime(2026, 11, 20, 12, tzinfo=UTC), "12.50")
+    url = served.url + JOBS["analytics-aggregate"].endpoint
+    cache = TableCache(engine)
+
+    one = request(url + "?date=2026-11-20", headers=bearer())
+    assert one.status == 200, one.body
+    assert one.body["results"]["summary"]["date"] == "2026-11-20"
+    assert json.loads(cache.get(cache_key(tid, date(2026, 11, 20))).value)["revenue"] == 12.5
+    back = request(url + "?from=2026-11-19&to=2026-11-20&dry_run=1", headers=bearer())
+    assert back.status == 200 and back.body["results"]["summary"]["date"] \
+        == "2026-11-19..2026-11-20"
+
+    tomorrow = (utc_now() + timedelta(days=2)).date().isoformat()
+    refused = {
+        url + "?dat=2026-11-21": "unknown query parameter 'dat'",
+        url + "?date=soon": "date: 'soon' is not a date",
+        url + "?date=2026-11-21&date=2026-11-22": "'date' given more than once",
+        url + "?from=2026-11-21": "--from needs --to",
+        url + f"?date={tomorrow}": f"--date {tomorrow} is in the future",
+        url + f"?date={tomorrow}&dry_run=1": "is in the future",
+        served.url + JOBS["cleanup"].endpoint + "?date=2026-11-21":
+            "analytics-aggregate only",
+    }
+    for bad, says in refused.items():
+        reply = request(bad, headers=bearer())
+        assert reply.status == 400, (bad, reply.body)
+        assert reply.body["message"] == "Bad request" and says in reply.body["error"], reply.body
+    with engine.connect() as c:
+        assert c.execute(select(func.count()).select_from(ops_runs)).scalar() == 1  # the first
+    assert cache.get(cache_key(tid, date(2026, 11, 21))) is None
 
 
 # --- authentication ------------------------------------------------------------------------
