@@ -22,6 +22,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Input, Static
 
 from console.app import OpsApp
+from console.formatting import clip
 from console.screens.analytics import AnalyticsScreen
 from console.screens.confirm import ConfirmScreen
 from console.screens.help import HelpScreen
@@ -431,6 +432,87 @@ async def test_analytics_shows_cached_days_marks_missing_and_recomputes(
         run = conn.execute(select(ops_runs)).one()
     assert run.job_id == "analytics-aggregate" and run.params == {"date": "2026-11-25"}
     assert cache.get(cache_key("t-other", date(2026, 11, 25))) is not None
+
+
+EVIL = "Evil [/bold] Shop"
+CLICK = "[@click=app.quit]x[/]"
+
+
+async def test_tenant_names_that_look_like_markup_show_as_written(
+        engine: Engine, settings: Settings) -> None:
+    """Names are data: `[/bold]` must not crash a screen, `[@click=...]` must not become an
+    action. Every place a name reaches: the recompute question, the run's items, the
+    outbox, a notification."""
+    add_tenant(engine, id="t-evil", name=EVIL, expire_date=NOW - timedelta(days=1))
+    add_tenant(engine, id="t-click", name=CLICK, expire_date=NOW - timedelta(days=1))
+    app = make_app(settings, engine)
+    # notifications=True: toasts are drawn (run_test leaves them out by default), so a
+    # message read as markup would fail here as it would on a terminal.
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await settle(app, pilot)
+        await pilot.press("a")
+        await settle(app, pilot)
+        for search, name in (("evil", EVIL), ("click", CLICK)):
+            screen = app.screen
+            assert isinstance(screen, AnalyticsScreen)
+            await pilot.press("slash")
+            screen.query_one("#tenant-search", Input).value = search
+            await settle(app, pilot)
+            await pilot.press("enter")
+            await settle(app, pilot)
+            assert text(screen.query_one("#analytics-title", Static)).startswith(name)
+            await pilot.press("c")
+            await settle(app, pilot)
+            assert isinstance(screen_of(app), ConfirmScreen)
+            assert name in text(app.screen.query_one("#confirm-detail", Static))
+            await pilot.press("n")
+            await settle(app, pilot)
+        assert app.is_running
+
+        app.open_analytics(f"no {EVIL}")  # an id nobody has: a notification quoting it
+        await settle(app, pilot)
+        assert any(EVIL in n for n in notes(app))
+        assert app.is_running
+
+        app.show_jobs()
+        await settle(app, pilot)
+        await pilot.press("t", "y")  # expiry-checker: both tenants expire, with an email each
+        await settle(app, pilot)
+        assert isinstance(screen_of(app), RunDetailScreen)
+        items = app.screen.query_one("#items", DataTable)
+        assert sorted(column(items, "tenant")) == sorted([clip(CLICK, 20), EVIL])
+        await pilot.press("escape")
+        await settle(app, pilot)
+        await pilot.press("o")
+        await settle(app, pilot)
+        subjects = column(app.screen.query_one("#emails", DataTable), "subject")
+        assert len(subjects) == 2 and any(EVIL in s for s in subjects), subjects
+        assert any(CLICK in s for s in subjects), subjects
+        await pilot.pause()
+        assert app.is_running
+
+
+def test_every_notification_of_the_console_is_plain_text() -> None:
+    """Notifications quote data (errors with tenant names, ids); Textual reads a message
+    as markup unless told otherwise, so every call says markup=False."""
+    import ast
+    from pathlib import Path
+
+    import console
+
+    missing = []
+    for path in sorted(Path(console.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            notify = node.func.attr == "notify" or (
+                node.func.attr == "call_from_thread" and node.args
+                and isinstance(node.args[0], ast.Attribute) and node.args[0].attr == "notify")
+            plain = any(k.arg == "markup" and isinstance(k.value, ast.Constant)
+                        and k.value.value is False for k in node.keywords)
+            if notify and not plain:
+                missing.append(f"{path.name}:{node.lineno}")
+    assert not missing
 
 
 def test_search_tenants_by_name_or_id(engine: Engine) -> None:

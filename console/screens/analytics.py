@@ -154,7 +154,7 @@ class AnalyticsScreen(OpsScreen):
         tenant = get_tenant(self.session.db(), tenant_id)
         if tenant is None:
             self.app.call_from_thread(self.notify, f"No tenant with id {tenant_id!r}.",
-                                      severity="warning")
+                                      severity="warning", markup=False)
             return
         self.app.call_from_thread(self._choose, tenant)
 
@@ -175,14 +175,14 @@ class AnalyticsScreen(OpsScreen):
             start = date.fromisoformat(self.query_one("#date-from", Input).value.strip())
             end = date.fromisoformat(self.query_one("#date-to", Input).value.strip())
         except ValueError:
-            self.notify("Dates are YYYY-MM-DD.", severity="warning")
+            self.notify("Dates are YYYY-MM-DD.", severity="warning", markup=False)
             return None
         if start > end:
-            self.notify("The range starts after it ends.", severity="warning")
+            self.notify("The range starts after it ends.", severity="warning", markup=False)
             return None
         count = (end - start).days + 1
         if count > analytics.MAX_RANGE_DAYS:
-            self.notify(f"At most {analytics.MAX_RANGE_DAYS} days at once.", severity="warning")
+            self.notify(f"At most {analytics.MAX_RANGE_DAYS} days at once.", severity="warning", markup=False)
             return None
         return analytics.last_days(end, count)  # newest first, as the CLI lists them
 
@@ -247,7 +247,7 @@ class AnalyticsScreen(OpsScreen):
     def action_recompute(self) -> None:
         day = self.highlighted_day
         if day is None or self.tenant is None:
-            self.notify("Choose a tenant and a day first.", severity="warning")
+            self.notify("Choose a tenant and a day first.", severity="warning", markup=False)
             return
         self.ops.request_trigger(
             JOB, RunParams(date=day),

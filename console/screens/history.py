@@ -70,7 +70,7 @@ class HistoryScreen(OpsScreen):
 
     def action_more(self) -> None:
         if self.complete:
-            self.notify("That is the oldest run.", timeout=3)
+            self.notify("That is the oldest run.", timeout=3, markup=False)
         elif not self._fetching and self.records:
             self._fetching = True
             self._load(self.records[-1].run_id, append=True)
