@@ -12,6 +12,7 @@ from functools import partial
 from importlib import import_module
 
 from console.context import CliContext
+from console.formatting import terminal_safe
 from jobs.errors import ExitCode, OpsError
 from jobs.settings import JOB_IDS, Overrides, load_settings
 
@@ -161,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         return code
     except OpsError as exc:
-        print(f"storeflow-ops: {exc.message}", file=sys.stderr)
+        # One line, whatever the message quotes (a name, a database's error text).
+        print(f"storeflow-ops: {terminal_safe(exc.message)}", file=sys.stderr)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         print("storeflow-ops: interrupted", file=sys.stderr)
@@ -177,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A bug, not an operator error: one line by default, the traceback on request.
         if os.environ.get("STOREFLOW_DEBUG"):
             raise
-        print(f"storeflow-ops: internal error: {type(exc).__name__}: {exc} "
+        print(f"storeflow-ops: internal error: {type(exc).__name__}: {terminal_safe(str(exc))} "
               "(set STOREFLOW_DEBUG=1 for the traceback)", file=sys.stderr)
         return int(ExitCode.FAILED)
 

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from console.context import CliContext
-from console.formatting import item_note
+from console.formatting import item_note, terminal_safe
 from jobs import runs
 from jobs.db import check_reachable, make_engine, redact, tenants, transaction
 from jobs.errors import ExitCode, UnknownJobError, UsageError
@@ -40,8 +40,11 @@ ANALYTICS_DAYS = 14
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Columns padded to their widest cell; the last column is left ragged."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    """Columns padded to their widest cell; the last column is left ragged. Cells are made
+    terminal-safe first, so a line break or escape in a name neither breaks the row nor
+    its alignment."""
+    cells = [[str(h) for h in headers]] + [
+        ["" if c is None else terminal_safe(str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     return "\n".join(lines)
@@ -70,7 +73,7 @@ def _relative(value: datetime, now: datetime) -> str:
 def _summary_words(summary: Any) -> str:
     if not summary:
         return "-"
-    return ", ".join(f"{k}={v}" for k, v in dict(summary).items())
+    return terminal_safe(", ".join(f"{k}={v}" for k, v in dict(summary).items()))
 
 
 def _check_job(job_id: str) -> str:
@@ -240,7 +243,7 @@ def _print_report(ctx: CliContext, report: RunReport, record: RunRecord | None =
     if report.scheduled_for is not None:
         ctx.out(f"  slot:      {_when(report.scheduled_for)}")
     if record is not None:
-        ctx.out(f"  by:        {record.started_by}")
+        ctx.out(f"  by:        {terminal_safe(record.started_by)}")
     ctx.out(f"  started:   {_when(report.started_at)}  "
             f"took {_span((report.finished_at - report.started_at).total_seconds())}")
     ctx.out(f"  summary:   {_summary_words(report.summary)}")
@@ -248,7 +251,7 @@ def _print_report(ctx: CliContext, report: RunReport, record: RunRecord | None =
         record.processed, record.errors)
     ctx.out(f"  items:     {processed} ({failed} failed)")
     if report.error:
-        ctx.out(f"  error:     {report.error}")
+        ctx.out(f"  error:     {terminal_safe(report.error)}")
     if report.items:
         ctx.out("")
         ctx.out(_items_table(report))
@@ -340,7 +343,7 @@ def cmd_analytics(ctx: CliContext, args: argparse.Namespace) -> int:
             for v in values
         ])
         return ExitCode.OK
-    ctx.err(f"{name} ({tenant_id}), from {cache.description}")
+    ctx.err(f"{terminal_safe(name)} ({terminal_safe(tenant_id)}), from {cache.description}")
     rows: list[tuple[object, ...]] = []
     for v in values:
         if v.value is None:

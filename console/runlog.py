@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Literal, TextIO
 
+from console.formatting import terminal_safe
 from jobs.timeutil import iso_z, utc_now
 
 LogFormat = Literal["text", "json"]
@@ -83,6 +84,8 @@ class RunLog:
             line = " ".join(parts)
         # One write per line, so threads never interleave inside a line.
         line = line.replace("\r", " ").replace("\n", " ")
+        if self.fmt == "text":  # a terminal reads it: no escape sequence from a name
+            line = terminal_safe(line)
         with self._lock:
             try:
                 self.stream.write(line + "\n")
