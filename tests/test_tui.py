@@ -603,11 +603,16 @@ async def test_read_only_hides_and_refuses_every_write(engine: Engine, settings:
         await pilot.press("t", "y", "s")
         await settle(app, pilot)
         assert isinstance(screen_of(app), JobsScreen)
+        # Not ignored without a word: each writing key says why it does nothing.
+        assert notes(app) == [
+            "Read-only console: t (Run) writes, so it is off (started with --read-only).",
+            "Read-only console: s (Pause/Resume) writes, so it is off (started with --read-only).",
+        ]
         app.request_trigger("expiry-checker")  # even when asked directly
         app.request_pause("expiry-checker", True)
         await settle(app, pilot)
         assert isinstance(screen_of(app), JobsScreen)
-        assert sum("Read-only console" in n for n in notes(app)) == 2
+        assert sum("Read-only console" in n for n in notes(app)) == 4
         titles = [t for t, _, _ in app.palette_entries(app.screen)]
         assert not any("Run now" in t or "Pause" in t for t in titles)
         assert "job: Preview · expiry-checker" in titles
