@@ -47,6 +47,7 @@ from aiohttp.web_response import StreamResponse
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from console.runlog import FIELDS_ATTR, event_extra
 from jobs.db import first_line, ops_runners, transaction
 from jobs.errors import ConfigError, JobRunningError, OpsError, UnreachableError, UsageError
 from jobs.records import RunParams, RunReport, RunStatus, Trigger
@@ -150,16 +151,25 @@ class _Redact(logging.Filter):
                 text += "\n" + logging.Formatter().formatException(record.exc_info)
         record.msg, record.args = self.redact(text), ()
         record.exc_info, record.exc_text = None, None
+        fields = getattr(record, FIELDS_ATTR, None)
+        if isinstance(fields, dict):
+            setattr(record, FIELDS_ATTR, {k: self.redact(v) if isinstance(v, str) else v
+                                          for k, v in fields.items()})
         return True
 
 
 class _AccessLogger(AbstractAccessLogger):
-    """One line per request: client, method, path (no query, no headers), status, time."""
+    """One line per request: client, method, path (no query, no headers), status, time.
+    In the runner's log it is an `http-request` event with those as fields."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         level = logging.DEBUG if request.path == "/healthz" else logging.INFO
-        self.logger.log(level, "%s %s %s %s %.1fms", request.remote or "-", request.method,
-                        request.path, response.status, time * 1000)
+        client, ms = request.remote or "-", round(time * 1000, 1)
+        self.logger.log(level, "%s %s %s %s %.1fms", client, request.method, request.path,
+                        response.status, ms,
+                        extra=event_extra("http-request", method=request.method,
+                                          path=request.path, status=response.status,
+                                          duration_ms=ms, client=client))
 
 
 # --- the application -------------------------------------------------------------------------

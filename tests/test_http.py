@@ -606,10 +606,51 @@ def test_a_real_runner_answers_the_seed_curl_commands(env: dict[str, str], engin
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert TOKEN not in out + err and TOKEN.lower() not in out + err
-    assert "/api/admin/subscriptions/expiry-checker 200" in err  # the access log, via the runner
+    # the access log, via the runner
+    assert "path=/api/admin/subscriptions/expiry-checker status=200" in err
     with engine.connect() as c:
         assert c.execute(select(tenants.c.status).where(tenants.c.id == expired)).scalar() \
             == "expired"
+
+
+@pytest.mark.slow
+def test_a_real_runners_json_log_has_request_fields_and_warns_once_without_smtp(
+        env: dict[str, str], engine: Engine, tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [storeflow_ops(), "run", "--http", f"127.0.0.1:{port}", "--log-format", "json"],
+        cwd=tmp_path, env={**env, "CRON_SECRET_TOKEN": TOKEN}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                request(url + "/healthz")
+                break
+            except OSError:
+                time.sleep(0.1)
+        endpoint = JOBS["cleanup"].endpoint
+        assert request(url + endpoint + "?dry_run=1", headers=bearer()).status == 200
+        assert request(url + endpoint, "POST").status == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    events = [json.loads(line) for line in err.splitlines()]
+    served = [{k: e[k] for k in ("level", "method", "path", "status", "client")}
+              for e in events if e["event"] == "http-request"]
+    assert served == [
+        {"level": "info", "method": "GET", "path": endpoint, "status": 200, "client": "127.0.0.1"},
+        {"level": "info", "method": "POST", "path": endpoint, "status": 401,
+         "client": "127.0.0.1"},
+    ]
+    assert all(isinstance(e["duration_ms"], float) for e in events
+               if e["event"] == "http-request")
+    assert not [e for e in events if e.get("logger") == "storeflow.http.access"]
+    smtp = [e for e in events if e["event"] == "smtp-not-configured"]
+    assert len(smtp) == 1 and smtp[0]["level"] == "warning" and "SMTP_URL" in smtp[0]["reason"]
 
 
 @pytest.mark.slow
