@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from console.context import CliContext
-from console.formatting import item_note, terminal_safe
+from console.formatting import item_note, plural, terminal_safe
 from jobs import runs
 from jobs.db import check_reachable, make_engine, redact, tenants, transaction
 from jobs.errors import ExitCode, UnknownJobError, UsageError
@@ -381,7 +381,8 @@ def cmd_outbox(ctx: CliContext, args: argparse.Namespace) -> int:
     pending = counts_by_status(ctx.engine).get("pending", 0)
     if pending and not ctx.settings.smtp_url:
         ctx.err(
-            f"note: {pending} pending email(s) are not being sent: SMTP_URL is not set. "
+            f"note: {plural(pending, 'pending email')} {'is' if pending == 1 else 'are'} "
+            "not being sent: SMTP_URL is not set. "
             "Set SMTP_URL (smtp://user:pass@host:port) and MAIL_FROM, then run "
             "`storeflow-ops outbox send` or the runner."
         )
@@ -492,8 +493,8 @@ def cmd_demo(ctx: CliContext, args: argparse.Namespace) -> int:
     ctx.err(f"building the demo database in {path} ...")
     info = build_demo(path, args.tenants, utc_now(), settings=settings)
     ctx.out(f"demo database: {path}")
-    ctx.out(f"  {info.tenants} tenants, {info.orders} orders, {info.runs} runs, "
-            f"{info.emails} emails")
+    ctx.out(f"  {plural(info.tenants, 'tenant')}, {plural(info.orders, 'order')}, "
+            f"{plural(info.runs, 'run')}, {plural(info.emails, 'email')}")
     ctx.out(f"  try: DATABASE_URL={url} storeflow-ops jobs")
     if args.no_tui:
         return ExitCode.OK

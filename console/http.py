@@ -50,6 +50,7 @@ from sqlalchemy.engine import Engine
 from console.runlog import FIELDS_ATTR, event_extra
 from jobs.db import first_line, ops_runners, transaction
 from jobs.errors import ConfigError, JobRunningError, OpsError, UnreachableError, UsageError
+from jobs.humanize import plural
 from jobs.records import RunParams, RunReport, RunStatus, Trigger
 from jobs.registry import JOBS
 from jobs.runs import execute
@@ -98,7 +99,7 @@ def check_token(settings: Settings) -> str:
     if len(token) < MIN_TOKEN_LENGTH:
         raise ConfigError(
             "environment", TOKEN_ENV,
-            f"is {len(token)} characters long; the HTTP endpoints need at least "
+            f"is {plural(len(token), 'character')} long; the HTTP endpoints need at least "
             f"{MIN_TOKEN_LENGTH}",
         )
     if token != token.strip():
@@ -380,9 +381,9 @@ def _trigger_handler(job_id: str) -> Handler:
             log.error("http %s from %s: not started: %s", job_id, client, exc.message)
             return _json(500, {"message": "Job not started", "job": job_id,
                                "error": exc.message})
-        log.info("http %s from %s: %s %s (%d items, %d errors)", job_id, client,
+        log.info("http %s from %s: %s %s (%s, %s)", job_id, client,
                  "preview" if report.dry_run else f"run {report.run_id}", report.status,
-                 report.processed, len(report.errors))
+                 plural(report.processed, "item"), plural(len(report.errors), "error"))
         return _json(_report_status(report), report.to_json())
 
     return trigger

@@ -527,6 +527,15 @@ def test_outbox_lists_emails_and_warns_without_smtp(engine: Engine, run_cli: Any
 # --- pause / resume / status -----------------------------------------------------------------
 
 
+def test_one_of_a_thing_is_counted_in_the_singular(engine: Engine, run_cli: Any) -> None:
+    add_tenant(engine, id="t-one", expire_date=NOW - timedelta(hours=1))
+    run_json(run_cli, "trigger", "expiry-checker", "--now", NOW_ARG)
+    code, _, err = run_cli("outbox")
+    assert code == 0 and "note: 1 pending email is not being sent" in err, err
+    code, _, err = run_cli("outbox", "send")
+    assert code == 0 and "1 pending email waits in the outbox" in err, err
+
+
 def test_pause_resume_and_status(engine: Engine, run_cli: Any, env: dict[str, str],
                                  tmp_path: Path) -> None:
     code, out, _ = run_cli("pause", "cleanup")

@@ -205,14 +205,15 @@ def test_seed_curl_commands_get_the_seed_response_shape(served: Served, engine: 
             == "expired"
 
 
-def test_item_errors_are_a_200_with_the_errors_in_the_body(served: Served,
-                                                           engine: Engine) -> None:
+def test_item_errors_are_a_200_with_the_errors_in_the_body(served: Served, engine: Engine,
+                                                           logs: LogLines) -> None:
     bad = add_tenant(engine, email="not an address", expire_date=utc_now() - timedelta(days=1))
     reply = request(served.url + JOBS["expiry-checker"].endpoint, headers=bearer())
     assert reply.status == 200
     assert reply.body["message"] == "Job completed with errors"
     assert [e["tenant_id"] for e in reply.body["results"]["errors"]] == [bad]
     assert reply.body["results"]["items"][0]["status"] == "error"
+    assert any(line.endswith("partial (1 item, 1 error)") for line in logs.lines), logs.lines
 
 
 def test_post_works_and_its_body_is_ignored(served: Served, engine: Engine) -> None:

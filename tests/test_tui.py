@@ -589,6 +589,26 @@ async def test_outbox_retry_of_a_pending_email_is_not_offered(
         assert conn.execute(select(ops_email_outbox.c.status)).scalar_one() == "pending"
 
 
+async def test_one_item_and_one_run_are_counted_in_the_singular(
+        engine: Engine, settings: Settings) -> None:
+    add_tenant(engine, id="t-one", name="Only One", expire_date=NOW - timedelta(days=1))
+    app = make_app(settings, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("p")
+        await settle(app, pilot)
+        assert isinstance(screen_of(app), PreviewScreen)
+        assert "Would act on 1 item, of which" in text(app.screen.query_one("#run-summary",
+                                                                            Static))
+        await pilot.press("escape", "t", "y")
+        await settle(app, pilot)
+        await pilot.press("escape", "h")
+        await settle(app, pilot)
+        assert isinstance(screen_of(app), HistoryScreen)
+        title = app.screen.query_one("#history-title", Static)
+        assert text(title).endswith(": 1 run shown"), text(title)
+
+
 # --- read-only, help, palette, errors ---------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from console.formatting import number, span, status_text
+from console.formatting import number, plural, span, status_text
 from console.messages import AnalyticsLoaded, RunPurpose, TenantsFound
 from console.screens.base import OpsScreen
 from console.widgets.bar_chart import Bar, BarChart
@@ -222,7 +222,8 @@ class AnalyticsScreen(OpsScreen):
         title.append("  ")
         title.append_text(status_text(event.tenant.status))
         first, last = chronological[0].day, chronological[-1].day
-        title.append(f"  {first.isoformat()} … {last.isoformat()} ({len(self.days)} days)  ")
+        title.append(f"  {first.isoformat()} … {last.isoformat()} "
+                     f"({plural(len(self.days), 'day')})  ")
         if missing:
             title.append(f"{missing} missing", style="bold yellow")
         else:
