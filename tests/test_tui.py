@@ -492,6 +492,30 @@ async def test_tenant_names_that_look_like_markup_show_as_written(
         assert app.is_running
 
 
+async def test_recomputing_a_day_that_has_not_happened_is_refused(
+        engine: Engine, settings: Settings) -> None:
+    """The console goes through the job's own check of its dates, as the CLI and HTTP do."""
+    add_tenant(engine, id="t-shop", name="Nordic Candles")
+    app = make_app(settings, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        app.open_analytics("t-shop")
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, AnalyticsScreen)
+        screen.query_one("#date-to", Input).value = "2026-11-29"  # NOW is the 28th
+        screen.action_reload()
+        await settle(app, pilot)
+        table = screen.query_one("#days", DataTable)
+        table.focus()
+        table.move_cursor(row=0)
+        assert screen.highlighted_day == date(2026, 11, 29)
+        await pilot.press("c", "y")
+        await settle(app, pilot)
+        assert any("--date 2026-11-29 is in the future" in n for n in notes(app)), notes(app)
+    assert count(engine, ops_runs) == 0
+
+
 def test_every_notification_of_the_console_is_plain_text() -> None:
     """Notifications quote data (errors with tenant names, ids); Textual reads a message
     as markup unless told otherwise, so every call says markup=False."""
