@@ -352,23 +352,25 @@ def _trigger_handler(job_id: str) -> Handler:
         dry_run = _dry_run(request)
         if dry_run is None:
             return _json(400, {"message": "dry_run must be 1 or 0", "job": job_id})
+        now = utc_now()
         try:
             params = _run_params(request)
+            # The job's own check of its dates (the run makes it again), here so that a
+            # refusal is a 400 and not a run that could not start.
+            JOBS[job_id].check_params(host.settings.job(job_id), params, now)
         except UsageError as exc:
+            log.info("http %s from %s: refused: %s", job_id, client, exc.message)
             return _json(400, {"message": "Bad request", "job": job_id, "error": exc.message})
         if host.stop.is_set():
             return _json(503, {"message": "Runner is shutting down", "job": job_id})
         run = partial(
-            execute, host.engine, host.settings, job_id, now=utc_now(), trigger=Trigger.HTTP,
+            execute, host.engine, host.settings, job_id, now=now, trigger=Trigger.HTTP,
             started_by=f"http:{client}", runner_id=host.runner_id, dry_run=dry_run,
             params=params, stop=host.stop,
         )
         loop = asyncio.get_running_loop()
         try:
             report = await loop.run_in_executor(request.app[_RUNS], run)
-        except UsageError as exc:  # the job's check of its dates: refused, nothing written
-            log.info("http %s from %s: refused: %s", job_id, client, exc.message)
-            return _json(400, {"message": "Bad request", "job": job_id, "error": exc.message})
         except JobRunningError as exc:
             log.info("http %s from %s: refused, run %s is running", job_id, client, exc.run_id)
             return _json(409, {"message": "Job already running", "job": job_id,
