@@ -312,7 +312,7 @@ _QUERY_PARAMS = ("dry_run", *_DATE_PARAMS)
 
 def _run_params(request: web.Request) -> RunParams:
     """The run's dates from the query; UsageError (a 400) when unknown, repeated or not a
-    date. Whether they fit the job is the job's own check, made by the run."""
+    date. Whether they fit the job is the job's own check (`JobSpec.check_params`)."""
     unknown = sorted(set(request.query) - set(_QUERY_PARAMS))
     if unknown:
         raise UsageError(f"unknown query parameter {', '.join(map(repr, unknown))}; "
