@@ -119,7 +119,7 @@ class OpsApp(App[int]):
     def on_connected(self, _: Connected) -> None:
         self.status = self._status(connected=True, db_error=None)
         if self._db_failing:
-            self.notify("The database answers again.", title="Database")
+            self.notify("The database answers again.", title="Database", markup=False)
         self._db_failing = False
         self.refresh_data()
 
@@ -129,7 +129,7 @@ class OpsApp(App[int]):
     def _database_failed(self, error: str) -> None:
         self.status = self._status(db_error=error)
         if not self._db_failing:
-            self.notify(error, title="Database", severity="error", timeout=10)
+            self.notify(error, title="Database", severity="error", timeout=10, markup=False)
         self._db_failing = True
 
     def refresh_data(self) -> None:
@@ -181,7 +181,7 @@ class OpsApp(App[int]):
         else:
             message = f"{type(error).__name__}: {error}"
             self.log.error(f"worker {event.worker.name} failed", error)
-        self.notify(message, title=_title(event.worker), severity="error", timeout=10)
+        self.notify(message, title=_title(event.worker), severity="error", timeout=10, markup=False)
 
     # --- running a job -------------------------------------------------------------------------
 
@@ -212,17 +212,17 @@ class OpsApp(App[int]):
 
     def _can_start(self) -> bool:
         if not self.session.connected:
-            self.notify("Not connected to the database yet.", severity="warning")
+            self.notify("Not connected to the database yet.", severity="warning", markup=False)
             return False
         if self.active_run is not None:
             self.notify(f"Wait for {self.active_run.job_id} to finish (or press x to stop it).",
-                        severity="warning")
+                        severity="warning", markup=False)
             return False
         return True
 
     def _refuse_write(self, what: str) -> bool:
         if self.session.read_only:
-            self.notify(f"Read-only console: cannot {what}.", severity="warning")
+            self.notify(f"Read-only console: cannot {what}.", severity="warning", markup=False)
             return True
         return False
 
@@ -291,7 +291,7 @@ class OpsApp(App[int]):
         text = f"{report.message}: {n:,} processed, {plural(errors, 'error')} ({run})"
         if report.error:
             text += f"\n{report.error}"
-        self.notify(text, title=purpose.job_id, severity=severity, timeout=8)
+        self.notify(text, title=purpose.job_id, severity=severity, timeout=8, markup=False)
         for screen in self.screen_stack:
             reload = getattr(screen, "on_job_finished", None)
             if reload is not None:
@@ -306,7 +306,7 @@ class OpsApp(App[int]):
     def stop_run(self) -> None:
         if self.active_run is not None:
             self._stop_run.set()
-            self.notify(f"Stopping {self.active_run.job_id} after the tenant in hand…")
+            self.notify(f"Stopping {self.active_run.job_id} after the tenant in hand…", markup=False)
 
     # --- pause / resume -------------------------------------------------------------------------
 
@@ -321,7 +321,7 @@ class OpsApp(App[int]):
                              now=self.session.clock())
         word = "paused" if paused else "resumed"
         note = "" if changed else " (it already was)"
-        self.call_from_thread(self.notify, f"{job_id} {word}{note}.", title="Schedule")
+        self.call_from_thread(self.notify, f"{job_id} {word}{note}.", title="Schedule", markup=False)
         self.call_from_thread(self.refresh_data)
 
     # --- the command palette ---------------------------------------------------------------------
@@ -407,7 +407,7 @@ class OpsApp(App[int]):
         def answered(yes: bool | None) -> None:
             if yes:
                 self._stop_run.set()
-                self.notify("Stopping the run, then quitting…")
+                self.notify("Stopping the run, then quitting…", markup=False)
                 self.run_worker(self._quit_after_run(), group="quit")
 
         self.push_screen(ConfirmScreen(

@@ -14,6 +14,7 @@ from functools import partial
 from importlib import import_module
 
 from console.context import CliContext
+from console.formatting import terminal_safe
 from jobs.errors import ExitCode, JobRunningError, OpsError, UsageError
 from jobs.settings import JOB_IDS, Overrides, load_settings
 
@@ -203,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         return code
     except OpsError as exc:
-        print(f"storeflow-ops: {exc.message}", file=sys.stderr)
+        # One line, whatever the message quotes (a name, a database's error text).
+        print(f"storeflow-ops: {terminal_safe(exc.message)}", file=sys.stderr)
         if wants_json:
             _error_document(exc.message, int(exc.exit_code),
                             exc.run_id if isinstance(exc, JobRunningError) else None)
@@ -224,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A bug, not an operator error: one line by default, the traceback on request.
         if os.environ.get("STOREFLOW_DEBUG"):
             raise
-        print(f"storeflow-ops: internal error: {type(exc).__name__}: {exc} "
+        print(f"storeflow-ops: internal error: {type(exc).__name__}: {terminal_safe(str(exc))} "
               "(set STOREFLOW_DEBUG=1 for the traceback)", file=sys.stderr)
         if wants_json:
             _error_document(f"internal error: {type(exc).__name__}: {exc}", int(ExitCode.FAILED))

@@ -23,12 +23,13 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from console.context import CliContext
-from console.formatting import item_note
+from console.formatting import item_note, plural, terminal_safe
 from jobs import runs
 from jobs.db import check_reachable, make_engine, redact, tenants, transaction
 from jobs.errors import ExitCode, UnknownJobError, UsageError
 from jobs.presence import Presence, list_runners, who_am_i
 from jobs.records import ItemStatus, Progress, RunParams, RunRecord, RunReport
+from jobs.registry import get_job
 from jobs.runner_schedules import EffectiveSchedules, live_schedules
 from jobs.settings import JOB_IDS
 from jobs.timeutil import as_utc, iso, parse_timestamp, utc_now
@@ -40,8 +41,11 @@ ANALYTICS_DAYS = 14
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Columns padded to their widest cell; the last column is left ragged."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    """Columns padded to their widest cell; the last column is left ragged. Cells are made
+    terminal-safe first, so a line break or escape in a name neither breaks the row nor
+    its alignment."""
+    cells = [[str(h) for h in headers]] + [
+        ["" if c is None else terminal_safe(str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     return "\n".join(lines)
@@ -70,7 +74,7 @@ def _relative(value: datetime, now: datetime) -> str:
 def _summary_words(summary: Any) -> str:
     if not summary:
         return "-"
-    return ", ".join(f"{k}={v}" for k, v in dict(summary).items())
+    return terminal_safe(", ".join(f"{k}={v}" for k, v in dict(summary).items()))
 
 
 def _check_job(job_id: str) -> str:
@@ -158,18 +162,10 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def _run_params(args: argparse.Namespace) -> RunParams:
-    the_date = _parse_date("--date", args.date)
-    date_from = _parse_date("--from", args.date_from)
-    date_to = _parse_date("--to", args.date_to)
-    if (the_date or date_from or date_to) and args.job != ANALYTICS_JOB:
-        raise UsageError(f"--date, --from and --to apply to {ANALYTICS_JOB} only, not {args.job}")
-    if the_date and (date_from or date_to):
-        raise UsageError("give either --date or --from/--to, not both")
-    if (date_from is None) != (date_to is None):
-        raise UsageError("--from needs --to (and --to needs --from): a backfill is a range")
-    if date_from and date_to and date_from > date_to:
-        raise UsageError(f"--from {date_from} is after --to {date_to}")
-    return RunParams(date=the_date, date_from=date_from, date_to=date_to)
+    """Parsed only: whether they make sense for the job is the job's own check."""
+    return RunParams(date=_parse_date("--date", args.date),
+                     date_from=_parse_date("--from", args.date_from),
+                     date_to=_parse_date("--to", args.date_to))
 
 
 class _ProgressLine:
@@ -217,6 +213,9 @@ def cmd_trigger(ctx: CliContext, args: argparse.Namespace) -> int:
     dry_run = args.command == "preview" or bool(getattr(args, "dry_run", False))
     now = _parse_now(args.now)
     params = _run_params(args)
+    # The run checks them too; here first, so a bad request is a usage error (exit 2)
+    # even when the database is down.
+    get_job(job_id).check_params(ctx.settings.job(job_id), params, now)
     engine = ctx.engine
     stop = threading.Event()
     progress = None if ctx.json else _ProgressLine(ctx, job_id)
@@ -258,7 +257,7 @@ def _print_report(ctx: CliContext, report: RunReport, record: RunRecord | None =
     if report.scheduled_for is not None:
         ctx.out(f"  slot:      {_when(report.scheduled_for)}")
     if record is not None:
-        ctx.out(f"  by:        {record.started_by}")
+        ctx.out(f"  by:        {terminal_safe(record.started_by)}")
     ctx.out(f"  started:   {_when(report.started_at)}  "
             f"took {_span((report.finished_at - report.started_at).total_seconds())}")
     ctx.out(f"  summary:   {_summary_words(report.summary)}")
@@ -266,7 +265,7 @@ def _print_report(ctx: CliContext, report: RunReport, record: RunRecord | None =
         record.processed, record.errors)
     ctx.out(f"  items:     {processed} ({failed} failed)")
     if report.error:
-        ctx.out(f"  error:     {report.error}")
+        ctx.out(f"  error:     {terminal_safe(report.error)}")
     if report.items:
         ctx.out("")
         ctx.out(_items_table(report))
@@ -361,7 +360,7 @@ def cmd_analytics(ctx: CliContext, args: argparse.Namespace) -> int:
             for v in values
         ])
         return ExitCode.OK
-    ctx.err(f"{name} ({tenant_id}), from {cache.description}")
+    ctx.err(f"{terminal_safe(name)} ({terminal_safe(tenant_id)}), from {cache.description}")
     rows: list[tuple[object, ...]] = []
     for v in values:
         if v.value is None:
@@ -399,7 +398,8 @@ def cmd_outbox(ctx: CliContext, args: argparse.Namespace) -> int:
     pending = counts_by_status(ctx.engine).get("pending", 0)
     if pending and not ctx.settings.smtp_url:
         ctx.err(
-            f"note: {pending} pending email(s) are not being sent: SMTP_URL is not set. "
+            f"note: {plural(pending, 'pending email')} {'is' if pending == 1 else 'are'} "
+            "not being sent: SMTP_URL is not set. "
             "Set SMTP_URL (smtp://user:pass@host:port) and MAIL_FROM, then run "
             "`storeflow-ops outbox send` or the runner."
         )
@@ -524,8 +524,8 @@ def cmd_demo(ctx: CliContext, args: argparse.Namespace) -> int:
     ctx.err(f"building the demo database in {path} ...")
     info = build_demo(path, args.tenants, utc_now(), settings=settings)
     ctx.out(f"demo database: {path}")
-    ctx.out(f"  {info.tenants} tenants, {info.orders} orders, {info.runs} runs, "
-            f"{info.emails} emails")
+    ctx.out(f"  {plural(info.tenants, 'tenant')}, {plural(info.orders, 'order')}, "
+            f"{plural(info.runs, 'run')}, {plural(info.emails, 'email')}")
     ctx.out(f"  try: DATABASE_URL={url} storeflow-ops jobs")
     if args.no_tui:
         return ExitCode.OK

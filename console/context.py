@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from sqlalchemy.engine import Engine
 
+from console.formatting import terminal_safe
 from jobs.cache import Cache, open_cache
 from jobs.db import check_reachable, make_engine
 from jobs.migrate import ensure_schema
@@ -34,11 +35,13 @@ class CliContext:
     def cache(self) -> Cache:
         return open_cache(self.settings.cache_url, self.engine, self.settings.cache_prefix)
 
+    # Text output goes through terminal_safe: whatever data it quotes, no control
+    # character reaches the terminal. emit_json stays exact (JSON escapes them itself).
     def out(self, text: str = "") -> None:
-        print(text, file=self.stdout)
+        print(terminal_safe(text, keep_newlines=True), file=self.stdout)
 
     def err(self, text: str) -> None:
-        print(text, file=self.stderr)
+        print(terminal_safe(text, keep_newlines=True), file=self.stderr)
 
     def emit_json(self, data: Any) -> None:
         import json

@@ -3,6 +3,7 @@ every screen."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -10,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from rich.text import Text
 
+from jobs.humanize import plural as plural  # here too: the console's screens use it
 from jobs.records import ItemResult
 
 STATUS_STYLES: dict[str, str] = {
@@ -140,8 +142,6 @@ def item_note(item: ItemResult, skip: tuple[str, ...] = ()) -> str:
     )
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def clip(text: str | None, width: int) -> str:
@@ -149,3 +149,26 @@ def clip(text: str | None, width: int) -> str:
         return ""
     line = text.splitlines()[0] if text.strip() else text
     return line if len(line) <= width else line[: max(0, width - 1)] + "…"
+
+
+# C0 and C1 controls, DEL, the line and paragraph separators, and the bidi overrides and
+# isolates (they reorder what follows them on screen).
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def terminal_safe(text: str, *, keep_newlines: bool = False) -> str:
+    """`text` fit for a terminal: control characters written as escapes (`\\x1b`,
+    `\\r`, `\\n`), so data from the database (a tenant's name, an email's subject)
+    cannot colour or clear the screen, retitle the window, rewrite a line with a
+    carriage return or start a line of its own. `keep_newlines` keeps the line breaks of
+    text the CLI laid out itself. JSON output does not come here: it stays exact."""
+
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        if keep_newlines and char == "\n":
+            return char
+        code = ord(char)
+        return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+    return _UNSAFE.sub(escape, text)

@@ -7,6 +7,10 @@ runner's event loop keeps firing slots while a job runs.
 Status codes of a trigger:
 - 200: the run finished (`succeeded` or `partial`: item errors are in the body) or,
   with `?dry_run=1`, the preview;
+- 400 `{"message": "Bad request", "error": ...}`: a query parameter other than `dry_run`,
+  `date`, `from` and `to` (the CLI's `--date`, `--from`, `--to`), one given twice or not a
+  date, or dates the job refuses (a day after today, a range that runs backwards, dates
+  on a job other than analytics-aggregate); nothing is written;
 - 401 `{"message": "Unauthorized"}`: no, malformed or wrong `Authorization: Bearer`;
 - 409: the job is already running (the holder's run id is in the body);
 - 500: the run started and failed (its report is the body, with the error), or it
@@ -30,7 +34,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
@@ -43,9 +47,11 @@ from aiohttp.web_response import StreamResponse
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from console.runlog import FIELDS_ATTR, event_extra
 from jobs.db import first_line, ops_runners, transaction
-from jobs.errors import ConfigError, JobRunningError, OpsError, UnreachableError
-from jobs.records import RunReport, RunStatus, Trigger
+from jobs.errors import ConfigError, JobRunningError, OpsError, UnreachableError, UsageError
+from jobs.humanize import plural
+from jobs.records import RunParams, RunReport, RunStatus, Trigger
 from jobs.registry import JOBS
 from jobs.runs import execute
 from jobs.settings import Settings
@@ -93,7 +99,7 @@ def check_token(settings: Settings) -> str:
     if len(token) < MIN_TOKEN_LENGTH:
         raise ConfigError(
             "environment", TOKEN_ENV,
-            f"is {len(token)} characters long; the HTTP endpoints need at least "
+            f"is {plural(len(token), 'character')} long; the HTTP endpoints need at least "
             f"{MIN_TOKEN_LENGTH}",
         )
     if token != token.strip():
@@ -146,16 +152,25 @@ class _Redact(logging.Filter):
                 text += "\n" + logging.Formatter().formatException(record.exc_info)
         record.msg, record.args = self.redact(text), ()
         record.exc_info, record.exc_text = None, None
+        fields = getattr(record, FIELDS_ATTR, None)
+        if isinstance(fields, dict):
+            setattr(record, FIELDS_ATTR, {k: self.redact(v) if isinstance(v, str) else v
+                                          for k, v in fields.items()})
         return True
 
 
 class _AccessLogger(AbstractAccessLogger):
-    """One line per request: client, method, path (no query, no headers), status, time."""
+    """One line per request: client, method, path (no query, no headers), status, time.
+    In the runner's log it is an `http-request` event with those as fields."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         level = logging.DEBUG if request.path == "/healthz" else logging.INFO
-        self.logger.log(level, "%s %s %s %s %.1fms", request.remote or "-", request.method,
-                        request.path, response.status, time * 1000)
+        client, ms = request.remote or "-", round(time * 1000, 1)
+        self.logger.log(level, "%s %s %s %s %.1fms", client, request.method, request.path,
+                        response.status, ms,
+                        extra=event_extra("http-request", method=request.method,
+                                          path=request.path, status=response.status,
+                                          duration_ms=ms, client=client))
 
 
 # --- the application -------------------------------------------------------------------------
@@ -289,6 +304,34 @@ def _dry_run(request: web.Request) -> bool | None:
     return False if value in _FALSE else None
 
 
+# The query parameters a trigger takes: the CLI's `--date`, `--from` and `--to`, and
+# `dry_run`. Any other is refused, so a misspelt `?dat=` cannot quietly run another day.
+_DATE_PARAMS = {"date": "date", "from": "date_from", "to": "date_to"}
+_QUERY_PARAMS = ("dry_run", *_DATE_PARAMS)
+
+
+def _run_params(request: web.Request) -> RunParams:
+    """The run's dates from the query; UsageError (a 400) when unknown, repeated or not a
+    date. Whether they fit the job is the job's own check (`JobSpec.check_params`)."""
+    unknown = sorted(set(request.query) - set(_QUERY_PARAMS))
+    if unknown:
+        raise UsageError(f"unknown query parameter {', '.join(map(repr, unknown))}; "
+                         f"a trigger takes {', '.join(_QUERY_PARAMS)}")
+    repeated = sorted(k for k in _QUERY_PARAMS if len(request.query.getall(k, ())) > 1)
+    if repeated:
+        raise UsageError(f"query parameter {', '.join(map(repr, repeated))} given more than once")
+    days: dict[str, date] = {}
+    for name, field in _DATE_PARAMS.items():
+        text = request.query.get(name)
+        if text is None:
+            continue
+        try:
+            days[field] = date.fromisoformat(text.strip())
+        except ValueError:
+            raise UsageError(f"{name}: {text!r} is not a date; write YYYY-MM-DD") from None
+    return RunParams(**days)
+
+
 def _report_status(report: RunReport) -> int:
     if report.status is RunStatus.FAILED:
         return 500
@@ -309,12 +352,21 @@ def _trigger_handler(job_id: str) -> Handler:
         dry_run = _dry_run(request)
         if dry_run is None:
             return _json(400, {"message": "dry_run must be 1 or 0", "job": job_id})
+        now = utc_now()
+        try:
+            params = _run_params(request)
+            # The job's own check of its dates (the run makes it again), here so that a
+            # refusal is a 400 and not a run that could not start.
+            JOBS[job_id].check_params(host.settings.job(job_id), params, now)
+        except UsageError as exc:
+            log.info("http %s from %s: refused: %s", job_id, client, exc.message)
+            return _json(400, {"message": "Bad request", "job": job_id, "error": exc.message})
         if host.stop.is_set():
             return _json(503, {"message": "Runner is shutting down", "job": job_id})
         run = partial(
-            execute, host.engine, host.settings, job_id, now=utc_now(), trigger=Trigger.HTTP,
+            execute, host.engine, host.settings, job_id, now=now, trigger=Trigger.HTTP,
             started_by=f"http:{client}", runner_id=host.runner_id, dry_run=dry_run,
-            stop=host.stop,
+            params=params, stop=host.stop,
         )
         loop = asyncio.get_running_loop()
         try:
@@ -331,9 +383,9 @@ def _trigger_handler(job_id: str) -> Handler:
             log.error("http %s from %s: not started: %s", job_id, client, exc.message)
             return _json(500, {"message": "Job not started", "job": job_id,
                                "error": exc.message})
-        log.info("http %s from %s: %s %s (%d items, %d errors)", job_id, client,
+        log.info("http %s from %s: %s %s (%s, %s)", job_id, client,
                  "preview" if report.dry_run else f"run {report.run_id}", report.status,
-                 report.processed, len(report.errors))
+                 plural(report.processed, "item"), plural(len(report.errors), "error"))
         return _json(_report_status(report), report.to_json())
 
     return trigger

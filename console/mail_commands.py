@@ -17,6 +17,7 @@ import os
 from console.context import CliContext
 from jobs import sender
 from jobs.errors import ExitCode, UsageError
+from jobs.humanize import plural
 from jobs.outbox import counts_by_status
 from jobs.presence import who_am_i
 from jobs.timeutil import utc_now
@@ -37,7 +38,8 @@ def cmd_outbox_send(ctx: CliContext, args: argparse.Namespace) -> int:
     if result.skipped_reason:
         pending = counts_by_status(ctx.engine).get("pending", 0)
         ctx.err(f"storeflow-ops: nothing sent: {result.skipped_reason}; "
-                f"{pending} pending email(s) wait in the outbox")
+                f"{plural(pending, 'pending email')} {'waits' if pending == 1 else 'wait'} "
+                "in the outbox")
         return ExitCode.OK
     if not ctx.json:
         ctx.out(f"sent {result.sent}, retry later {result.retried}, "

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Literal, TextIO
 
+from console.formatting import terminal_safe
 from jobs.timeutil import iso_z, utc_now
 
 LogFormat = Literal["text", "json"]
@@ -83,6 +84,8 @@ class RunLog:
             line = " ".join(parts)
         # One write per line, so threads never interleave inside a line.
         line = line.replace("\r", " ").replace("\n", " ")
+        if self.fmt == "text":  # a terminal reads it: no escape sequence from a name
+            line = terminal_safe(line)
         with self._lock:
             try:
                 self.stream.write(line + "\n")
@@ -100,6 +103,17 @@ class RunLog:
         self.event(event, "error", **fields)
 
 
+# A `logging` record that is an event of its own, not a message: `extra=event_extra(...)`.
+EVENT_ATTR = "runlog_event"
+FIELDS_ATTR = "runlog_fields"
+
+
+def event_extra(event: str, **fields: Any) -> dict[str, Any]:
+    """`extra=` for a logging call that RunLogHandler writes as `event` with these fields
+    (the HTTP access log: method, path, status...), instead of `log` with a message."""
+    return {EVENT_ATTR: event, FIELDS_ATTR: fields}
+
+
 class RunLogHandler(logging.Handler):
     """Routes the `logging` records of the jobs package into the runner's one-line events,
     so a job's warning or a caught traceback does not break the log format."""
@@ -115,6 +129,10 @@ class RunLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            event, given = getattr(record, EVENT_ATTR, None), getattr(record, FIELDS_ATTR, None)
+            if isinstance(event, str) and isinstance(given, Mapping):
+                self.runlog.event(event, self._LEVELS.get(record.levelno, "warning"), **given)
+                return
             fields: dict[str, Any] = {"logger": record.name, "message": record.getMessage()}
             if record.exc_info and record.exc_info[1] is not None:
                 exc = record.exc_info[1]

@@ -588,6 +588,11 @@ def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
         disabled=[j for j, c in settings.jobs.items() if not c.enabled],
         http=None if http is None else f"{http[0]}:{http[1]}",
     )
+    if not settings.smtp_url:  # once, here: the outbox fills up quietly otherwise
+        runlog.warning("smtp-not-configured",
+                       reason="SMTP_URL is not set: emails the jobs queue wait in the outbox "
+                              "until it is, then this runner (or `storeflow-ops outbox send`) "
+                              "delivers them")
     code = 1
     try:
         code = asyncio.run(serve(state, core, http))

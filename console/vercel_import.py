@@ -16,6 +16,7 @@ from typing import Any
 
 from console.context import CliContext
 from jobs.errors import ConfigError, ExitCode
+from jobs.humanize import plural
 from jobs.registry import job_for_endpoint
 from jobs.schedule import CronError, CronSchedule
 
@@ -105,7 +106,7 @@ def cmd_import_vercel(ctx: CliContext, args: argparse.Namespace) -> int:
                               "its [jobs.*] tables by hand") from None
         except OSError as exc:
             raise ConfigError(str(target), "", f"cannot write: {exc.strerror or exc}") from None
-        ctx.out(f"wrote {len(entries)} job schedule(s) to {target}")
+        ctx.out(f"wrote {plural(len(entries), 'job schedule')} to {target}")
     else:
         ctx.stdout.write(toml)
     for line in problems:

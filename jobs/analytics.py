@@ -42,12 +42,20 @@ _ZERO = Decimal(0)
 
 
 def days_for(params: RunParams, now: datetime, tz: ZoneInfo) -> list[date]:
-    """`--date`, else the `--from/--to` range (inclusive), else the day before `now` in tz."""
+    """`--date`, else the `--from/--to` range (inclusive), else the day before `now` in tz.
+
+    A day after `now`'s own (in tz) is refused: it has not happened, and aggregating it
+    would write zeros over every tenant's dashboard. `now` is the run's reference time,
+    so `--now` moves "today" with it."""
+    if params.date is not None and (params.date_from is not None or params.date_to is not None):
+        raise UsageError("give either --date or --from/--to, not both")
+    today = now.astimezone(tz).date()
     if params.date is not None:
+        _not_after(today, "--date", params.date, tz)
         return [params.date]
     if params.date_from is not None or params.date_to is not None:
         if params.date_from is None or params.date_to is None:
-            raise UsageError("a backfill needs both --from and --to")
+            raise UsageError("--from needs --to (and --to needs --from): a backfill is a range")
         if params.date_from > params.date_to:
             raise UsageError(
                 f"--from {params.date_from.isoformat()} is after --to {params.date_to.isoformat()}"
@@ -58,8 +66,17 @@ def days_for(params: RunParams, now: datetime, tz: ZoneInfo) -> list[date]:
                 f"a backfill covers at most {MAX_RANGE_DAYS} days; "
                 f"{params.date_from.isoformat()}..{params.date_to.isoformat()} is {count}"
             )
+        _not_after(today, "--to", params.date_to, tz)
         return [params.date_from + timedelta(days=i) for i in range(count)]
-    return [now.astimezone(tz).date() - timedelta(days=1)]
+    return [today - timedelta(days=1)]
+
+
+def _not_after(today: date, flag: str, day: date, tz: ZoneInfo) -> None:
+    if day > today:
+        raise UsageError(
+            f"{flag} {day.isoformat()} is in the future (today is {today.isoformat()} in "
+            f"{tz.key}): a day can be aggregated once it has begun"
+        )
 
 
 def day_bounds(day: date, tz: ZoneInfo) -> tuple[datetime, datetime]:

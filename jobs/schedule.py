@@ -23,6 +23,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cron_descriptor import CasingTypeEnum, ExpressionDescriptor, Options
 from croniter import CroniterBadDateError, CroniterError, croniter
 
+from jobs.humanize import plural
+
 __all__ = ["CronError", "CronSchedule"]
 
 
@@ -174,7 +176,7 @@ def _parse_fields(expression: str) -> tuple[str, ...]:
     fields = tuple(text.split())
     if len(fields) not in (5, 6):
         raise CronError(
-            f"cron expression {expression!r} has {len(fields)} fields; "
+            f"cron expression {expression!r} has {plural(len(fields), 'field')}; "
             "expected 5 (minute hour day-of-month month day-of-week) or 6 with seconds last"
         )
     for index, value in enumerate(fields):

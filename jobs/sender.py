@@ -69,6 +69,7 @@ from sqlalchemy.exc import OperationalError
 
 from jobs.db import first_line, is_sqlite, ops_email_outbox, redact, transaction
 from jobs.errors import ConfigError, UnreachableError, UsageError
+from jobs.humanize import plural
 from jobs.settings import OutboxConfig, Settings
 
 log = logging.getLogger(__name__)
@@ -339,8 +340,8 @@ def drain(
                         jitter=jitter, tally=tally, stop=stop, on_accepted=on_accepted)
         except _Unreachable as exc:
             reason = str(exc)
-            log.warning("SMTP server unreachable (%s): %s; %d emails wait", smtp.display,
-                        reason, len(batch))
+            log.warning("SMTP server unreachable (%s): %s; %s wait", smtp.display,
+                        reason, plural(len(batch), "email"))
             return tally.result(reason)
     return tally.result()
 

@@ -232,6 +232,48 @@ def test_bad_range_is_a_usage_error(engine: Engine, settings: Settings, cache: C
         assert c.execute(select(ops_runs)).all() == []
 
 
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_day_that_has_not_happened_is_refused(engine: Engine, settings: Settings,
+                                                 cache: Cache, dry_run: bool) -> None:
+    """A future day would write zeros over every dashboard: refused before anything is
+    written, preview included (it shows what the run would do, and the run would refuse).
+    "Today" is the reference time's day in the job's timezone, not the wall clock's."""
+    tid = add_tenant(engine)
+    ny = with_job(settings, schedule=CronSchedule.parse("0 1 * * *", "America/New_York"))
+    future = [  # (settings, params): NOW is 2026-11-28 01:00 UTC, 2026-11-27 20:00 in NY
+        (settings, RunParams(date=date(2026, 11, 29))),
+        (ny, RunParams(date=date(2026, 11, 28))),
+        (settings, RunParams(date_from=date(2026, 11, 27), date_to=date(2026, 11, 29))),
+        (settings, RunParams(date=date(2026, 11, 20), date_from=date(2026, 11, 20),
+                             date_to=date(2026, 11, 21))),
+    ]
+    for s, params in future:
+        with pytest.raises(UsageError) as exc:
+            trigger(engine, s, cache, params=params, dry_run=dry_run)
+        assert exc.value.exit_code is ExitCode.USAGE
+    assert "--date 2026-11-29 is in the future (today is 2026-11-28 in UTC)" in str(
+        trigger_error(engine, settings, cache, RunParams(date=date(2026, 11, 29))))
+    assert cached(cache, tid, date(2026, 11, 28)) is None
+    assert cached(cache, tid, date(2026, 11, 29)) is None
+    with engine.connect() as c:
+        assert c.execute(select(ops_runs)).all() == []
+
+    # Today has begun: allowed (its figures so far), in the job's own timezone.
+    today = trigger(engine, settings, cache, params=RunParams(date=date(2026, 11, 28)),
+                    dry_run=dry_run)
+    assert today.status is RunStatus.SUCCEEDED and today.summary["date"] == "2026-11-28"
+    earlier = trigger(engine, ny, cache, params=RunParams(date=date(2026, 11, 27)),
+                      dry_run=dry_run)
+    assert earlier.status is RunStatus.SUCCEEDED
+
+
+def trigger_error(engine: Engine, settings: Settings, cache: Cache,
+                  params: RunParams) -> UsageError:
+    with pytest.raises(UsageError) as exc:
+        trigger(engine, settings, cache, params=params)
+    return exc.value
+
+
 def test_preview_writes_no_key_and_reports_the_same(engine: Engine, settings: Settings,
                                                     cache: Cache) -> None:
     tid = add_tenant(engine)

@@ -381,6 +381,12 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
         (["trigger", "analytics-aggregate", "--from", "2026-11-01"], ["--from needs --to"]),
         (["trigger", "analytics-aggregate", "--from", "2026-11-05", "--to", "2026-11-01"],
          ["after --to"]),
+        (["trigger", "analytics-aggregate", "--date", "2026-11-29", "--now", NOW_ARG],
+         ["--date 2026-11-29 is in the future", "today is 2026-11-28"]),
+        (["preview", "analytics-aggregate", "--from", "2026-11-20", "--to", "2026-11-29",
+          "--now", NOW_ARG], ["--to 2026-11-29 is in the future"]),
+        (["trigger", "analytics-aggregate", "--date", "2026-11-20", "--from", "2026-11-20",
+          "--to", "2026-11-21"], ["either --date or --from/--to"]),
         (["history", "nope"], ["unknown job 'nope'"]),
         (["pause", "nope"], ["unknown job 'nope'"]),
         (["show", "999"], ["no run 999"]),
@@ -573,6 +579,60 @@ def test_analytics_command_reads_the_cache(engine: Engine, run_cli: Any) -> None
     assert row.endswith(f"key=analytics:{tid}:overview:daily:2026-11-27")
 
 
+# Carriage return and line feed, a colour, an OSC window title, a bell, a C1 CSI
+# (\x9b2J clears the screen on terminals that take 8-bit controls) and a bidi override.
+NASTY = "Evil\r\n\x1b[31mShop\x1b]0;pwned\x07\x9b2J\u202e"
+NASTY_SHOWN = "Evil\\r\\n\\x1b[31mShop\\x1b]0;pwned\\x07\\x9b2J\\u202e"
+CONTROLS = ("\r", "\x1b", "\x07", "\x9b", "\u202e")
+
+
+def test_text_output_escapes_control_characters_and_json_stays_exact(
+        engine: Engine, run_cli: Any) -> None:
+    add_tenant(engine, id="t-nasty", name=NASTY, email="owner\x1b[2J@gmail,com",
+               expire_date=NOW - timedelta(hours=2))
+    add_tenant(engine, id="t-fine", name=NASTY, expire_date=NOW - timedelta(hours=2))
+    code, out, err = run_cli("trigger", "expiry-checker", "--now", NOW_ARG)
+    assert code == 1, err
+    run_id = int(out.split("(run ")[1].split(",")[0])
+    texts = {"trigger": (out, err)}
+    for args in (("show", str(run_id)), ("history",), ("outbox",),
+                 ("analytics", "t-fine", "--date", "2026-11-27")):
+        code, out, err = run_cli(*args)
+        assert code == 0, (args, err)
+        texts[args[0]] = (out, err)
+    for command, (out, err) in texts.items():
+        for char in CONTROLS:
+            assert char not in out + err, (command, char, out + err)
+    for command in ("trigger", "show"):
+        rows = [ln for ln in texts[command][0].splitlines() if ln.startswith("t-")]
+        assert len(rows) == 2 and all(NASTY_SHOWN in row for row in rows), rows
+        assert "owner\\x1b[2J@gmail,com" in texts[command][0]
+    # The subject quotes the name (with its line break folded, as a mail header must).
+    assert "Evil \\x1b[31mShop\\x1b]0;pwned\\x07\\x9b2J\\u202e has" in texts["outbox"][0]
+    assert texts["analytics"][1].startswith(f"{NASTY_SHOWN} (t-fine)")
+
+    # JSON is data, exact: the name comes back as it is stored.
+    subjects = [e["subject"] for e in run_json(run_cli, "outbox")]
+    assert len(subjects) == 1 and "Evil \x1b[31mShop\x1b]0;pwned\x07\x9b2J\u202e" in subjects[0]
+    shown = run_json(run_cli, "show", str(run_id))
+    assert [e["tenant_id"] for e in shown["results"]["errors"]] == ["t-nasty"]
+
+
+def test_the_runners_text_log_escapes_control_characters() -> None:
+    import io
+
+    from console.runlog import RunLog
+
+    text, json_ = io.StringIO(), io.StringIO()
+    for stream, fmt in ((text, "text"), (json_, "json")):
+        RunLog(stream, fmt, clock=lambda: NOW).warning(  # type: ignore[arg-type]
+            "run-finished", error=NASTY, tenant="Shop\x1b]0;pwned\x07")  # quoted; bare
+    line = text.getvalue()
+    assert line.count("\n") == 1 and not any(c in line for c in CONTROLS), line
+    assert "tenant=Shop\\x1b]0;pwned\\x07" in line and "\\x9b2J" in line
+    assert json.loads(json_.getvalue())["error"] == NASTY  # JSON escapes them itself
+
+
 # --- outbox ----------------------------------------------------------------------------------
 
 
@@ -597,6 +657,15 @@ def test_outbox_lists_emails_and_warns_without_smtp(engine: Engine, run_cli: Any
 
 
 # --- pause / resume / status -----------------------------------------------------------------
+
+
+def test_one_of_a_thing_is_counted_in_the_singular(engine: Engine, run_cli: Any) -> None:
+    add_tenant(engine, id="t-one", expire_date=NOW - timedelta(hours=1))
+    run_json(run_cli, "trigger", "expiry-checker", "--now", NOW_ARG)
+    code, _, err = run_cli("outbox")
+    assert code == 0 and "note: 1 pending email is not being sent" in err, err
+    code, _, err = run_cli("outbox", "send")
+    assert code == 0 and "1 pending email waits in the outbox" in err, err
 
 
 def test_pause_resume_and_status(engine: Engine, run_cli: Any, env: dict[str, str],

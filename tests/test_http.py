@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from sqlalchemy.engine import Engine
 
 from console.http import HttpServer, check_token, parse_listen, start_http
 from jobs import runs
+from jobs.analytics import cache_key
+from jobs.cache import TableCache
 from jobs.db import make_engine, ops_email_outbox, ops_runs, tenants
 from jobs.errors import ConfigError
 from jobs.migrate import upgrade
@@ -39,7 +41,7 @@ from jobs.presence import Presence
 from jobs.registry import JOBS
 from jobs.settings import Overrides, Settings, load_settings
 from jobs.timeutil import utc_now
-from tests.factories import add_tenant
+from tests.factories import add_order, add_tenant
 
 TOKEN = "sf-ops-Token-0123456789abcdef"  # mixed case, so a case change is a different token
 
@@ -203,14 +205,15 @@ def test_seed_curl_commands_get_the_seed_response_shape(served: Served, engine: 
             == "expired"
 
 
-def test_item_errors_are_a_200_with_the_errors_in_the_body(served: Served,
-                                                           engine: Engine) -> None:
+def test_item_errors_are_a_200_with_the_errors_in_the_body(served: Served, engine: Engine,
+                                                           logs: LogLines) -> None:
     bad = add_tenant(engine, email="not an address", expire_date=utc_now() - timedelta(days=1))
     reply = request(served.url + JOBS["expiry-checker"].endpoint, headers=bearer())
     assert reply.status == 200
     assert reply.body["message"] == "Job completed with errors"
     assert [e["tenant_id"] for e in reply.body["results"]["errors"]] == [bad]
     assert reply.body["results"]["items"][0]["status"] == "error"
+    assert any(line.endswith("partial (1 item, 1 error)") for line in logs.lines), logs.lines
 
 
 def test_post_works_and_its_body_is_ignored(served: Served, engine: Engine) -> None:
@@ -237,6 +240,41 @@ def test_dry_run_previews_and_writes_nothing(served: Served, engine: Engine) -> 
     bad = request(served.url + JOBS["expiry-checker"].endpoint + "?dry_run=maybe",
                   headers=bearer())
     assert bad.status == 400
+
+
+def test_dates_in_the_query_are_the_clis_and_anything_else_is_a_400(served: Served,
+                                                                    engine: Engine) -> None:
+    tid = add_tenant(engine)
+    add_order(engine, tid, datetime(2026, 11, 20, 12, tzinfo=UTC), "12.50")
+    url = served.url + JOBS["analytics-aggregate"].endpoint
+    cache = TableCache(engine)
+
+    one = request(url + "?date=2026-11-20", headers=bearer())
+    assert one.status == 200, one.body
+    assert one.body["results"]["summary"]["date"] == "2026-11-20"
+    assert json.loads(cache.get(cache_key(tid, date(2026, 11, 20))).value)["revenue"] == 12.5
+    back = request(url + "?from=2026-11-19&to=2026-11-20&dry_run=1", headers=bearer())
+    assert back.status == 200 and back.body["results"]["summary"]["date"] \
+        == "2026-11-19..2026-11-20"
+
+    tomorrow = (utc_now() + timedelta(days=2)).date().isoformat()
+    refused = {
+        url + "?dat=2026-11-21": "unknown query parameter 'dat'",
+        url + "?date=soon": "date: 'soon' is not a date",
+        url + "?date=2026-11-21&date=2026-11-22": "'date' given more than once",
+        url + "?from=2026-11-21": "--from needs --to",
+        url + f"?date={tomorrow}": f"--date {tomorrow} is in the future",
+        url + f"?date={tomorrow}&dry_run=1": "is in the future",
+        served.url + JOBS["cleanup"].endpoint + "?date=2026-11-21":
+            "analytics-aggregate only",
+    }
+    for bad, says in refused.items():
+        reply = request(bad, headers=bearer())
+        assert reply.status == 400, (bad, reply.body)
+        assert reply.body["message"] == "Bad request" and says in reply.body["error"], reply.body
+    with engine.connect() as c:
+        assert c.execute(select(func.count()).select_from(ops_runs)).scalar() == 1  # the first
+    assert cache.get(cache_key(tid, date(2026, 11, 21))) is None
 
 
 # --- authentication ------------------------------------------------------------------------
@@ -569,10 +607,51 @@ def test_a_real_runner_answers_the_seed_curl_commands(env: dict[str, str], engin
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert TOKEN not in out + err and TOKEN.lower() not in out + err
-    assert "/api/admin/subscriptions/expiry-checker 200" in err  # the access log, via the runner
+    # the access log, via the runner
+    assert "path=/api/admin/subscriptions/expiry-checker status=200" in err
     with engine.connect() as c:
         assert c.execute(select(tenants.c.status).where(tenants.c.id == expired)).scalar() \
             == "expired"
+
+
+@pytest.mark.slow
+def test_a_real_runners_json_log_has_request_fields_and_warns_once_without_smtp(
+        env: dict[str, str], engine: Engine, tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [storeflow_ops(), "run", "--http", f"127.0.0.1:{port}", "--log-format", "json"],
+        cwd=tmp_path, env={**env, "CRON_SECRET_TOKEN": TOKEN}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                request(url + "/healthz")
+                break
+            except OSError:
+                time.sleep(0.1)
+        endpoint = JOBS["cleanup"].endpoint
+        assert request(url + endpoint + "?dry_run=1", headers=bearer()).status == 200
+        assert request(url + endpoint, "POST").status == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    events = [json.loads(line) for line in err.splitlines()]
+    served = [{k: e[k] for k in ("level", "method", "path", "status", "client")}
+              for e in events if e["event"] == "http-request"]
+    assert served == [
+        {"level": "info", "method": "GET", "path": endpoint, "status": 200, "client": "127.0.0.1"},
+        {"level": "info", "method": "POST", "path": endpoint, "status": 401,
+         "client": "127.0.0.1"},
+    ]
+    assert all(isinstance(e["duration_ms"], float) for e in events
+               if e["event"] == "http-request")
+    assert not [e for e in events if e.get("logger") == "storeflow.http.access"]
+    smtp = [e for e in events if e["event"] == "smtp-not-configured"]
+    assert len(smtp) == 1 and smtp[0]["level"] == "warning" and "SMTP_URL" in smtp[0]["reason"]
 
 
 @pytest.mark.slow

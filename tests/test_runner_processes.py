@@ -273,6 +273,7 @@ def test_the_runner_delivers_the_outbox_on_its_interval(
     assert sorted(m["To"] for m in sink.messages) == [f"owner{i}@example.com"
                                                       for i in range(5)]
     assert any(e["event"] == "outbox-drained" and e["sent"] >= 1 for e in runner.events())
+    assert not [e for e in runner.events() if e["event"] == "smtp-not-configured"]
 
 
 @pytest.mark.parametrize(("args", "extra_env", "code", "says"), [

@@ -346,7 +346,7 @@ def test_describe(expression: str, tz: str, text: str) -> None:
     ("expression", "reason"),
     [
         ("", "has 0 fields"),
-        ("garbage", "has 1 fields"),
+        ("garbage", "has 1 field;"),
         ("* * * *", "has 4 fields"),
         ("* * * * * * *", "has 7 fields"),
         ("60 * * * *", "minute field '60': out of range"),

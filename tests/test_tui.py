@@ -22,6 +22,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Input, Static
 
 from console.app import OpsApp
+from console.formatting import clip
 from console.screens.analytics import AnalyticsScreen
 from console.screens.confirm import ConfirmScreen
 from console.screens.help import HelpScreen
@@ -472,6 +473,111 @@ async def test_analytics_shows_cached_days_marks_missing_and_recomputes(
     assert cache.get(cache_key("t-other", date(2026, 11, 25))) is not None
 
 
+EVIL = "Evil [/bold] Shop"
+CLICK = "[@click=app.quit]x[/]"
+
+
+async def test_tenant_names_that_look_like_markup_show_as_written(
+        engine: Engine, settings: Settings) -> None:
+    """Names are data: `[/bold]` must not crash a screen, `[@click=...]` must not become an
+    action. Every place a name reaches: the recompute question, the run's items, the
+    outbox, a notification."""
+    add_tenant(engine, id="t-evil", name=EVIL, expire_date=NOW - timedelta(days=1))
+    add_tenant(engine, id="t-click", name=CLICK, expire_date=NOW - timedelta(days=1))
+    app = make_app(settings, engine)
+    # notifications=True: toasts are drawn (run_test leaves them out by default), so a
+    # message read as markup would fail here as it would on a terminal.
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await settle(app, pilot)
+        await pilot.press("a")
+        await settle(app, pilot)
+        for search, name in (("evil", EVIL), ("click", CLICK)):
+            screen = app.screen
+            assert isinstance(screen, AnalyticsScreen)
+            await pilot.press("slash")
+            screen.query_one("#tenant-search", Input).value = search
+            await settle(app, pilot)
+            await pilot.press("enter")
+            await settle(app, pilot)
+            assert text(screen.query_one("#analytics-title", Static)).startswith(name)
+            await pilot.press("c")
+            await settle(app, pilot)
+            assert isinstance(screen_of(app), ConfirmScreen)
+            assert name in text(app.screen.query_one("#confirm-detail", Static))
+            await pilot.press("n")
+            await settle(app, pilot)
+        assert app.is_running
+
+        app.open_analytics(f"no {EVIL}")  # an id nobody has: a notification quoting it
+        await settle(app, pilot)
+        assert any(EVIL in n for n in notes(app))
+        assert app.is_running
+
+        app.show_jobs()
+        await settle(app, pilot)
+        await pilot.press("t", "y")  # expiry-checker: both tenants expire, with an email each
+        await settle(app, pilot)
+        assert isinstance(screen_of(app), RunDetailScreen)
+        items = app.screen.query_one("#items", DataTable)
+        assert sorted(column(items, "tenant")) == sorted([clip(CLICK, 20), EVIL])
+        await pilot.press("escape")
+        await settle(app, pilot)
+        await pilot.press("o")
+        await settle(app, pilot)
+        subjects = column(app.screen.query_one("#emails", DataTable), "subject")
+        assert len(subjects) == 2 and any(EVIL in s for s in subjects), subjects
+        assert any(CLICK in s for s in subjects), subjects
+        await pilot.pause()
+        assert app.is_running
+
+
+async def test_recomputing_a_day_that_has_not_happened_is_refused(
+        engine: Engine, settings: Settings) -> None:
+    """The console goes through the job's own check of its dates, as the CLI and HTTP do."""
+    add_tenant(engine, id="t-shop", name="Nordic Candles")
+    app = make_app(settings, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        app.open_analytics("t-shop")
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, AnalyticsScreen)
+        screen.query_one("#date-to", Input).value = "2026-11-29"  # NOW is the 28th
+        screen.action_reload()
+        await settle(app, pilot)
+        table = screen.query_one("#days", DataTable)
+        table.focus()
+        table.move_cursor(row=0)
+        assert screen.highlighted_day == date(2026, 11, 29)
+        await pilot.press("c", "y")
+        await settle(app, pilot)
+        assert any("--date 2026-11-29 is in the future" in n for n in notes(app)), notes(app)
+    assert count(engine, ops_runs) == 0
+
+
+def test_every_notification_of_the_console_is_plain_text() -> None:
+    """Notifications quote data (errors with tenant names, ids); Textual reads a message
+    as markup unless told otherwise, so every call says markup=False."""
+    import ast
+    from pathlib import Path
+
+    import console
+
+    missing = []
+    for path in sorted(Path(console.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            notify = node.func.attr == "notify" or (
+                node.func.attr == "call_from_thread" and node.args
+                and isinstance(node.args[0], ast.Attribute) and node.args[0].attr == "notify")
+            plain = any(k.arg == "markup" and isinstance(k.value, ast.Constant)
+                        and k.value.value is False for k in node.keywords)
+            if notify and not plain:
+                missing.append(f"{path.name}:{node.lineno}")
+    assert not missing
+
+
 def test_search_tenants_by_name_or_id(engine: Engine) -> None:
     add_tenant(engine, id="abc-1", name="Zeta 100% Wool")
     add_tenant(engine, id="zzz-2", name="Abc Market")
@@ -546,6 +652,26 @@ async def test_outbox_retry_of_a_pending_email_is_not_offered(
         assert conn.execute(select(ops_email_outbox.c.status)).scalar_one() == "pending"
 
 
+async def test_one_item_and_one_run_are_counted_in_the_singular(
+        engine: Engine, settings: Settings) -> None:
+    add_tenant(engine, id="t-one", name="Only One", expire_date=NOW - timedelta(days=1))
+    app = make_app(settings, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("p")
+        await settle(app, pilot)
+        assert isinstance(screen_of(app), PreviewScreen)
+        assert "Would act on 1 item, of which" in text(app.screen.query_one("#run-summary",
+                                                                            Static))
+        await pilot.press("escape", "t", "y")
+        await settle(app, pilot)
+        await pilot.press("escape", "h")
+        await settle(app, pilot)
+        assert isinstance(screen_of(app), HistoryScreen)
+        title = app.screen.query_one("#history-title", Static)
+        assert text(title).endswith(": 1 run shown"), text(title)
+
+
 # --- read-only, help, palette, errors ---------------------------------------------------------
 
 
@@ -560,11 +686,16 @@ async def test_read_only_hides_and_refuses_every_write(engine: Engine, settings:
         await pilot.press("t", "y", "s")
         await settle(app, pilot)
         assert isinstance(screen_of(app), JobsScreen)
+        # Not ignored without a word: each writing key says why it does nothing.
+        assert notes(app) == [
+            "Read-only console: t (Run) writes, so it is off (started with --read-only).",
+            "Read-only console: s (Pause/Resume) writes, so it is off (started with --read-only).",
+        ]
         app.request_trigger("expiry-checker")  # even when asked directly
         app.request_pause("expiry-checker", True)
         await settle(app, pilot)
         assert isinstance(screen_of(app), JobsScreen)
-        assert sum("Read-only console" in n for n in notes(app)) == 2
+        assert sum("Read-only console" in n for n in notes(app)) == 4
         titles = [t for t, _, _ in app.palette_entries(app.screen)]
         assert not any("Run now" in t or "Pause" in t for t in titles)
         assert "job: Preview · expiry-checker" in titles

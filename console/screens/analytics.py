@@ -15,7 +15,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from console.formatting import number, span, status_text
+from console.formatting import number, plural, span, status_text
 from console.messages import AnalyticsLoaded, RunPurpose, TenantsFound
 from console.screens.base import OpsScreen
 from console.widgets.bar_chart import Bar, BarChart
@@ -154,7 +154,7 @@ class AnalyticsScreen(OpsScreen):
         tenant = get_tenant(self.session.db(), tenant_id)
         if tenant is None:
             self.app.call_from_thread(self.notify, f"No tenant with id {tenant_id!r}.",
-                                      severity="warning")
+                                      severity="warning", markup=False)
             return
         self.app.call_from_thread(self._choose, tenant)
 
@@ -175,14 +175,14 @@ class AnalyticsScreen(OpsScreen):
             start = date.fromisoformat(self.query_one("#date-from", Input).value.strip())
             end = date.fromisoformat(self.query_one("#date-to", Input).value.strip())
         except ValueError:
-            self.notify("Dates are YYYY-MM-DD.", severity="warning")
+            self.notify("Dates are YYYY-MM-DD.", severity="warning", markup=False)
             return None
         if start > end:
-            self.notify("The range starts after it ends.", severity="warning")
+            self.notify("The range starts after it ends.", severity="warning", markup=False)
             return None
         count = (end - start).days + 1
         if count > analytics.MAX_RANGE_DAYS:
-            self.notify(f"At most {analytics.MAX_RANGE_DAYS} days at once.", severity="warning")
+            self.notify(f"At most {analytics.MAX_RANGE_DAYS} days at once.", severity="warning", markup=False)
             return None
         return analytics.last_days(end, count)  # newest first, as the CLI lists them
 
@@ -222,7 +222,8 @@ class AnalyticsScreen(OpsScreen):
         title.append("  ")
         title.append_text(status_text(event.tenant.status))
         first, last = chronological[0].day, chronological[-1].day
-        title.append(f"  {first.isoformat()} … {last.isoformat()} ({len(self.days)} days)  ")
+        title.append(f"  {first.isoformat()} … {last.isoformat()} "
+                     f"({plural(len(self.days), 'day')})  ")
         if missing:
             title.append(f"{missing} missing", style="bold yellow")
         else:
@@ -247,7 +248,7 @@ class AnalyticsScreen(OpsScreen):
     def action_recompute(self) -> None:
         day = self.highlighted_day
         if day is None or self.tenant is None:
-            self.notify("Choose a tenant and a day first.", severity="warning")
+            self.notify("Choose a tenant and a day first.", severity="warning", markup=False)
             return
         self.ops.request_trigger(
             JOB, RunParams(date=day),

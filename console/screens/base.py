@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
+from textual import events, on
 from textual.screen import Screen
 from textual.worker import Worker
 
@@ -35,3 +36,17 @@ class OpsScreen(Screen[Any]):
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         self.ops.report_worker_state(event)
+
+    @on(events.Key)
+    def _explain_read_only(self, event: events.Key) -> None:
+        """A writing key in --read-only mode: check_action hides and refuses its binding,
+        which alone would leave the key doing nothing without a word."""
+        if not self.session.read_only:
+            return
+        # The screen's own bindings map, so a key remapped by a keymap is recognised too.
+        writes = [b.description for b in self._bindings.key_to_bindings.get(event.key, ())
+                  if b.action in WRITING_ACTIONS]
+        if writes:
+            self.notify(f"Read-only console: {event.key} ({'/'.join(dict.fromkeys(writes))}) "
+                        "writes, so it is off (started with --read-only).", severity="warning",
+                        markup=False)

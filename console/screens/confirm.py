@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -26,11 +27,12 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-dialog"):
-            yield Label(self.question, id="confirm-question")
+            # Text, not markup: questions quote data (a tenant's name in a recompute).
+            yield Label(Text(self.question), id="confirm-question")
             if self.detail:
-                yield Static(self.detail, id="confirm-detail")
+                yield Static(Text(self.detail), id="confirm-detail")
             with Horizontal(id="confirm-buttons"):
-                yield Button(f"{self.yes} (y)", variant="warning", id="confirm-yes")
+                yield Button(Text(f"{self.yes} (y)"), variant="warning", id="confirm-yes")
                 yield Button("Cancel (n)", variant="default", id="confirm-no")
 
     def on_mount(self) -> None:

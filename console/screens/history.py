@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
-from console.formatting import compact, duration, stamp, status_text
+from console.formatting import compact, duration, plural, stamp, status_text
 from console.messages import HistoryLoaded
 from console.screens.base import OpsScreen
 from console.widgets.status_bar import StatusBar
@@ -70,7 +70,7 @@ class HistoryScreen(OpsScreen):
 
     def action_more(self) -> None:
         if self.complete:
-            self.notify("That is the oldest run.", timeout=3)
+            self.notify("That is the oldest run.", timeout=3, markup=False)
         elif not self._fetching and self.records:
             self._fetching = True
             self._load(self.records[-1].run_id, append=True)
@@ -94,7 +94,8 @@ class HistoryScreen(OpsScreen):
             table.add_row(*run_row(record), key=str(record.run_id))
         more = "" if self.complete else "; m or scroll down for older ones"
         self.query_one("#history-title", Label).update(
-            f"{JOBS[self.job_id].title} ({self.job_id}): {len(self.records):,} runs shown{more}")
+            f"{JOBS[self.job_id].title} ({self.job_id}): {plural(len(self.records), 'run')} "
+            f"shown{more}")
 
     @on(DataTable.RowHighlighted, "#history")
     def _near_end(self, event: DataTable.RowHighlighted) -> None:

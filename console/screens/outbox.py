@@ -184,7 +184,7 @@ class OutboxScreen(OpsScreen):
             return
         if e.status not in ("failed", "dead"):
             self.notify(f"Email {e.id} is {e.status}; only failed or dead ones are retried.",
-                        severity="warning")
+                        severity="warning", markup=False)
             return
         self._retry([e.id])
 
@@ -198,7 +198,7 @@ class OutboxScreen(OpsScreen):
     def on_emails_retried(self, event: EmailsRetried) -> None:
         which = ", ".join(str(i) for i in event.ids)
         self.notify(f"Email {which} is pending again; the sender will try it next.",
-                    title="Outbox")
+                    title="Outbox", markup=False)
         self.reload()
 
     def action_back(self) -> None:

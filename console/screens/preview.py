@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Header, Input, Static
 
-from console.formatting import append_outcome, stamp
+from console.formatting import append_outcome, plural, stamp
 from console.screens.base import OpsScreen
 from console.widgets.items_view import ItemsView, ReportItems
 from console.widgets.status_bar import StatusBar
@@ -24,7 +24,7 @@ def preview_summary(report: RunReport) -> Text:
     text.append(f" at {stamp(report.reference_time)} UTC", style="bold")
     text.append("  nothing was written", style="green")
     text.append("\nWould act on ", style="dim")
-    text.append(f"{report.processed:,} items")
+    text.append(plural(report.processed, "item"))
     text.append(", of which ", style="dim")
     text.append(f"{len(report.errors):,} would fail", style="bold red" if report.errors else "")
     return append_outcome(text, report.summary, report.error)

@@ -6,12 +6,18 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from rich.text import Text, TextType
 from textual import events
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey, RowKey
 
 
 class RowTable(DataTable[Any]):
+    """Every table of the console. A string cell shows as written: DataTable would read it
+    as markup, and cells carry data (tenant names, subjects, cached values), where
+    `[/bold]` would crash the screen and `[@click=app.quit]` would become an action."""
+
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("home", "scroll_top", "First row", show=False),
         Binding("end", "scroll_bottom", "Last row", show=False),
@@ -20,6 +26,24 @@ class RowTable(DataTable[Any]):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("cursor_type", "row")
         super().__init__(**kwargs)
+
+    def add_row(self, *cells: Any, height: int | None = 1, key: str | None = None,
+                label: TextType | None = None) -> RowKey:
+        wrap = height != 1
+        return super().add_row(*(_literal(c, wrap) for c in cells), height=height, key=key,
+                               label=_literal(label, wrap) if label is not None else None)
+
+    def update_cell(self, row_key: RowKey | str, column_key: ColumnKey | str, value: Any, *,
+                    update_width: bool = False) -> None:
+        row = self.rows.get(RowKey(row_key) if isinstance(row_key, str) else row_key)
+        wrap = row is not None and row.height != 1
+        super().update_cell(row_key, column_key, _literal(value, wrap),
+                            update_width=update_width)
+
+
+def _literal(value: Any, wrap: bool) -> Any:
+    """A string as DataTable would show it, but never read as markup."""
+    return Text(value, no_wrap=not wrap, end="") if isinstance(value, str) else value
 
 
 class FitTable(RowTable):
