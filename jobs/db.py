@@ -301,6 +301,60 @@ ops_job_state = Table(
     # slots of an older schedule are not the new one's to count as missed.
     Column("schedule_key", Text, nullable=True),
     Column("schedule_since", UTCDateTime, nullable=True),
+    # Alert state, shared by every runner: alerts fire on changes of it, never once per
+    # failing run. `failing_since` is set while the job is failing; `overdue_since` while
+    # an overdue episode is open (ended by the next success).
+    Column("alert_state", String(16), nullable=False, server_default="ok"),
+    Column("failing_since", UTCDateTime, nullable=True),
+    Column("overdue_since", UTCDateTime, nullable=True),
+)
+
+# Runs per job and final status, counted as runs end: the runs counter of /metrics must
+# never go down, and pruning old runs would lower a count taken from ops_runs.
+ops_run_counts = Table(
+    "ops_run_counts",
+    ops,
+    Column("job_id", String(64), primary_key=True),
+    Column("status", String(16), primary_key=True),
+    Column("count", BigInteger, nullable=False, server_default="0"),
+)
+
+# One row per alert event, recorded before any delivery. `key` is unique per event
+# (e.g. "job_failing:<job>:<run_id>"), so several runners raise each event exactly once.
+ops_alerts = Table(
+    "ops_alerts",
+    ops,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("key", String(255), nullable=False, unique=True),
+    Column("event", String(32), nullable=False),  # job_failing | job_recovered | job_overdue | alert_test
+    Column("job_id", String(64), nullable=True),
+    Column("run_id", Id, nullable=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("payload", JSON, nullable=False),  # the webhook body, as sent
+    Index("ops_alerts_at_idx", "at"),
+)
+
+# One row per alert and target; delivered asynchronously by any live runner, claimed
+# with a lease like the email outbox, so a runner that dies mid-delivery leaves it to
+# the next. `target` is a secret (a webhook URL's path is its credential): faces show
+# `target_label` (scheme and host, or the email address) only.
+ops_alert_deliveries = Table(
+    "ops_alert_deliveries",
+    ops,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("alert_id", Id, nullable=False),
+    Column("kind", String(16), nullable=False),  # webhook | email
+    Column("target", Text, nullable=False),
+    Column("target_label", Text, nullable=False),
+    Column("status", String(16), nullable=False, server_default="pending"),  # pending | sent | dead
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("sent_at", UTCDateTime, nullable=True),
+    Column("claimed_by", String(64), nullable=True),
+    Column("claimed_until", UTCDateTime, nullable=True),
+    UniqueConstraint("alert_id", "target", name="ops_alert_deliveries_uq"),
+    Index("ops_alert_deliveries_due_idx", "status", "next_attempt_at"),
 )
 
 

@@ -42,3 +42,47 @@ def test_upgrade_reports_before_and_after(db_url: str) -> None:
     assert upgrade(engine) == (None, head_revision())
     assert upgrade(engine) == (head_revision(), head_revision())  # nothing to do the second time
     engine.dispose()
+
+
+def test_the_migrations_build_exactly_the_tables_the_code_declares(db_url: str) -> None:
+    """What Alembic creates and what jobs.db declares may not drift apart: a column the
+    code reads but no migration adds would fail only on a real deployment."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from jobs.db import ops
+
+    engine = make_engine(db_url)
+    upgrade(engine)
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(
+            conn, opts={"include_name": lambda name, type_, _parent: type_ != "table"
+                        or name in ops.tables}
+        )
+        diff = [d for d in compare_metadata(ctx, ops)
+                if not (isinstance(d, tuple) and d[0] in ("modify_default",))]
+    engine.dispose()
+    assert diff == []
+
+
+def test_runs_that_ended_before_the_counter_existed_are_counted_once(db_url: str) -> None:
+    """Upgrading a database with history seeds the never-decreasing run counter from it."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from jobs.migrate import _config
+
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        command.upgrade(_config(conn), "0002_b")
+        for status in ("succeeded", "succeeded", "failed", "running"):
+            conn.execute(text(
+                "INSERT INTO ops_runs (job_id, trigger, status, started_by, reference_time, "
+                "created_at) VALUES ('cleanup', 'manual', :s, 'test', :t, :t)"
+            ), {"s": status, "t": "2026-11-28 00:00:00"})
+    upgrade(engine)
+    with engine.connect() as conn:
+        counts = dict(conn.execute(text(
+            "SELECT status, count FROM ops_run_counts WHERE job_id = 'cleanup'")).all())
+    engine.dispose()
+    assert counts == {"succeeded": 2, "failed": 1}
