@@ -98,6 +98,8 @@ def _parse_date(flag: str, text: str | None) -> date | None:
 
 # --- jobs ------------------------------------------------------------------------------------
 
+_STALE = "stale (its runner stopped heartbeating)"  # a `running` run whose process is gone
+
 
 def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
     now = _parse_now(args.now)
@@ -106,6 +108,7 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
     engine = ctx.engine  # the schedules need no cache: it is never opened here
     states = runs.job_states(engine)
     last = runs.last_runs(engine)
+    stale = runs.stale_run_ids(engine, utc_now(), ctx.settings.runner.stale_after)
     rows: list[dict[str, Any]] = []
     human: list[tuple[str, ...]] = []
     for job_id in JOB_IDS:
@@ -121,7 +124,9 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
             "paused": states[job_id].paused,
             # In the job's own zone, so the offset says which wall clock the cron reads.
             "next_runs": [s.astimezone(tz).isoformat() for s in slots[: args.count]],
-            "last_run": None if record is None else record.to_json(),
+            # `stale`: still `running` in history, but its process stopped heartbeating.
+            "last_run": None if record is None
+            else {**record.to_json(), "stale": record.run_id in stale},
         })
         state = "disabled" if not job.enabled else "paused" if states[job_id].paused else "active"
         human.append((
@@ -130,7 +135,8 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
             "-" if not slots
             else f"{slots[0].astimezone(tz):%Y-%m-%d %H:%M %Z} ({_relative(slots[0], now)})",
             "never" if record is None
-            else f"{record.status} {_relative(record.finished_at or record.created_at, now)}",
+            else f"{_STALE if record.run_id in stale else record.status} "
+                 f"{_relative(record.finished_at or record.created_at, now)}",
             state,
         ))
     if ctx.json:
@@ -420,10 +426,11 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
     alive = any(p.alive and p.kind == "runner" for p in processes)
     states = runs.job_states(engine)
     running = {r.job_id: r.run_id for r in runs.running_runs(engine)}
+    stale = runs.stale_run_ids(engine, now, ctx.settings.runner.stale_after)
     jobs = [
         {"job": job_id, "enabled": ctx.settings.job(job_id).enabled,
          "paused": states[job_id].paused, "running": job_id in running,
-         "run_id": running.get(job_id)}
+         "run_id": running.get(job_id), "stale": running.get(job_id) in stale}
         for job_id in JOB_IDS
     ]
     if ctx.json:
@@ -442,7 +449,8 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
         ctx.out(table(
             ("JOB", "STATE", "RUNNING"),
             [(j["job"], "disabled" if not j["enabled"] else "paused" if j["paused"] else "active",
-              f"run {j['run_id']}" if j["running"] else "-") for j in jobs],
+              "-" if not j["running"] else f"run {j['run_id']}"
+              + (f", {_STALE}" if j["stale"] else "")) for j in jobs],
         ))
     if not alive:
         ctx.err("storeflow-ops: no runner is alive: scheduled slots are not firing "

@@ -29,6 +29,7 @@ class Overview:
     outbox_counts: Mapping[str, int]
     cache_error: str | None
     recent: tuple[RunRecord, ...] = ()  # the newest runs of every job
+    stale: frozenset[int] = frozenset()  # running runs whose process stopped heartbeating
 
     @property
     def alive_runners(self) -> tuple[RunnerInfo, ...]:
@@ -55,4 +56,5 @@ def load_overview(engine: Engine, settings: Settings, cache: Cache | None,
         outbox_counts=outbox.counts_by_status(engine),
         cache_error=cache_error,
         recent=tuple(runs.history(engine, None, limit=RECENT)),
+        stale=frozenset(runs.stale_run_ids(engine, now, settings.runner.stale_after)),
     )
