@@ -260,7 +260,8 @@ class SlotRunner:
         orphans; claim the single retry of each job's newest slot if it was interrupted
         (a dead runner, or one stopped by SIGTERM) and is still wanted."""
         st = self.state
-        for run in recover_stale_runs(st.engine, now, st.settings.runner.stale_after):
+        for run in recover_stale_runs(st.engine, now, st.settings.runner.stale_after,
+                                      spare=st.runner_id):
             self.log.warning("run-interrupted", job=run.job_id, run_id=run.run_id,
                              slot=run.scheduled_for, attempt=run.attempt,
                              reason="its runner stopped heartbeating")

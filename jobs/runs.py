@@ -237,11 +237,18 @@ def stale_run_ids(engine: Engine, now: datetime, stale_after: float) -> set[int]
         return set(conn.execute(_stale_runs(now, stale_after)).scalars().all())
 
 
-def recover_stale_runs(engine: Engine, now: datetime, stale_after: float) -> list[RunRecord]:
-    """Mark `running` runs of dead processes `interrupted` and free their locks."""
+def recover_stale_runs(engine: Engine, now: datetime, stale_after: float, *,
+                       spare: str | None = None) -> list[RunRecord]:
+    """Mark `running` runs of dead processes `interrupted` and free their locks.
+
+    `spare` is the calling runner's own id: a runner whose heartbeat could not get through
+    (a busy database) is still running its runs, so only another process may end them."""
+    dead = _stale_runs(now, stale_after)
+    if spare is not None:
+        dead = dead.where(ops_runs.c.runner_id != spare)
     recovered: list[int] = []
     with transaction(engine) as conn:
-        for run_id in conn.execute(_stale_runs(now, stale_after)).scalars().all():
+        for run_id in conn.execute(dead).scalars().all():
             if _interrupt(conn, run_id, now, "its process stopped heartbeating"):
                 recovered.append(run_id)
                 conn.execute(
