@@ -103,6 +103,8 @@ def _parse_date(flag: str, text: str | None) -> date | None:
 
 # --- jobs ------------------------------------------------------------------------------------
 
+_STALE = "stale (its runner stopped heartbeating)"  # a `running` run whose process is gone
+
 
 def _warn_schedules(ctx: CliContext, schedules: EffectiveSchedules) -> None:
     for line in schedules.warnings():
@@ -120,6 +122,7 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
     schedules = live_schedules(engine, ctx.settings, real_now)
     states = runs.job_states(engine)
     last = runs.last_runs(engine)
+    stale = runs.stale_run_ids(engine, real_now, ctx.settings.runner.stale_after)
     rows: list[dict[str, Any]] = []
     human: list[tuple[str, ...]] = []
     for job_id in JOB_IDS:
@@ -137,7 +140,9 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
             "paused": states[job_id].paused,
             # In the job's own zone, so the offset says which wall clock the cron reads.
             "next_runs": [s.astimezone(tz).isoformat() for s in slots[: args.count]],
-            "last_run": None if record is None else record.to_json(),
+            # `stale`: still `running` in history, but its process stopped heartbeating.
+            "last_run": None if record is None
+            else {**record.to_json(), "stale": record.run_id in stale},
             "schedule_source": schedules.source_of(job_id),
         })
         state = "disabled" if not job.enabled else "paused" if states[job_id].paused else "active"
@@ -147,7 +152,8 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
             "-" if not slots
             else f"{slots[0].astimezone(tz):%Y-%m-%d %H:%M %Z} ({_relative(slots[0], now)})",
             "never" if record is None
-            else f"{record.status} {_relative(record.finished_at or record.created_at, real_now)}",
+            else f"{_STALE if record.run_id in stale else record.status} "
+                 f"{_relative(record.finished_at or record.created_at, real_now)}",
             state,
         ))
     _warn_schedules(ctx, schedules)
@@ -438,10 +444,12 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
     schedules = live_schedules(engine, ctx.settings, now, processes)
     states = runs.job_states(engine)
     running = {r.job_id: r.run_id for r in runs.running_runs(engine)}
+    stale = runs.stale_run_ids(engine, now, ctx.settings.runner.stale_after)
     jobs = [
         {"job": job_id, "enabled": schedules.job(job_id).enabled,
          "paused": states[job_id].paused, "running": job_id in running,
-         "run_id": running.get(job_id), "schedule": schedules.job(job_id).expression,
+         "run_id": running.get(job_id), "stale": running.get(job_id) in stale,
+         "schedule": schedules.job(job_id).expression,
          "timezone": schedules.job(job_id).timezone,
          "schedule_source": schedules.source_of(job_id)}
         for job_id in JOB_IDS
@@ -463,7 +471,8 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
         ctx.out(table(
             ("JOB", "STATE", "RUNNING", "SCHEDULE"),
             [(j["job"], "disabled" if not j["enabled"] else "paused" if j["paused"] else "active",
-              f"run {j['run_id']}" if j["running"] else "-",
+              "-" if not j["running"] else f"run {j['run_id']}"
+              + (f", {_STALE}" if j["stale"] else ""),
               f"{j['schedule']} {j['timezone']} ({j['schedule_source']})") for j in jobs],
         ))
     if not alive:

@@ -31,10 +31,10 @@ import hmac
 import logging
 import re
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
@@ -84,6 +84,9 @@ class HttpHost(Protocol):
 
     @property
     def stop(self) -> threading.Event: ...  # set on shutdown: runs finish the tenant in hand
+
+    @property
+    def in_flight(self) -> MutableMapping[int, str]: ...  # run id -> job id, while it runs
 
 
 def check_token(settings: Settings) -> str:
@@ -340,6 +343,29 @@ def _report_status(report: RunReport) -> int:
     return 200
 
 
+def _run_held(host: HttpHost, job_id: str, client: str, dry_run: bool, now: datetime,
+              params: RunParams) -> RunReport:
+    """One HTTP run, held in the runner's in-flight registry from before its row commits
+    until it has ended (in this worker thread, so a client that hangs up does not end it
+    early): the runner's orphan sweep leaves it alone, its lock stays held, and a second
+    trigger gets 409."""
+    held: list[int] = []
+
+    def created(run_id: int) -> None:
+        host.in_flight[run_id] = job_id
+        held.append(run_id)
+
+    try:
+        return execute(
+            host.engine, host.settings, job_id, now=now, trigger=Trigger.HTTP,
+            started_by=f"http:{client}", runner_id=host.runner_id, dry_run=dry_run,
+            params=params, stop=host.stop, on_created=created,
+        )
+    finally:
+        for run_id in held:
+            host.in_flight.pop(run_id, None)
+
+
 def _trigger_handler(job_id: str) -> Handler:
     async def trigger(request: web.Request) -> web.StreamResponse:
         host = request.app[_HOST]
@@ -363,11 +389,7 @@ def _trigger_handler(job_id: str) -> Handler:
             return _json(400, {"message": "Bad request", "job": job_id, "error": exc.message})
         if host.stop.is_set():
             return _json(503, {"message": "Runner is shutting down", "job": job_id})
-        run = partial(
-            execute, host.engine, host.settings, job_id, now=now, trigger=Trigger.HTTP,
-            started_by=f"http:{client}", runner_id=host.runner_id, dry_run=dry_run,
-            params=params, stop=host.stop,
-        )
+        run = partial(_run_held, host, job_id, client, dry_run, now, params)
         loop = asyncio.get_running_loop()
         try:
             report = await loop.run_in_executor(request.app[_RUNS], run)

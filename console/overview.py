@@ -31,6 +31,7 @@ class Overview:
     cache_error: str | None
     recent: tuple[RunRecord, ...] = ()  # the newest runs of every job
     schedules: EffectiveSchedules | None = None  # what the live runners plan with
+    stale: frozenset[int] = frozenset()  # running runs whose process stopped heartbeating
 
     @property
     def alive_runners(self) -> tuple[RunnerInfo, ...]:
@@ -59,4 +60,5 @@ def load_overview(engine: Engine, settings: Settings, cache: Cache | None,
         cache_error=cache_error,
         recent=tuple(runs.history(engine, None, limit=RECENT)),
         schedules=live_schedules(engine, settings, now, runners),
+        stale=frozenset(runs.stale_run_ids(engine, now, settings.runner.stale_after)),
     )

@@ -22,6 +22,10 @@ Contract with the HTTP face (console/http.py), which runs on the same loop::
 - `runner_id`: this process's ops_runners id; pass it as `runner_id=` to `runs.execute`
   so an HTTP run is recovered by another runner if this process dies;
 - `started_by`: `runner@host` (HTTP runs record the client address instead);
+- `in_flight`: run id -> job id of every run this process is executing. The orphan sweep
+  interrupts this runner's `running` runs that are not in it, so a face that starts a run
+  registers it from `runs.execute(on_created=...)` (called before the run's row commits)
+  and removes it once `execute` has returned or raised, in the thread that ran it;
 - `stop`: a threading.Event set on SIGTERM/SIGINT; pass it as `stop=` to `runs.execute`
   (the job stops between two tenants) and refuse new triggers once it is set;
 - `clock`: the wall clock (UTC), the one time source of this process;
@@ -257,12 +261,14 @@ class SlotRunner:
         orphans; claim the single retry of each job's newest slot if it was interrupted
         (a dead runner, or one stopped by SIGTERM) and is still wanted."""
         st = self.state
-        for run in recover_stale_runs(st.engine, now, st.settings.runner.stale_after):
+        for run in recover_stale_runs(st.engine, now, st.settings.runner.stale_after,
+                                      spare=st.runner_id):
             self.log.warning("run-interrupted", job=run.job_id, run_id=run.run_id,
                              slot=run.scheduled_for, attempt=run.attempt,
                              reason="its runner stopped heartbeating")
-        for run_id in release_orphaned_runs(st.engine, st.runner_id,
-                                            set(st.in_flight.copy()), now):
+        # The registry itself, not a snapshot: a run the HTTP face starts while the sweep
+        # reads is registered before its row can be read (see release_orphaned_runs).
+        for run_id in release_orphaned_runs(st.engine, st.runner_id, st.in_flight, now):
             self.log.warning("run-interrupted", run_id=run_id,
                              reason="its worker ended without recording an outcome")
         # Interruptions of the last day: a bounded look-back, wide enough for a fleet that
@@ -333,25 +339,34 @@ class SlotRunner:
         the run it retried): that slot passed while its job was locked, and without this
         it would be lost (an outage's newest slot, e.g. the next day's analytics)."""
         st = self.state
+        held: list[Claimed] = []
+
+        def hold(run_id: int) -> None:
+            assert slot is not None
+            held.append(Claimed(run_id, retried.job_id, slot, 2))
+            self._hold(held)
+
         try:
             slot = skipped_behind(st.engine, retried.job_id, retried.slot)
             job = st.settings.job(retried.job_id)
             if slot is None or (job.misfire_grace is not None
                                 and st.clock() - slot > job.misfire_grace):
                 return
+            # Held from before the claim commits: this runs in a worker thread, beside the
+            # loop's orphan sweep.
             claim = claim_slot(st.engine, st.settings, retried.job_id, slot,
                                runner_id=st.runner_id, started_by=st.started_by,
-                               clock=st.clock, attempt=2)
+                               clock=st.clock, attempt=2, on_claimed=hold)
         except OpsError as exc:
+            for c in held:  # its commit failed: there is no run to hold
+                st.in_flight.pop(c.run_id, None)
             self.log.error("refire-failed", job=retried.job_id, error=exc.message)
             return
         if claim.status != "claimed" or claim.run_id is None:
             return
         self.log.info("slot-refired", job=retried.job_id, slot=slot, run_id=claim.run_id,
                       attempt=2, reason=f"it was skipped while the retry of {retried.slot} ran")
-        refire = Claimed(claim.run_id, retried.job_id, slot, 2)
-        self._hold([refire])
-        self.run(refire)
+        self.run(Claimed(claim.run_id, retried.job_id, slot, 2))
 
     def _log_finished(self, claimed: Claimed, report: RunReport) -> None:
         level = {RunStatus.SUCCEEDED: "info", RunStatus.FAILED: "error"}.get(

@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from jobs.cache import Cache, open_cache
@@ -163,8 +163,11 @@ class Claim:
 
 def claim_slot(engine: Engine, settings: Settings, job_id: str, scheduled_for: datetime, *,
                runner_id: str, started_by: str, clock: Clock = utc_now,
-               attempt: int = 1) -> Claim:
-    """Claim one slot for this runner: exactly one runner ever gets `claimed` for it."""
+               attempt: int = 1, on_claimed: Callable[[int], None] | None = None) -> Claim:
+    """Claim one slot for this runner: exactly one runner ever gets `claimed` for it.
+
+    `on_claimed(run_id)` is called before the claim commits, like `execute`'s `on_created`,
+    for a caller whose orphan sweep runs in another thread."""
     job = settings.job(job_id)
     now = clock()
     with transaction(engine) as conn:
@@ -185,6 +188,8 @@ def claim_slot(engine: Engine, settings: Settings, job_id: str, scheduled_for: d
                     )
                 )
                 return Claim(None, "skipped", holder)
+        if on_claimed is not None:
+            on_claimed(run_id)
     return Claim(run_id, "claimed")
 
 
@@ -207,10 +212,10 @@ def record_missed(engine: Engine, job_id: str, slots: list[datetime], *, runner_
         return insert_ignore(conn, ops_runs, rows, ["job_id", "scheduled_for", "attempt"])
 
 
-def recover_stale_runs(engine: Engine, now: datetime, stale_after: float) -> list[RunRecord]:
-    """Mark `running` runs of dead processes `interrupted` and free their locks."""
+def _stale_runs(now: datetime, stale_after: float) -> Select[int]:
+    """`running` runs whose process stopped heartbeating (or stopped, or vanished)."""
     cutoff = now - timedelta(seconds=stale_after)
-    dead = (
+    return (
         select(ops_runs.c.id)
         .select_from(ops_runs.outerjoin(ops_runners, ops_runners.c.id == ops_runs.c.runner_id))
         .where(
@@ -223,6 +228,24 @@ def recover_stale_runs(engine: Engine, now: datetime, stale_after: float) -> lis
             ),
         )
     )
+
+
+def stale_run_ids(engine: Engine, now: datetime, stale_after: float) -> set[int]:
+    """The `running` runs that are not running any more: their process stopped
+    heartbeating. Faces show them as stale until some process marks them `interrupted`."""
+    with transaction(engine) as conn:
+        return set(conn.execute(_stale_runs(now, stale_after)).scalars().all())
+
+
+def recover_stale_runs(engine: Engine, now: datetime, stale_after: float, *,
+                       spare: str | None = None) -> list[RunRecord]:
+    """Mark `running` runs of dead processes `interrupted` and free their locks.
+
+    `spare` is the calling runner's own id: a runner whose heartbeat could not get through
+    (a busy database) is still running its runs, so only another process may end them."""
+    dead = _stale_runs(now, stale_after)
+    if spare is not None:
+        dead = dead.where(ops_runs.c.runner_id != spare)
     recovered: list[int] = []
     with transaction(engine) as conn:
         for run_id in conn.execute(dead).scalars().all():
@@ -248,11 +271,15 @@ def abandon_run(engine: Engine, job_id: str, run_id: int, now: datetime, reason:
     return bool(changed)
 
 
-def release_orphaned_runs(engine: Engine, runner_id: str, live: set[int],
+def release_orphaned_runs(engine: Engine, runner_id: str, live: Container[int],
                           now: datetime) -> list[int]:
     """This runner's `running` runs that none of its workers is executing (their outcome
     could not be written, e.g. the database was down at the end): interrupt them and free
-    their locks. Its heartbeat is fine, so staleness would never catch them."""
+    their locks. Its heartbeat is fine, so staleness would never catch them.
+
+    `live` is the runner's own in-flight registry, not a copy: it is consulted after the
+    rows are read, and every run is registered before its row is committed (see
+    `execute(on_created=...)`), so a run that started meanwhile is never taken for an orphan."""
     q = select(ops_runs.c.id, ops_runs.c.job_id).where(
         ops_runs.c.status == RunStatus.RUNNING, ops_runs.c.runner_id == runner_id
     )
@@ -340,6 +367,7 @@ def execute(
     on_progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
     on_started: Callable[[int | None], None] | None = None,
+    on_created: Callable[[int], None] | None = None,
     clock: Clock = utc_now,
 ) -> RunReport:
     """Run (or preview) one job at reference time `now` and return its report.
@@ -347,6 +375,11 @@ def execute(
     Raises JobRunningError (exit 4) when a real manual run finds the job running, and
     OpsError for problems before the run starts (database unreachable). Once started,
     failures are recorded in the run and returned in the report, never raised.
+
+    `on_started(run_id)` is called once the run has started (None for a preview).
+    `on_created(run_id)` is called when this call creates the run's row, inside its
+    transaction, before any other process can see the row: it must be quick and must
+    not touch the database. A runner registers its HTTP runs with it.
     """
     spec = get_job(job_id)
     job = settings.job(job_id)
@@ -368,6 +401,11 @@ def execute(
             if holder is not None:
                 # Roll the whole transaction back: a refused trigger leaves no trace.
                 raise JobRunningError(job_id, holder)
+            if on_created is not None:
+                # Before the commit: the process registers its run (a runner's in-flight
+                # set) before any other connection can see the row, so its own orphan
+                # sweep has no window in which the run looks abandoned.
+                on_created(run_id)
     if on_started is not None:
         on_started(run_id)
 

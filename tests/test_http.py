@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ class State:
     settings: Settings
     runner_id: str
     stop: threading.Event
+    in_flight: dict[int, str] = field(default_factory=dict)
 
 
 class Served:

@@ -482,6 +482,23 @@ def test_a_run_that_raised_frees_the_lock_for_the_next_slot(
     assert next_claim.slot == utc(2026, 11, 28, 10)  # not skipped behind a stuck lock
 
 
+def test_a_runner_never_takes_its_own_running_run_for_dead(
+        engine: Engine, settings: Settings, harnesses: list[Harness]) -> None:
+    s = job_settings(settings, "0 * * * *")
+    slot = utc(2026, 11, 28, 9)
+    h = harness(harnesses, engine, s, slot - timedelta(seconds=1))
+    [claim] = h.tick(slot, all_jobs=True, run=False)
+    # Its heartbeats did not get through for a while (a busy database), but it is alive
+    # and its run is in hand: only another process may declare the run dead.
+    h.clock.now = slot + timedelta(seconds=5 + s.runner.stale_after)
+    assert h.runner.maintain(h.clock()) == []
+    assert slot_rows(engine) == [(slot, 1, "running")]
+    assert h.events("run-interrupted") == []
+    report = h.runner.run(claim)
+    assert report is not None and report.status is RunStatus.SUCCEEDED
+    assert slot_rows(engine) == [(slot, 1, "succeeded")]
+
+
 def test_an_orphaned_run_of_this_runner_is_released(
         engine: Engine, settings: Settings, harnesses: list[Harness]) -> None:
     s = job_settings(settings, "0 * * * *")

@@ -240,6 +240,24 @@ async def test_trigger_of_a_running_job_is_refused_with_a_notification(
     assert count(engine, ops_runs) == 1
 
 
+async def test_a_run_whose_runner_stopped_heartbeating_shows_as_stale(
+        engine: Engine, settings: Settings) -> None:
+    # A runner killed five minutes ago: its run is still `running` in history.
+    dead = Presence(engine, "runner", lambda: NOW - timedelta(minutes=5), interval=3600)
+    dead.start()
+    with engine.begin() as conn:
+        run_id = conn.execute(insert(ops_runs).values(
+            job_id="expiry-checker", trigger="schedule", status="running", started_by="r@h",
+            runner_id=dead.id, reference_time=NOW, created_at=NOW, started_at=NOW,
+            scheduled_for=NOW)).inserted_primary_key[0]  # type: ignore[index]
+    app = make_app(settings, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        jobs = app.screen.query_one("#jobs", DataTable)
+        assert cell(jobs, "expiry-checker", "last") == (
+            f"stale run #{run_id}\nits runner stopped heartbeating")
+
+
 async def test_preview_writes_nothing_then_run_for_real_asks_again(
         engine: Engine, settings: Settings) -> None:
     a, b, _ = expiring_tenants(engine)

@@ -190,6 +190,10 @@ class JobsScreen(OpsScreen):
     def _last_cell(self, job_id: str, now: datetime) -> Text:
         assert self.overview is not None
         running = self.overview.running.get(job_id)
+        if running is not None and running.run_id in self.overview.stale:
+            # Not running any more: its process died without recording an outcome.
+            return Text.assemble(("stale", "bold red"), f" run #{running.run_id}", "\n",
+                                 ("its runner stopped heartbeating", "dim"))
         if running is not None:
             total = "?" if running.total is None else f"{running.total:,}"
             return Text.assemble(("running", "bold cyan"), f" {running.processed:,}/{total}", "\n",
