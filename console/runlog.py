@@ -5,9 +5,10 @@ A line is an event name and its fields:
     2026-11-28T00:00:00.004Z INFO slot-claimed job=expiry-checker slot=2026-11-28T00:00:00Z run_id=17
     {"ts": "2026-11-28T00:00:00.004Z", "level": "info", "event": "slot-claimed", "job": "expiry-checker", ...}
 
-No secret reaches a line: URL passwords are masked in every string field (the
-database URL goes through jobs.db.redact before it gets here, and this is the net
-under it), and fields named like a secret are dropped to `***`.
+No secret reaches a line: every string field goes through jobs.redaction.scrub (URL
+passwords and secret query parameters, `password=…` pairs; the database URL is
+redacted before it gets here, and this is the net under it), and fields named like a
+secret are dropped to `***`.
 """
 
 from __future__ import annotations
@@ -21,20 +22,14 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Literal, TextIO
 
+from jobs.redaction import scrub
 from jobs.timeutil import iso_z, utc_now
 
 LogFormat = Literal["text", "json"]
 Level = Literal["debug", "info", "warning", "error"]
 
-# scheme://user:password@host -> scheme://user:***@host, wherever it appears in a message.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^\s:/@]*):(?P<pw>[^\s@/]+)@")
 _SECRET_NAMES = re.compile(r"pass(word)?|secret|token|authorization", re.IGNORECASE)
 _BARE = re.compile(r"^[^\s\"=]+$")
-
-
-def scrub(text: str) -> str:
-    """Mask the password of any URL in `text`."""
-    return _URL_PASSWORD.sub(r"\g<head>:***@", text)
 
 
 def _plain(value: Any) -> Any:

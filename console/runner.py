@@ -54,10 +54,11 @@ from sqlalchemy.engine import Engine
 
 from console.context import CliContext
 from console.runlog import RunLog, install
-from jobs.db import ops_runs, redact, transaction
+from jobs.db import ops_runs, transaction
 from jobs.errors import OpsError
 from jobs.presence import Presence
 from jobs.records import RunReport, RunStatus, Trigger
+from jobs.redaction import redact
 from jobs.runs import (
     abandon_run,
     claim_slot,
