@@ -20,8 +20,10 @@ from sqlalchemy import text
 
 from console.cli import build_parser
 from jobs.db import make_engine, platform
+from jobs.errors import ConfigError
 from jobs.migrate import upgrade
 from jobs.redaction import has_secret, redact, scrub
+from jobs.sender import parse_smtp_url
 from tests.conftest import PG_URL, RUN_TAG, _pg
 from tests.factories import add_tenant
 
@@ -71,6 +73,12 @@ def test_scrub_redacts_every_url_and_pair_inside_text() -> None:
     assert scrub(message) == ('connection to "postgresql://u:***@h/db?password=***" failed; '
                               "retry redis://:***@r/0 later, password=*** token = ***, "
                               "Key (id)=(7)")
+
+
+def test_a_bad_smtp_url_is_shown_whole_but_its_password() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_smtp_url("smtp://mailer:p@host:notaport")
+    assert "'smtp://mailer:***@host:notaport': the port must be a number" in err.value.message
 
 
 # --- end to end, on PostgreSQL: passwords in the URL's userinfo and query ---------------------
