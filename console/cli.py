@@ -16,6 +16,7 @@ from importlib import import_module
 from console.context import CliContext
 from console.formatting import terminal_safe
 from jobs.errors import ExitCode, JobRunningError, OpsError, UsageError
+from jobs.redaction import has_secret, scrub
 from jobs.settings import JOB_IDS, Overrides, load_settings
 
 # command -> "module:function"; imported on demand so `storeflow-ops jobs` never pays for Textual.
@@ -57,7 +58,10 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="storeflow-ops",
-                description="Run and inspect StoreFlow's recurring jobs.")
+                description="Run and inspect StoreFlow's recurring jobs.",
+                epilog="Secrets belong in the environment (DATABASE_URL, REDIS_URL, SMTP_URL, "
+                       "CRON_SECRET_TOKEN): a password given in --database-url or --cache-url "
+                       "is visible to every user of the machine in `ps`.")
     # Accepted before the command and after it (`storeflow-ops run --config FILE`): after
     # it, an option only overrides when given (SUPPRESS), so one before it still counts.
     common = _Parser(add_help=False)
@@ -66,9 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         target.add_argument("--config", metavar="PATH", default=default,
                             help="schedules.toml to use")
         target.add_argument("--database-url", metavar="URL", default=default,
-                            help="overrides DATABASE_URL")
+                            help="overrides DATABASE_URL; put a password in DATABASE_URL, "
+                                 "not here (`ps` shows command lines)")
         target.add_argument("--cache-url", metavar="URL", default=default,
-                            help="Redis URL; overrides REDIS_URL/KV_URL")
+                            help="Redis URL; overrides REDIS_URL/KV_URL; a password belongs "
+                                 "in REDIS_URL, not here")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     add_parser = partial(sub.add_parser, parents=[common])
 
@@ -175,6 +181,19 @@ def _error_document(message: str, code: int, run_id: int | None = None) -> None:
         print(json.dumps(doc, indent=2), file=sys.stdout, flush=True)
 
 
+def warn_secrets_in_argv(args: argparse.Namespace) -> str | None:
+    """The one warning for a password given on the command line, or None: any user of
+    the machine reads command lines with `ps`, and shells keep them in their history."""
+    given = [flag for flag, value in (("--database-url", args.database_url),
+                                      ("--cache-url", args.cache_url))
+             if value and has_secret(value)]
+    if not given:
+        return None
+    return (f"storeflow-ops: warning: {' and '.join(given)} carries a password, which other "
+            "users can read in `ps`; set it in the environment instead (DATABASE_URL, "
+            "REDIS_URL)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -183,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "--json" in argv:
             _error_document(exc.message, int(ExitCode.USAGE))
         raise
+    warning = warn_secrets_in_argv(args)
+    if warning:
+        print(warning, file=sys.stderr)
     if args.command is None:
         args.read_only = False
     wants_json = bool(getattr(args, "json", False))
@@ -226,10 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A bug, not an operator error: one line by default, the traceback on request.
         if os.environ.get("STOREFLOW_DEBUG"):
             raise
-        print(f"storeflow-ops: internal error: {type(exc).__name__}: {terminal_safe(str(exc))} "
-              "(set STOREFLOW_DEBUG=1 for the traceback)", file=sys.stderr)
+        text = scrub(f"internal error: {type(exc).__name__}: {exc}")
+        print(f"storeflow-ops: {terminal_safe(text)} (set STOREFLOW_DEBUG=1 for the traceback)",
+              file=sys.stderr)
         if wants_json:
-            _error_document(f"internal error: {type(exc).__name__}: {exc}", int(ExitCode.FAILED))
+            _error_document(text, int(ExitCode.FAILED))
         return int(ExitCode.FAILED)
 
 

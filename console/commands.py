@@ -25,10 +25,11 @@ from sqlalchemy import or_, select
 from console.context import CliContext
 from console.formatting import item_note, plural, terminal_safe
 from jobs import runs
-from jobs.db import check_reachable, make_engine, redact, tenants, transaction
+from jobs.db import check_reachable, make_engine, tenants, transaction
 from jobs.errors import ExitCode, UnknownJobError, UsageError
 from jobs.presence import Presence, list_runners, who_am_i
 from jobs.records import ItemStatus, Progress, RunParams, RunRecord, RunReport
+from jobs.redaction import redact
 from jobs.registry import get_job
 from jobs.runner_schedules import EffectiveSchedules, live_schedules
 from jobs.settings import JOB_IDS

@@ -18,7 +18,22 @@ Status codes of a trigger:
   without StoreFlow's platform tables);
 - 503: the database did not answer before the run could start, the runner is shutting
   down, or the run was interrupted by the shutdown (its report is the body);
-- 404 unknown path, 405 other methods, 413 a body over MAX_BODY (bodies are ignored).
+- 404 unknown path, 405 other methods, 413 a body over MAX_BODY (bodies are ignored),
+  408 a body that does not arrive within BODY_TIMEOUT.
+
+`/healthz` needs no token and says only whether the runner's loop is ticking: 200
+`{"status": "ok", "runner_id": ..., "last_tick_age_s": 0.4}` while it has ticked within
+`[runner] health_tick_age` seconds (60), 503 otherwise (and while shutting down). With the
+Bearer token it adds details: the database probe, the runner's own view, the version.
+Nothing about the database (URL, user, host, name, error text) or any version is shown
+without the token, and no answer carries a `Server` header naming aiohttp or Python.
+
+Slow or idle clients cannot hold the server: a connection that sends no complete request
+head within IDLE_TIMEOUT (at the start, or after an answer on a keep-alive connection) is
+closed; a body must arrive within BODY_TIMEOUT; at most `connection_limit()` connections
+are open, and at that limit a new one replaces the oldest idle connection, or is refused
+with a 503 when every connection is busy. The limit stays well under the process's file
+limit, so a flood of sockets cannot starve the database connections or /healthz.
 
 The token never reaches a log: the access log has no headers and no query string, and
 aiohttp's own error log (which quotes the start of a malformed header line) is redacted.
@@ -28,8 +43,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import re
+import resource
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +56,7 @@ from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
 
-from aiohttp import web
+from aiohttp import web, web_response
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
@@ -63,7 +80,15 @@ access_log = logging.getLogger("storeflow.http.access")
 
 MIN_TOKEN_LENGTH = 16
 MAX_BODY = 64 * 1024  # trigger bodies are ignored; anything bigger is refused with 413
-HEALTH_TIMEOUT = 5.0  # seconds /healthz waits for the database before answering 503
+HEALTH_TIMEOUT = 5.0  # seconds /healthz (with the token) waits for the database probe
+IDLE_TIMEOUT = 5.0  # seconds a connection may sit without a complete request head
+BODY_TIMEOUT = 10.0  # seconds for a request body to arrive
+LINGER = 2.0  # seconds unread body bytes are still read and dropped after an answer
+MAX_CONNECTIONS = 256
+FD_RESERVE = 64  # file descriptors kept for the database, logs and the process itself
+BACKLOG = 1024  # a burst of health checks queues instead of waiting for SYN retries
+ACCEPT_BATCH = 16  # connections accepted at once, before the limit is applied to them
+SERVER_NAME = "storeflow-ops"
 TOKEN_ENV = "CRON_SECRET_TOKEN"
 
 _TRUE = {"1", "true", "yes"}
@@ -87,6 +112,9 @@ class HttpHost(Protocol):
 
     @property
     def in_flight(self) -> MutableMapping[int, str]: ...  # run id -> job id, while it runs
+
+    @property
+    def last_loop_at(self) -> datetime | None: ...  # when the runner's loop last ticked
 
 
 def check_token(settings: Settings) -> str:
@@ -282,22 +310,34 @@ _RUNNER_DETAILS = ("started_at", "last_loop_at", "next_wake", "running", "heartb
 
 
 async def _healthz(request: web.Request) -> web.Response:
+    """Ticking or not, for anyone; the details only for the token's holder (whoever can
+    reach the port must not learn the database's user, host or errors, or versions)."""
     host = request.app[_HOST]
-    state = await request.app[_HEALTH].check()
-    runner: dict[str, Any] = {"id": host.runner_id, "alive": state["alive"],
-                              "stopping": host.stop.is_set()}
-    own = getattr(host, "health", None)  # the runner's own view, when the host has one
-    if callable(own):
-        details = own()
-        runner.update({k: details[k] for k in _RUNNER_DETAILS if k in details})
-    body = {
-        "status": "ok" if state["reachable"] else "unavailable",
-        "version": _version(),
-        "runner": runner,
-        "database": {"reachable": state["reachable"], "error": state["error"]},
-        "timestamp": iso_z(utc_now()),
-    }
-    return _json(200 if state["reachable"] else 503, body)
+    now = utc_now()
+    age = None if host.last_loop_at is None else (now - host.last_loop_at).total_seconds()
+    if host.stop.is_set():
+        status = "stopping"
+    elif age is not None and age <= host.settings.runner.health_tick_age:
+        status = "ok"
+    else:
+        status = "unavailable"  # the loop is wedged (or has not ticked yet)
+    body: dict[str, Any] = {"status": status, "runner_id": host.runner_id,
+                            "last_tick_age_s": None if age is None else round(max(age, 0.0), 3)}
+    if _auth_failure(request.headers.get("Authorization"), request.app[_TOKEN]) is None:
+        state = await request.app[_HEALTH].check()
+        runner: dict[str, Any] = {"id": host.runner_id, "alive": state["alive"],
+                                  "stopping": host.stop.is_set()}
+        own = getattr(host, "health", None)  # the runner's own view, when the host has one
+        if callable(own):
+            details = own()
+            runner.update({k: details[k] for k in _RUNNER_DETAILS if k in details})
+        body.update({
+            "version": _version(),
+            "runner": runner,
+            "database": {"reachable": state["reachable"], "error": state["error"]},
+            "timestamp": iso_z(now),
+        })
+    return _json(200 if status == "ok" else 503, body)
 
 
 def _dry_run(request: web.Request) -> bool | None:
@@ -374,7 +414,13 @@ def _trigger_handler(job_id: str) -> Handler:
         if why is not None:
             log.warning("refused %s %s from %s: %s", request.method, request.path, client, why)
             return _unauthorized()
-        await request.read()  # ignored, but read: a chunked body over the limit is a 413
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):  # a trickled body must not hold us
+                await request.read()  # ignored, but read: a chunked body over the limit is a 413
+        except TimeoutError:
+            slow = _json(408, {"message": "Request Timeout", "job": job_id})
+            slow.force_close()
+            return slow
         dry_run = _dry_run(request)
         if dry_run is None:
             return _json(400, {"message": "dry_run must be 1 or 0", "job": job_id})
@@ -416,6 +462,9 @@ def _trigger_handler(job_id: str) -> Handler:
 def build_app(state: HttpHost) -> web.Application:
     """The application; `start_http` serves it. Checks the token (fail closed)."""
     token = check_token(state.settings).encode("utf-8")
+    # aiohttp names itself and Python, with their versions, in every answer's Server
+    # header, its own 400s included; it reads this module global for each answer.
+    setattr(web_response, "SERVER_SOFTWARE", SERVER_NAME)  # noqa: B010 (not exported)
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors])
     app[_HOST] = state
     app[_TOKEN] = token
@@ -437,6 +486,75 @@ def build_app(state: HttpHost) -> web.Application:
 
 
 # --- serving ---------------------------------------------------------------------------------
+
+
+def connection_limit() -> int:
+    """MAX_CONNECTIONS, or fewer under a low file limit: an HTTP flood must never take the
+    file descriptors the database connections need (nor make accept() fail)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return min(MAX_CONNECTIONS, max(8, soft - FD_RESERVE - 2 * ACCEPT_BATCH))
+
+
+_BUSY = json.dumps({"message": "Too many connections"}).encode()
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the limit: one 503 and closed, without reading a byte."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_BUSY), _BUSY))
+        transport.close()
+
+
+class _Gate:
+    """The protocol factory of the listening socket: aiohttp's, behind the connection limit.
+    At the limit the oldest idle connection (no request in hand: a keep-alive client, or
+    one still sending its request head) is closed to make room; when none is idle the new
+    connection is refused."""
+
+    def __init__(self, server: web.Server, limit: int) -> None:
+        self.server = server
+        self.limit = limit
+
+    def __call__(self) -> asyncio.Protocol:
+        live = [h for h in self.server.connections if h.transport is not None]
+        if len(live) >= self.limit:
+            # `_request_in_progress` is aiohttp's own flag; without it nobody is evicted.
+            idle = next((h for h in live if not getattr(h, "_request_in_progress", True)), None)
+            if idle is None:
+                server_log.warning("http: %d connections open, all busy: refused one", len(live))
+                return _Refused()
+            idle.force_close()
+        return self.server()
+
+
+class _Site(web.TCPSite):
+    """TCPSite whose connections pass through _Gate (aiohttp has no connection limit)."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, limit: int) -> None:
+        super().__init__(runner, host, port, backlog=BACKLOG)
+        self.limit = limit
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # what TCPSite.start does, with the gate
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(_Gate(server, self.limit), self._host,
+                                                self._port, backlog=ACCEPT_BATCH)
+        sockets = self._server.sockets
+        # asyncio's backlog is both the kernel's queue and how many connections it accepts
+        # at each wake-up, before the gate sees any of them. Keep the queue deep (a burst of
+        # health checks waits there instead of retrying SYNs) and the batch small (each
+        # accepted socket is a file descriptor until the gate closes it).
+        for listening in sockets:
+            with listening.dup() as same_socket:
+                same_socket.listen(self._backlog)
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
 
 
 @dataclass
@@ -471,11 +589,14 @@ async def start_http(state: HttpHost, host: str, port: int) -> HttpServer:
     runner = web.AppRunner(
         app, handle_signals=False, access_log_class=_AccessLogger, access_log=access_log,
         logger=server_log, shutdown_timeout=state.settings.runner.shutdown_timeout,
+        # aiohttp's keep-alive timer runs from the connection's start and after each answer,
+        # and closes a connection still waiting for a complete request head: it is both the
+        # idle limit and the header timeout.
+        keepalive_timeout=IDLE_TIMEOUT, lingering_time=LINGER,
     )
     await runner.setup()
     try:
-        # A deep backlog: a burst of health checks queues instead of waiting for SYN retries.
-        await web.TCPSite(runner, host, port, backlog=1024).start()
+        await _Site(runner, host, port, connection_limit()).start()
     except OSError as exc:
         await runner.cleanup()
         for logger in (log, server_log, access_log):

@@ -5,9 +5,10 @@ A line is an event name and its fields:
     2026-11-28T00:00:00.004Z INFO slot-claimed job=expiry-checker slot=2026-11-28T00:00:00Z run_id=17
     {"ts": "2026-11-28T00:00:00.004Z", "level": "info", "event": "slot-claimed", "job": "expiry-checker", ...}
 
-No secret reaches a line: URL passwords are masked in every string field (the
-database URL goes through jobs.db.redact before it gets here, and this is the net
-under it), and fields named like a secret are dropped to `***`.
+No secret reaches a line: every string field goes through jobs.redaction.scrub (URL
+passwords and secret query parameters, `password=…` pairs; the database URL is
+redacted before it gets here, and this is the net under it), and fields named like a
+secret are dropped to `***`.
 """
 
 from __future__ import annotations
@@ -17,25 +18,20 @@ import logging
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Literal, TextIO
 
 from console.formatting import terminal_safe
+from jobs.redaction import scrub
 from jobs.timeutil import iso_z, utc_now
 
 LogFormat = Literal["text", "json"]
 Level = Literal["debug", "info", "warning", "error"]
 
-# scheme://user:password@host -> scheme://user:***@host, wherever it appears in a message.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^\s:/@]*):(?P<pw>[^\s@/]+)@")
 _SECRET_NAMES = re.compile(r"pass(word)?|secret|token|authorization", re.IGNORECASE)
 _BARE = re.compile(r"^[^\s\"=]+$")
-
-
-def scrub(text: str) -> str:
-    """Mask the password of any URL in `text`."""
-    return _URL_PASSWORD.sub(r"\g<head>:***@", text)
 
 
 def _plain(value: Any) -> Any:
@@ -116,16 +112,39 @@ def event_extra(event: str, **fields: Any) -> dict[str, Any]:
 
 class RunLogHandler(logging.Handler):
     """Routes the `logging` records of the jobs package into the runner's one-line events,
-    so a job's warning or a caught traceback does not break the log format."""
+    so a job's warning or a caught traceback does not break the log format.
+
+    A record identical to one written less than REPEAT_WINDOW seconds ago is counted, not
+    written; the next one written after the window carries `repeated=N`. A library that
+    logs the same failure in a tight loop (asyncio's "socket.accept() out of system
+    resource", thousands a second when file descriptors run out) must not flood the log."""
 
     _LEVELS: ClassVar[dict[int, Level]] = {
         logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
         logging.ERROR: "error", logging.CRITICAL: "error",
     }
+    REPEAT_WINDOW = 10.0
+    _MAX_KEYS = 1000
 
-    def __init__(self, runlog: RunLog) -> None:
+    def __init__(self, runlog: RunLog, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.runlog = runlog
+        self.clock = clock
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}  # -> (written, held)
+
+    def _repeats(self, key: tuple[str, int, str]) -> int | None:
+        """None: hold this record back; else how many like it were held back before it.
+        Called under the handler's lock (logging.Handler.handle takes it)."""
+        now = self.clock()
+        written, held = self._seen.get(key, (None, 0))
+        if written is not None and now - written < self.REPEAT_WINDOW:
+            self._seen[key] = (written, held + 1)
+            return None
+        if len(self._seen) >= self._MAX_KEYS:  # forget the old ones, not the recent
+            self._seen = {k: v for k, v in self._seen.items()
+                          if now - v[0] < self.REPEAT_WINDOW}
+        self._seen[key] = (now, 0)
+        return held
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -133,7 +152,15 @@ class RunLogHandler(logging.Handler):
             if isinstance(event, str) and isinstance(given, Mapping):
                 self.runlog.event(event, self._LEVELS.get(record.levelno, "warning"), **given)
                 return
-            fields: dict[str, Any] = {"logger": record.name, "message": record.getMessage()}
+            message = record.getMessage()
+            exc = record.exc_info[1] if record.exc_info else None
+            repeated = self._repeats((record.name, record.levelno,
+                                      f"{message}|{type(exc).__name__}: {exc}"))
+            if repeated is None:
+                return
+            fields: dict[str, Any] = {"logger": record.name, "message": message}
+            if repeated:
+                fields["repeated"] = repeated
             if record.exc_info and record.exc_info[1] is not None:
                 exc = record.exc_info[1]
                 fields["exception"] = f"{type(exc).__name__}: {exc}"

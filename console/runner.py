@@ -30,7 +30,9 @@ Contract with the HTTP face (console/http.py), which runs on the same loop::
   (the job stops between two tenants) and refuse new triggers once it is set;
 - `clock`: the wall clock (UTC), the one time source of this process;
 - `log`: the RunLog, for one line per request event (never log the token);
-- `alive` (bool) and `health()` (a JSON-ready dict) for `/healthz`.
+- `alive` (bool) and `health()` (a JSON-ready dict) for `/healthz`'s details, and
+  `last_loop_at`: `/healthz` is 503 once the loop has not ticked for
+  `[runner] health_tick_age` seconds (the loop wakes at least twice in that time).
 
 `start_http` may raise an OpsError (bad token, port in use): the runner then stops and
 exits with that error's code.
@@ -58,10 +60,11 @@ from sqlalchemy.engine import Engine
 
 from console.context import CliContext
 from console.runlog import RunLog, install
-from jobs.db import ops_runs, redact, transaction
+from jobs.db import ops_runs, transaction
 from jobs.errors import OpsError
 from jobs.presence import Presence
 from jobs.records import RunReport, RunStatus, Trigger
+from jobs.redaction import redact
 from jobs.runner_schedules import record_schedules
 from jobs.runs import (
     abandon_run,
@@ -525,6 +528,8 @@ async def serve(state: RunnerState, core: SlotRunner,
             delay = (deadline - now).total_seconds()
             if failures:  # the database is down: do not spin on it
                 delay = min(ERROR_BACKOFF_MAX, 0.5 * 2 ** min(failures, 8))
+            # Tick often enough for /healthz to tell a sleeping loop from a wedged one.
+            delay = min(delay, cfg.health_tick_age / 2)
             wake.clear()
             if state.stop.is_set():
                 break

@@ -11,9 +11,10 @@ from datetime import datetime
 from sqlalchemy.engine import Engine
 
 from jobs.cache import Cache, open_cache
-from jobs.db import check_reachable, make_engine, redact
+from jobs.db import check_reachable, make_engine
 from jobs.errors import OpsError
 from jobs.presence import who_am_i
+from jobs.redaction import redact
 from jobs.settings import Settings
 from jobs.timeutil import utc_now
 

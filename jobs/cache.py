@@ -18,8 +18,9 @@ from hiredis import pack_command
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
-from jobs.db import insert_ignore, ops_cache, redact, transaction
+from jobs.db import insert_ignore, ops_cache, transaction
 from jobs.errors import CacheRefusedError, UnreachableError, UsageError
+from jobs.redaction import redact
 
 Clock = Callable[[], float]
 

@@ -46,6 +46,7 @@ from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
 from jobs.errors import UnreachableError, UsageError
+from jobs.redaction import redact, scrub
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -376,14 +377,6 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def redact(url: str) -> str:
-    """A URL fit for a log line or an error message: never the password."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
-        return url.split("@")[-1] if "@" in url else url
-
-
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets the console read while a runner writes; busy_timeout makes
     # concurrent writers (several runners on one file) wait instead of failing.
@@ -415,12 +408,35 @@ def sqlite_file(url: str) -> Path | None:
     `?uri=true` URL (SQLite's own syntax, left to SQLite)."""
     try:
         parsed = make_url(normalise_url(url))
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return None
     if (parsed.get_backend_name() != "sqlite" or not parsed.database
             or parsed.database == ":memory:" or parsed.query.get("uri")):
         return None
-    return Path(parsed.database).expanduser()
+    return Path(parsed.database)
+
+
+def _create_private(path: Path, url: str) -> None:
+    """Create the embedded database's folder (0700) and file (0600) when they do not exist.
+
+    The file holds tenants' email addresses and the emails themselves, so only its owner
+    may read it, whatever the umask. The file is created empty (an empty file is an empty
+    SQLite database) before SQLite opens it, because SQLite gives the -wal, -shm and
+    -journal files it creates the database file's mode. Existing folders and files keep
+    theirs: an operator may have chosen them.
+    """
+    if path.name.startswith("file:"):  # a SQLite URI filename: SQLite's own business
+        return
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)  # the mode applies to the last
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # created before us (or by another runner starting now)
+    except OSError as exc:
+        where = f"folder {folder}" if not folder.is_dir() else str(path)
+        reason = f"cannot create {where}: {exc.strerror or exc}"
+        raise UnreachableError("database", redact(url), reason) from None
 
 
 def make_engine(url: str, *, create: bool = True) -> Engine:
@@ -431,8 +447,9 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
     url = normalise_url(url)
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise UsageError(f"database URL {redact(url)!r} is not a valid URL: {exc}") from None
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+        raise UsageError(f"database URL {redact(url)!r} is not a valid URL: {scrub(str(exc))}"
+                         ) from None
     if parsed.get_backend_name() == "sqlite":
         path = sqlite_file(url)
         if path is not None:
@@ -442,12 +459,7 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
                     f"database file {path.absolute()} does not exist; check the path in "
                     "DATABASE_URL or --database-url (only the embedded default database is "
                     "created on first use)")
-            folder = path.parent
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                reason = f"cannot create folder {folder}: {exc.strerror or exc}"
-                raise UnreachableError("database", redact(url), reason) from None
+            _create_private(path, url)
         engine = create_engine(
             parsed,
             connect_args={"timeout": 30, "check_same_thread": False},
@@ -472,6 +484,8 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
         )
     except ModuleNotFoundError as exc:  # pragma: no cover - psycopg is a dependency
         raise UsageError(f"database driver missing: {exc}") from None
+    except ArgumentError as exc:  # e.g. ?port=abc
+        raise UsageError(f"database URL {redact(url)!r}: {scrub(str(exc))}") from None
 
 
 def check_reachable(engine: Engine) -> None:
@@ -505,7 +519,8 @@ def require_platform_tables(engine: Engine) -> None:
 
 def first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    # Drivers may echo the connection string they were given.
+    return scrub(text.splitlines()[0]) if text else type(exc).__name__
 
 
 @contextmanager

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from jobs.redaction import scrub
+
 
 class ExitCode(IntEnum):
     OK = 0
@@ -25,6 +27,8 @@ class OpsError(Exception):
     exit_code: ExitCode = ExitCode.FAILED
 
     def __init__(self, message: str) -> None:
+        # Messages quote URLs and drivers' words, which may carry a password: never shown.
+        message = scrub(message)
         super().__init__(message)
         self.message = message
 

@@ -68,7 +68,9 @@ class Presence:
         self.kind = kind
         self.clock = clock
         self.interval = interval
-        self.id = f"{kind}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # Opaque: the id is shown without a token (/healthz), and host and pid have
+        # columns of their own.
+        self.id = f"{kind}-{uuid.uuid4().hex[:16]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None

@@ -40,7 +40,7 @@ that follows as long as one message takes less than the lease. Marks are committ
 without waiting for the disk, so a crash of the database server itself can also forget
 the last marks: the same resend, never a loss.)
 
-The password in SMTP_URL never reaches a message or a log line (jobs.db.redact).
+The password in SMTP_URL never reaches a message or a log line (jobs.redaction.redact).
 """
 
 from __future__ import annotations
@@ -67,9 +67,10 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
-from jobs.db import first_line, is_sqlite, ops_email_outbox, redact, transaction
+from jobs.db import first_line, is_sqlite, ops_email_outbox, transaction
 from jobs.errors import ConfigError, UnreachableError, UsageError
 from jobs.humanize import plural
+from jobs.redaction import redact
 from jobs.settings import OutboxConfig, Settings
 
 log = logging.getLogger(__name__)
@@ -125,18 +126,6 @@ class SmtpConfig:
         return f"{scheme}://{user}{self.host}:{self.port}{tls}"
 
 
-def _safe(url: str) -> str:
-    shown = redact(url)
-    # Belt and braces: redact() parses the URL its own way; a password it misread
-    # must still not be shown.
-    rest = url.split("://", 1)[-1]
-    if "@" in rest:
-        password = rest.rsplit("@", 1)[0].partition(":")[2]
-        for secret in {password, unquote(password)} - {""}:
-            shown = shown.replace(secret, "***")
-    return shown
-
-
 def parse_smtp_url(url: str) -> SmtpConfig:
     """`smtp://user:pass@host:port`, `smtps://…` (implicit TLS), `smtp://…?starttls=1`.
 
@@ -145,7 +134,7 @@ def parse_smtp_url(url: str) -> SmtpConfig:
     """
 
     def bad(reason: str) -> ConfigError:
-        return ConfigError("environment", "SMTP_URL", f"{_safe(url)!r}: {reason}")
+        return ConfigError("environment", "SMTP_URL", f"{redact(url)!r}: {reason}")
 
     try:
         parts = urlsplit(url.strip())

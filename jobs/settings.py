@@ -71,6 +71,7 @@ class RunnerConfig:
     heartbeat_interval: float = 5.0
     stale_after: float = 30.0  # a runner silent this long is dead; its runs are interrupted
     shutdown_timeout: float = 25.0
+    health_tick_age: float = 60.0  # /healthz is 503 once the loop has not ticked this long
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,10 @@ def _merge(source: str, data: Mapping[str, Any], jobs: dict[str, JobConfig],
             # Otherwise a live runner looks dead between two beats, and its runs get taken over.
             raise ConfigError(source, "runner", "needs 0 < heartbeat_interval < stale_after, got "
                               f"{runner.heartbeat_interval:g} and {runner.stale_after:g}")
+        if runner.health_tick_age < 1:
+            # The loop ticks at least every health_tick_age / 2 seconds.
+            raise ConfigError(source, "runner.health_tick_age",
+                              f"{runner.health_tick_age:g} is below the minimum 1 second")
     return outbox, runner
 
 

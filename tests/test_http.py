@@ -53,6 +53,7 @@ class State:
     runner_id: str
     stop: threading.Event
     in_flight: dict[int, str] = field(default_factory=dict)
+    last_loop_at: datetime | None = field(default_factory=utc_now)  # a loop that just ticked
 
 
 class Served:
@@ -481,6 +482,9 @@ def test_concurrent_triggers_one_runs_the_other_is_409(served: Served, engine: E
 def test_healthz_reports_database_and_runner(served: Served, presence: Presence) -> None:
     reply = request(served.url + "/healthz")
     assert reply.status == 200
+    assert reply.body["status"] == "ok" and reply.body["runner_id"] == presence.id
+    assert set(reply.body) == {"status", "runner_id", "last_tick_age_s"}  # nothing more
+    reply = request(served.url + "/healthz", headers=bearer())
     assert reply.body["status"] == "ok" and reply.body["database"]["reachable"] is True
     assert reply.body["runner"] == {"id": presence.id, "alive": True, "stopping": False}
     assert reply.body["version"]
@@ -489,15 +493,18 @@ def test_healthz_reports_database_and_runner(served: Served, presence: Presence)
     assert statuses == [200] * 64
 
 
-def test_healthz_is_503_when_the_database_is_unreachable(env: dict[str, str],
-                                                        tmp_path: Path) -> None:
+def test_healthz_tells_only_the_token_that_the_database_is_down(env: dict[str, str],
+                                                                 tmp_path: Path) -> None:
     dead = "postgresql://postgres@127.0.0.1:1/x"
     settings = _settings_with(env, tmp_path, DATABASE_URL=dead, CRON_SECRET_TOKEN=TOKEN)
     s = Served(State(make_engine(dead), settings, "runner-gone", threading.Event()))
     try:
-        reply = request(s.url + "/healthz")
-        assert reply.status == 503
-        assert reply.body["status"] == "unavailable"
+        # The loop ticks (it backs off while the database is down): healthy, and silent
+        # about the database without the token.
+        public = request(s.url + "/healthz")
+        assert public.status == 200 and "127.0.0.1:1" not in json.dumps(public.body)
+        reply = request(s.url + "/healthz", headers=bearer())
+        assert reply.status == 200
         assert reply.body["database"]["reachable"] is False
         assert "127.0.0.1:1" in reply.body["database"]["error"]
         assert reply.body["runner"]["alive"] is None
@@ -528,7 +535,7 @@ def test_a_stopping_runner_refuses_new_triggers(served: Served, engine: Engine) 
     reply = request(served.url + JOBS["expiry-checker"].endpoint, headers=bearer())
     assert reply.status == 503 and reply.body["message"] == "Runner is shutting down"
     health = request(served.url + "/healthz")
-    assert health.body["runner"]["stopping"] is True
+    assert health.status == 503 and health.body["status"] == "stopping"
     with engine.connect() as c:
         assert c.execute(select(func.count()).select_from(ops_runs)).scalar() == 0
 
@@ -590,8 +597,8 @@ def test_a_real_runner_answers_the_seed_curl_commands(env: dict[str, str], engin
             except OSError:
                 time.sleep(0.1)
         assert health is not None, proc.communicate(timeout=30)
-        assert health.status == 200 and health.body["runner"]["alive"] is True
-        runner_id = health.body["runner"]["id"]
+        assert health.status == 200 and health.body["status"] == "ok"
+        runner_id = health.body["runner_id"]
 
         for job_id, spec in JOBS.items():
             reply = seed_curl(url + spec.endpoint)
