@@ -190,10 +190,12 @@ except urllib.error.HTTPError as exc:
 
 def test_a_slow_cli_run_racing_slots_of_its_job_keeps_its_lock(
         engine: Engine, env: dict[str, str], tmp_path: Path, runners: list[Runner]) -> None:
-    # The tenants expire in the future: the runner's slots (now) have nothing to do, the
-    # CLI run at --now (later) has every one of them.
-    later = datetime.now(UTC) + timedelta(days=400)
-    add_tenants(engine, N_SLOW, later - timedelta(days=100))
+    # The tenants expire in a few minutes: the runner's slots (now) have nothing to do, the
+    # CLI run at --now (later, but within the few minutes a real run may look ahead of the
+    # clock) has every one of them.
+    base = datetime.now(UTC)
+    later = base + timedelta(minutes=4, seconds=30)
+    add_tenants(engine, N_SLOW, base + timedelta(minutes=3, seconds=30))
     config = write_config(tmp_path / "schedules.toml", {JOB: "* * * * * */1"})
     runner = Runner(tmp_path, env, config)
     runners.append(runner)
