@@ -114,7 +114,7 @@ class OpsApp(App[int]):
             # Runs, the outbox and the cache still show; the jobs cannot run: say so now,
             # not only when a job or the tenant picker first trips over it.
             self.call_from_thread(self.notify, exc.message, title="Database",
-                                  severity="warning", timeout=30)
+                                  severity="warning", timeout=30, markup=False)
 
     def on_connected(self, _: Connected) -> None:
         self.status = self._status(connected=True, db_error=None)

@@ -58,7 +58,11 @@ def _ensure_state(conn: Connection, job_id: str) -> None:
     insert_ignore(conn, ops_job_state, [{"job_id": job_id, "paused": False}], ["job_id"])
 
 
-def _run_is_dead(conn: Connection, run_id: int, now: datetime, stale_after: float) -> bool:
+def _run_is_dead(conn: Connection, run_id: int, now: datetime, stale_after: float,
+                 owner: str | None) -> bool:
+    """Whether the run holding a lock is gone. `owner` is the process asking: a run of its
+    own is in its hands, whatever its heartbeat looks like from the database (a busy
+    machine delays heartbeats), so only another process may declare it dead."""
     row = conn.execute(
         select(ops_runs.c.status, ops_runs.c.runner_id, ops_runners.c.heartbeat_at,
                ops_runners.c.stopped_at)
@@ -67,6 +71,8 @@ def _run_is_dead(conn: Connection, run_id: int, now: datetime, stale_after: floa
     ).first()
     if row is None or row.status != RunStatus.RUNNING:
         return True  # finished (or gone) but its lock was never released
+    if owner is not None and row.runner_id == owner:
+        return False
     if row.heartbeat_at is None:
         return row.runner_id is not None  # its process row vanished
     return bool(
@@ -85,7 +91,7 @@ def _interrupt(conn: Connection, run_id: int, now: datetime, reason: str) -> boo
 
 
 def _try_lock(conn: Connection, job_id: str, run_id: int, now: datetime,
-              stale_after: float) -> int | None:
+              stale_after: float, owner: str | None) -> int | None:
     """Take the job's overlap lock for run_id; returns the holder's run id when refused."""
     _ensure_state(conn, job_id)
     got = conn.execute(
@@ -99,8 +105,8 @@ def _try_lock(conn: Connection, job_id: str, run_id: int, now: datetime,
         select(ops_job_state.c.active_run_id).where(ops_job_state.c.job_id == job_id)
     ).scalar_one_or_none()
     if holder is None:  # released between our two statements
-        return _try_lock(conn, job_id, run_id, now, stale_after)
-    if _run_is_dead(conn, holder, now, stale_after):
+        return _try_lock(conn, job_id, run_id, now, stale_after, owner)
+    if _run_is_dead(conn, holder, now, stale_after, owner):
         _interrupt(conn, holder, now, "its process stopped heartbeating")
         took = conn.execute(
             update(ops_job_state)
@@ -179,7 +185,8 @@ def claim_slot(engine: Engine, settings: Settings, job_id: str, scheduled_for: d
         if run_id is None:
             return Claim(None, "taken")
         if job.concurrency == "forbid":
-            holder = _try_lock(conn, job_id, run_id, now, settings.runner.stale_after)
+            holder = _try_lock(conn, job_id, run_id, now, settings.runner.stale_after,
+                               runner_id)
             if holder is not None:
                 conn.execute(
                     update(ops_runs).where(ops_runs.c.id == run_id).values(
@@ -397,7 +404,8 @@ def execute(
                 created=started, params=params,
             )
             assert run_id is not None
-            holder = _try_lock(conn, job_id, run_id, started, settings.runner.stale_after)
+            holder = _try_lock(conn, job_id, run_id, started, settings.runner.stale_after,
+                               runner_id)
             if holder is not None:
                 # Roll the whole transaction back: a refused trigger leaves no trace.
                 raise JobRunningError(job_id, holder)

@@ -499,6 +499,22 @@ def test_a_runner_never_takes_its_own_running_run_for_dead(
     assert slot_rows(engine) == [(slot, 1, "succeeded")]
 
 
+def test_a_runners_next_slot_never_takes_the_lock_of_its_own_running_run(
+        engine: Engine, settings: Settings, harnesses: list[Harness]) -> None:
+    s = job_settings(settings, "0 * * * *")
+    slot = utc(2026, 11, 28, 9)
+    h = harness(harnesses, engine, s, slot - timedelta(seconds=1))
+    [claim] = h.tick(slot, all_jobs=True, run=False)
+    # The run is still in hand an hour later and the runner's heartbeat looks stale (a
+    # busy machine): its own next slot is skipped behind it, not declared its killer.
+    later = utc(2026, 11, 28, 10)
+    h.clock.now = later  # no heartbeat since 09:00
+    assert h.runner.tick(later).claims == []
+    assert slot_rows(engine) == [(slot, 1, "running"), (later, 1, "skipped")]
+    report = h.runner.run(claim)
+    assert report is not None and report.status is RunStatus.SUCCEEDED
+
+
 def test_an_orphaned_run_of_this_runner_is_released(
         engine: Engine, settings: Settings, harnesses: list[Harness]) -> None:
     s = job_settings(settings, "0 * * * *")
