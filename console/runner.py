@@ -55,12 +55,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar
 
-from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from console.context import CliContext
 from console.runlog import RunLog, install
-from jobs.db import ops_runs, transaction
 from jobs.errors import OpsError
 from jobs.presence import Presence
 from jobs.records import RunReport, RunStatus, Trigger
@@ -72,6 +70,7 @@ from jobs.runs import (
     execute,
     interrupted_slot_runs,
     job_states,
+    newest_slots,
     note_schedules,
     record_missed,
     recover_stale_runs,
@@ -168,14 +167,7 @@ class SlotRunner:
 
     def facts(self) -> dict[str, JobFacts]:
         """Each job's newest handled slot and pause state, in two queries."""
-        with transaction(self.state.engine) as conn:
-            last: dict[str, datetime] = {
-                job_id: newest for job_id, newest in conn.execute(
-                    select(ops_runs.c.job_id, func.max(ops_runs.c.scheduled_for))
-                    .where(ops_runs.c.scheduled_for.is_not(None))
-                    .group_by(ops_runs.c.job_id)
-                )
-            }
+        last = newest_slots(self.state.engine)
         states = job_states(self.state.engine)
         return {
             job_id: JobFacts(last.get(job_id), st.paused if st else False,
