@@ -15,7 +15,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, datetime, timedelta
-from importlib import import_module
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -520,11 +519,6 @@ def cmd_demo(ctx: CliContext, args: argparse.Namespace) -> int:
     ctx.out(f"  try: DATABASE_URL={url} storeflow-ops jobs")
     if args.no_tui:
         return ExitCode.OK
-    try:
-        # console.app is the Textual console; imported here so building needs no Textual.
-        run_app = import_module("console.app").run_app
-    except (ImportError, AttributeError) as exc:
-        ctx.err(f"storeflow-ops: the console cannot open yet ({exc}); "
-                "the demo database is ready for the commands above")
-        return ExitCode.OK
+    from console.app import run_app  # Textual, loaded only when the console opens
+
     return int(run_app(settings, read_only=bool(args.read_only)))

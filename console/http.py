@@ -116,6 +116,8 @@ class HttpHost(Protocol):
     @property
     def last_loop_at(self) -> datetime | None: ...  # when the runner's loop last ticked
 
+    def health(self) -> dict[str, Any]: ...  # the runner's own view, for /healthz's details
+
 
 def check_token(settings: Settings) -> str:
     """The token, or ConfigError: the HTTP face fails closed (the seed let everyone in
@@ -322,10 +324,8 @@ async def _healthz(request: web.Request) -> web.Response:
         state = await request.app[_HEALTH].check()
         runner: dict[str, Any] = {"id": host.runner_id, "alive": state["alive"],
                                   "stopping": host.stop.is_set()}
-        own = getattr(host, "health", None)  # the runner's own view, when the host has one
-        if callable(own):
-            details = own()
-            runner.update({k: details[k] for k in _RUNNER_DETAILS if k in details})
+        details = host.health()
+        runner.update({k: details[k] for k in _RUNNER_DETAILS if k in details})
         body.update({
             "version": _version(),
             "runner": runner,
