@@ -15,17 +15,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, datetime, timedelta
-from importlib import import_module
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from sqlalchemy import or_, select
-
 from console.context import CliContext
 from console.formatting import item_note, plural, terminal_safe
 from jobs import runs
-from jobs.db import check_reachable, make_engine, tenants, transaction
+from jobs.db import check_reachable, make_engine
 from jobs.errors import ExitCode, UnknownJobError, UsageError
 from jobs.presence import Presence, list_runners, who_am_i
 from jobs.records import ItemStatus, Progress, RunParams, RunRecord, RunReport
@@ -33,6 +30,7 @@ from jobs.redaction import redact
 from jobs.registry import get_job
 from jobs.runner_schedules import EffectiveSchedules, live_schedules
 from jobs.settings import JOB_IDS
+from jobs.tenants import find_tenant
 from jobs.timeutil import as_utc, iso, parse_timestamp, utc_now
 
 ANALYTICS_JOB = "analytics-aggregate"
@@ -328,30 +326,12 @@ def cmd_show(ctx: CliContext, args: argparse.Namespace) -> int:
 # --- analytics -------------------------------------------------------------------------------
 
 
-def _find_tenant(ctx: CliContext, key: str) -> tuple[str, str]:
-    """(id, name) of the tenant with this id, or else this exact name."""
-    from jobs.db import require_platform_tables
-
-    require_platform_tables(ctx.engine)  # a database that is not StoreFlow's says so
-    with transaction(ctx.engine) as conn:
-        rows = conn.execute(
-            select(tenants.c.id, tenants.c.name)
-            .where(or_(tenants.c.id == key, tenants.c.name == key))
-            .order_by((tenants.c.id == key).desc())
-            .limit(2)
-        ).all()
-    if not rows:
-        raise UsageError(f"unknown tenant {key!r}")
-    if len(rows) > 1 and rows[0].id != key:
-        raise UsageError(f"several tenants are named {key!r}; give the tenant id")
-    return str(rows[0].id), str(rows[0].name)
-
-
 def cmd_analytics(ctx: CliContext, args: argparse.Namespace) -> int:
     from jobs.analytics import cache_key, last_days, read_days
 
     the_date = _parse_date("--date", args.date)
-    tenant_id, name = _find_tenant(ctx, args.tenant)
+    tenant = find_tenant(ctx.engine, args.tenant)
+    tenant_id, name = tenant.id, tenant.name
     if the_date is not None:
         days = [the_date]
     else:
@@ -539,11 +519,6 @@ def cmd_demo(ctx: CliContext, args: argparse.Namespace) -> int:
     ctx.out(f"  try: DATABASE_URL={url} storeflow-ops jobs")
     if args.no_tui:
         return ExitCode.OK
-    try:
-        # console.app is the Textual console; imported here so building needs no Textual.
-        run_app = import_module("console.app").run_app
-    except (ImportError, AttributeError) as exc:
-        ctx.err(f"storeflow-ops: the console cannot open yet ({exc}); "
-                "the demo database is ready for the commands above")
-        return ExitCode.OK
+    from console.app import run_app  # Textual, loaded only when the console opens
+
     return int(run_app(settings, read_only=bool(args.read_only)))

@@ -51,7 +51,7 @@ import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
@@ -61,13 +61,13 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from console.runlog import FIELDS_ATTR, event_extra
-from jobs.db import first_line, ops_runners, transaction
+from jobs.db import first_line
 from jobs.errors import ConfigError, JobRunningError, OpsError, UnreachableError, UsageError
 from jobs.humanize import plural
+from jobs.presence import runner_alive
 from jobs.records import RunParams, RunReport, RunStatus, Trigger
 from jobs.registry import JOBS
 from jobs.runs import execute
@@ -115,6 +115,8 @@ class HttpHost(Protocol):
 
     @property
     def last_loop_at(self) -> datetime | None: ...  # when the runner's loop last ticked
+
+    def health(self) -> dict[str, Any]: ...  # the runner's own view, for /healthz's details
 
 
 def check_token(settings: Settings) -> str:
@@ -260,17 +262,12 @@ class _HealthProbe:
     def _probe(self) -> dict[str, Any]:
         now = utc_now()
         try:
-            with transaction(self.host.engine) as conn:
-                row = conn.execute(
-                    select(ops_runners.c.heartbeat_at, ops_runners.c.stopped_at)
-                    .where(ops_runners.c.id == self.host.runner_id)
-                ).first()
+            alive = runner_alive(self.host.engine, self.host.runner_id, now,
+                                 self.host.settings.runner.stale_after)
         except UnreachableError as exc:
             return {"reachable": False, "error": exc.message, "alive": None}
         except Exception as exc:  # any database failure makes us unhealthy
             return {"reachable": False, "error": first_line(exc), "alive": None}
-        stale = timedelta(seconds=self.host.settings.runner.stale_after)
-        alive = row is not None and row.stopped_at is None and row.heartbeat_at >= now - stale
         return {"reachable": True, "error": None, "alive": alive}
 
     async def check(self) -> dict[str, Any]:
@@ -327,10 +324,8 @@ async def _healthz(request: web.Request) -> web.Response:
         state = await request.app[_HEALTH].check()
         runner: dict[str, Any] = {"id": host.runner_id, "alive": state["alive"],
                                   "stopping": host.stop.is_set()}
-        own = getattr(host, "health", None)  # the runner's own view, when the host has one
-        if callable(own):
-            details = own()
-            runner.update({k: details[k] for k in _RUNNER_DETAILS if k in details})
+        details = host.health()
+        runner.update({k: details[k] for k in _RUNNER_DETAILS if k in details})
         body.update({
             "version": _version(),
             "runner": runner,

@@ -29,13 +29,19 @@ Contract with the HTTP face (console/http.py), which runs on the same loop::
 - `stop`: a threading.Event set on SIGTERM/SIGINT; pass it as `stop=` to `runs.execute`
   (the job stops between two tenants) and refuse new triggers once it is set;
 - `clock`: the wall clock (UTC), the one time source of this process;
-- `log`: the RunLog, for one line per request event (never log the token);
 - `alive` (bool) and `health()` (a JSON-ready dict) for `/healthz`'s details, and
   `last_loop_at`: `/healthz` is 503 once the loop has not ticked for
   `[runner] health_tick_age` seconds (the loop wakes at least twice in that time).
 
 `start_http` may raise an OpsError (bad token, port in use): the runner then stops and
 exits with that error's code.
+
+The face logs through the standard `logging` module, not through `RunnerState.log`: to
+`storeflow.http`, `storeflow.http.access` (one `http-request` event per request; /healthz
+at debug level, so not written) and `storeflow.http.server` (aiohttp's own errors).
+`console.runlog.install` sends every record of the process into the runner's RunLog, so
+they are lines in the runner's format (the face's messages as `log` events), and the
+face's filter on those three loggers keeps the token out of them.
 """
 
 from __future__ import annotations
@@ -43,9 +49,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
-import importlib.util
-import inspect
 import os
 import signal
 import socket
@@ -55,12 +58,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar
 
-from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from console.context import CliContext
 from console.runlog import RunLog, install
-from jobs.db import ops_runs, transaction
+from jobs import sender
 from jobs.errors import OpsError
 from jobs.presence import Presence
 from jobs.records import RunReport, RunStatus, Trigger
@@ -72,6 +74,7 @@ from jobs.runs import (
     execute,
     interrupted_slot_runs,
     job_states,
+    newest_slots,
     note_schedules,
     record_missed,
     recover_stale_runs,
@@ -159,7 +162,6 @@ class SlotRunner:
     def __init__(self, state: RunnerState, scheduler: Scheduler | None = None) -> None:
         self.state = state
         self.scheduler = scheduler or Scheduler(state.settings.jobs, state.started_at)
-        self._sender_missing = False
         self._settled: set[int] = set()  # interrupted runs already judged not worth a retry
 
     @property
@@ -168,14 +170,7 @@ class SlotRunner:
 
     def facts(self) -> dict[str, JobFacts]:
         """Each job's newest handled slot and pause state, in two queries."""
-        with transaction(self.state.engine) as conn:
-            last: dict[str, datetime] = {
-                job_id: newest for job_id, newest in conn.execute(
-                    select(ops_runs.c.job_id, func.max(ops_runs.c.scheduled_for))
-                    .where(ops_runs.c.scheduled_for.is_not(None))
-                    .group_by(ops_runs.c.job_id)
-                )
-            }
+        last = newest_slots(self.state.engine)
         states = job_states(self.state.engine)
         return {
             job_id: JobFacts(last.get(job_id), st.paused if st else False,
@@ -184,14 +179,15 @@ class SlotRunner:
             for st in [states.get(job_id)]
         }
 
-    def tick(self, now: datetime, *, all_jobs: bool = False) -> Tick:
+    def tick(self, now: datetime, *, all_jobs: bool = False, recover: bool = True) -> Tick:
         """Decide and claim the slots due at `now` (every job's, with all_jobs: at start-up,
-        which is when missed slots are found)."""
+        which is when missed slots are found). `recover=False`: the caller has just run
+        `recover` (the maintenance tick of the same loop pass), so it is not run twice."""
         job_ids = self.scheduler.job_ids if all_jobs else self.scheduler.due(now)
         if not job_ids:
             return Tick([])
         # Stale runs first: their retry must not lose the job's lock to a newer slot.
-        claims = self.recover(now)
+        claims = self.recover(now) if recover else []
         facts = self.facts()
         errors = 0
         for job_id in job_ids:
@@ -393,29 +389,13 @@ class SlotRunner:
             self.log.error("run-abandon-failed", run_id=claimed.run_id, error=exc.message)
 
     def drain_outbox(self, now: datetime) -> None:
-        """Deliver due emails, when SMTP is configured and jobs.sender is installed.
-
-        The hook: `jobs.sender.drain(engine, settings, now=..., sender_id=..., stop=...)`;
-        imported lazily so the runner works without it. Keyword arguments the installed
-        drain does not take are left out.
-        """
+        """Deliver the emails due at `now`, when SMTP is configured."""
         st = self.state
-        if not st.settings.smtp_url or self._sender_missing:
+        if not st.settings.smtp_url:
             return
-        try:
-            sender = importlib.import_module("jobs.sender")
-        except ModuleNotFoundError:
-            self._sender_missing = True
-            return
-        drain: Callable[..., Any] | None = getattr(sender, "drain", None)
-        if drain is None:
-            self._sender_missing = True
-            return
-        wanted = {"sender_id": st.runner_id, "stop": st.stop, "clock": st.clock}
-        params = inspect.signature(drain).parameters
-        kwargs = {k: v for k, v in wanted.items() if k in params}
-        result = drain(st.engine, st.settings, now=now, **kwargs)
-        counts = result.to_json() if hasattr(result, "to_json") else {}
+        result = sender.drain(st.engine, st.settings, now=now, sender_id=st.runner_id,
+                              stop=st.stop, clock=st.clock)
+        counts = result.to_json()
         if any(v for v in counts.values()):
             self.log.info("outbox-drained", **counts)
 
@@ -485,8 +465,9 @@ async def serve(state: RunnerState, core: SlotRunner,
     send_interval = timedelta(seconds=state.settings.outbox.send_interval)
     try:
         if http is not None:
-            http_face = importlib.import_module("console.http")
-            handle = await http_face.start_http(state, http[0], http[1])
+            from console.http import start_http  # aiohttp only for a runner that serves
+
+            handle = await start_http(state, http[0], http[1])
             state.log.info("http-listening", host=http[0], port=http[1])
 
         maintenance_at = state.clock()
@@ -499,10 +480,14 @@ async def serve(state: RunnerState, core: SlotRunner,
             claims: list[Claimed] = []
             errors = 0
             try:
-                if now >= maintenance_at:
+                maintained = now >= maintenance_at
+                if maintained:
                     maintenance_at = now + interval
                     claims += await _in_thread(core.maintain, now)
-                tick = await _in_thread(core.tick, state.clock(), all_jobs=startup)
+                # The maintenance just recovered stale runs and retried their slots (before
+                # any new slot is claimed, as tick would): once per pass is enough.
+                tick = await _in_thread(core.tick, state.clock(), all_jobs=startup,
+                                        recover=not maintained)
                 startup = False
                 claims += tick.claims
                 errors = tick.errors

@@ -16,13 +16,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.engine import Engine
 
 from jobs.db import ops_runners, transaction
 from jobs.errors import OpsError
 
 Clock = Callable[[], datetime]
+
+
+def is_alive(heartbeat_at: datetime, stopped_at: datetime | None, now: datetime,
+             stale_after: float) -> bool:
+    """The rule of who is alive: a process that has not stopped and whose last heartbeat
+    is at most `stale_after` seconds old. `silent_or_stopped` is the same rule in SQL."""
+    return stopped_at is None and heartbeat_at >= now - timedelta(seconds=stale_after)
+
+
+def silent_or_stopped(now: datetime, stale_after: float) -> ColumnElement[bool]:
+    """`not is_alive` for an ops_runners row, as a WHERE clause (a query that outer-joins
+    ops_runners must also treat a missing row as it means to)."""
+    cutoff = now - timedelta(seconds=stale_after)
+    return or_(ops_runners.c.heartbeat_at < cutoff, ops_runners.c.stopped_at.is_not(None))
 
 
 def who_am_i() -> str:
@@ -129,7 +143,6 @@ class Presence:
 def list_runners(engine: Engine, now: datetime, stale_after: float,
                  kinds: tuple[str, ...] = ("runner",), include_stopped: bool = False,
                  ) -> list[RunnerInfo]:
-    cutoff = now - timedelta(seconds=stale_after)
     q = select(ops_runners).where(ops_runners.c.kind.in_(kinds)).order_by(
         ops_runners.c.started_at.desc()
     )
@@ -141,7 +154,17 @@ def list_runners(engine: Engine, now: datetime, stale_after: float,
         RunnerInfo(
             id=r.id, kind=r.kind, host=r.host, pid=r.pid, started_at=r.started_at,
             heartbeat_at=r.heartbeat_at, stopped_at=r.stopped_at,
-            alive=r.stopped_at is None and r.heartbeat_at >= cutoff,
+            alive=is_alive(r.heartbeat_at, r.stopped_at, now, stale_after),
         )
         for r in rows
     ]
+
+
+def runner_alive(engine: Engine, runner_id: str, now: datetime, stale_after: float) -> bool:
+    """Whether the process registered as `runner_id` is alive (False when it never was)."""
+    with transaction(engine) as conn:
+        row = conn.execute(
+            select(ops_runners.c.heartbeat_at, ops_runners.c.stopped_at)
+            .where(ops_runners.c.id == runner_id)
+        ).first()
+    return row is not None and is_alive(row.heartbeat_at, row.stopped_at, now, stale_after)

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Container
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, func, or_, select, update
@@ -34,6 +34,7 @@ from jobs.db import (
     transaction,
 )
 from jobs.errors import ExitCode, JobRunningError, OpsError
+from jobs.presence import is_alive, silent_or_stopped
 from jobs.records import (
     ItemResult,
     ItemStatus,
@@ -75,10 +76,7 @@ def _run_is_dead(conn: Connection, run_id: int, now: datetime, stale_after: floa
         return False
     if row.heartbeat_at is None:
         return row.runner_id is not None  # its process row vanished
-    return bool(
-        row.stopped_at is not None
-        or row.heartbeat_at < now - timedelta(seconds=stale_after)
-    )
+    return not is_alive(row.heartbeat_at, row.stopped_at, now, stale_after)
 
 
 def _interrupt(conn: Connection, run_id: int, now: datetime, reason: str) -> bool:
@@ -221,7 +219,6 @@ def record_missed(engine: Engine, job_id: str, slots: list[datetime], *, runner_
 
 def _stale_runs(now: datetime, stale_after: float) -> Select[int]:
     """`running` runs whose process stopped heartbeating (or stopped, or vanished)."""
-    cutoff = now - timedelta(seconds=stale_after)
     return (
         select(ops_runs.c.id)
         .select_from(ops_runs.outerjoin(ops_runners, ops_runners.c.id == ops_runs.c.runner_id))
@@ -230,8 +227,7 @@ def _stale_runs(now: datetime, stale_after: float) -> Select[int]:
             or_(
                 # A run with no runner_id (a CLI without presence) has no heartbeat to lose.
                 and_(ops_runs.c.runner_id.is_not(None), ops_runners.c.id.is_(None)),
-                ops_runners.c.heartbeat_at < cutoff,
-                ops_runners.c.stopped_at.is_not(None),
+                silent_or_stopped(now, stale_after),
             ),
         )
     )
@@ -567,6 +563,19 @@ def report_for(engine: Engine, record: RunRecord, *, errors_only: bool = False) 
         summary=record.summary or {}, items=items, error=record.error,
         scheduled_for=record.scheduled_for,
     )
+
+
+def newest_slots(engine: Engine) -> dict[str, datetime]:
+    """Each job's newest slot that has a run of any status (fired, missed, skipped...):
+    the runner plans the next slots from it."""
+    with transaction(engine) as conn:
+        return {
+            job_id: newest for job_id, newest in conn.execute(
+                select(ops_runs.c.job_id, func.max(ops_runs.c.scheduled_for))
+                .where(ops_runs.c.scheduled_for.is_not(None))
+                .group_by(ops_runs.c.job_id)
+            )
+        }
 
 
 def running_runs(engine: Engine, job_id: str | None = None) -> list[RunRecord]:

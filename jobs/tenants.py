@@ -1,4 +1,5 @@
-"""Finding tenants by name or id, for the faces (the console's analytics picker)."""
+"""Finding tenants by name or id, for the faces (the console's analytics picker, the
+CLI's `analytics --tenant`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from sqlalchemy import case, func, or_, select
 from sqlalchemy.engine import Engine
 
 from jobs.db import require_platform_tables, tenants, transaction
+from jobs.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -44,4 +46,22 @@ def get_tenant(engine: Engine, tenant_id: str) -> TenantRef | None:
     return None if row is None else TenantRef(row.id, row.name, row.status)
 
 
-__all__ = ["TenantRef", "get_tenant", "search_tenants"]
+def find_tenant(engine: Engine, key: str) -> TenantRef:
+    """The tenant with this id, or else the one with this exact name; UsageError when
+    there is none, or when several share the name (the id tells them apart)."""
+    require_platform_tables(engine)  # a database that is not StoreFlow's says so
+    with transaction(engine) as conn:
+        rows = conn.execute(
+            select(tenants.c.id, tenants.c.name, tenants.c.status)
+            .where(or_(tenants.c.id == key, tenants.c.name == key))
+            .order_by((tenants.c.id == key).desc())
+            .limit(2)
+        ).all()
+    if not rows:
+        raise UsageError(f"unknown tenant {key!r}")
+    if len(rows) > 1 and rows[0].id != key:
+        raise UsageError(f"several tenants are named {key!r}; give the tenant id")
+    return TenantRef(str(rows[0].id), str(rows[0].name), rows[0].status)
+
+
+__all__ = ["TenantRef", "find_tenant", "get_tenant", "search_tenants"]

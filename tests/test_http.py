@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.client
+import io
 import json
 import logging
 import os
@@ -30,7 +31,9 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
-from console.http import HttpServer, check_token, parse_listen, start_http
+from console.http import HttpHost, HttpServer, check_token, parse_listen, start_http
+from console.runlog import RunLog
+from console.runner import RunnerState
 from jobs import runs
 from jobs.analytics import cache_key
 from jobs.cache import TableCache
@@ -55,11 +58,14 @@ class State:
     in_flight: dict[int, str] = field(default_factory=dict)
     last_loop_at: datetime | None = field(default_factory=utc_now)  # a loop that just ticked
 
+    def health(self) -> dict[str, Any]:
+        return {}  # no loop of its own to report on
+
 
 class Served:
     """start_http on an event loop of its own, like the runner's."""
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: HttpHost) -> None:
         self.state = state
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -491,6 +497,27 @@ def test_healthz_reports_database_and_runner(served: Served, presence: Presence)
     with ThreadPoolExecutor(16) as pool:
         statuses = list(pool.map(lambda _: request(served.url + "/healthz").status, range(64)))
     assert statuses == [200] * 64
+
+
+def test_healthz_details_carry_the_runners_own_view(engine: Engine, settings: Settings,
+                                                   presence: Presence) -> None:
+    """The runner's RunnerState is the host: its health() adds the loop's details."""
+    state = RunnerState(engine=engine, settings=replace(settings, cron_token=TOKEN),
+                        runner_id=presence.id, started_by="runner@test",
+                        log=RunLog(io.StringIO()), presence=presence, last_loop_at=utc_now())
+    state.in_flight[7] = "cleanup"
+    s = Served(state)
+    try:
+        assert set(request(s.url + "/healthz").body) == {"status", "runner_id",
+                                                        "last_tick_age_s"}
+        runner = request(s.url + "/healthz", headers=bearer()).body["runner"]
+    finally:
+        s.close()
+    assert runner["id"] == presence.id and runner["alive"] is True
+    assert runner["running"] == [{"run_id": 7, "job": "cleanup"}]
+    assert runner["started_at"] and runner["last_loop_at"] and runner["heartbeat_error"] is None
+    assert set(runner) == {"id", "alive", "stopping", "started_at", "last_loop_at",
+                           "next_wake", "running", "heartbeat_error"}
 
 
 def test_healthz_tells_only_the_token_that_the_database_is_down(env: dict[str, str],

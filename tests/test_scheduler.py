@@ -7,6 +7,7 @@ run what was claimed. Both databases via the `engine`/`settings` fixtures.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import threading
@@ -20,7 +21,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from console.runlog import RunLog
-from console.runner import Claimed, RunnerState, SlotRunner
+from console.runner import Claimed, RunnerState, SlotRunner, Tick, serve
 from jobs import runs
 from jobs.db import _platform_ok as jobs_platform_ok
 from jobs.db import ops_runners, ops_runs, transaction
@@ -593,3 +594,38 @@ def test_an_unchanged_schedule_still_fires_its_misfire(
     h = harness(harnesses, engine, hourly, utc(2026, 11, 28, 8, 30))
     assert [c.slot for c in h.tick(utc(2026, 11, 28, 8, 30), all_jobs=True)] == [
         utc(2026, 11, 28, 8)]
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+class _OnePass(SlotRunner):
+    """Counts its recoveries; the loop stops after its first pass."""
+
+    recoveries = 0
+
+    def recover(self, now: datetime) -> list[Claimed]:
+        self.recoveries += 1
+        return super().recover(now)
+
+    def tick(self, now: datetime, *, all_jobs: bool = False, recover: bool = True) -> Tick:
+        try:
+            return super().tick(now, all_jobs=all_jobs, recover=recover)
+        finally:
+            self.state.stop.set()
+
+
+def test_a_loop_pass_with_maintenance_and_a_slot_recovers_once(
+        engine: Engine, settings: Settings, harnesses: list[Harness]) -> None:
+    # The first pass is both the maintenance tick and the start-up tick of every job.
+    s = job_settings(settings, "0 * * * *")
+    slot = utc(2026, 11, 28, 9)
+    _dead_runner_claims(engine, s, slot)
+    h = harness(harnesses, engine, s, slot + timedelta(seconds=45))
+    core = _OnePass(h.runner.state)
+    assert asyncio.run(serve(h.runner.state, core)) == 0
+    assert core.recoveries == 1
+    [retry] = h.events("retry-claimed")
+    assert (retry["slot"], retry["attempt"]) == ("2026-11-28T09:00:00.000Z", 2)
+    assert [e["event"] for e in h.events() if e["event"].startswith("retry-")] == [
+        "retry-claimed"]
