@@ -44,10 +44,10 @@ from console.session import CacheFactory, Clock, Session
 from console.widgets.run_progress import RunProgress
 from console.widgets.status_bar import StatusInfo
 from jobs.cache import Cache
-from jobs.errors import OpsError
+from jobs.errors import OpsError, UsageError
 from jobs.presence import Presence
 from jobs.records import RunParams, RunStatus, Trigger
-from jobs.registry import JOBS
+from jobs.registry import JOBS, check_run
 from jobs.runs import execute, set_paused
 from jobs.settings import Settings
 from jobs.timeutil import utc_now
@@ -192,7 +192,14 @@ class OpsApp(App[int]):
             return
         if not self._can_start():
             return
-        spec = JOBS[job_id]
+        try:
+            # The run's own check, before the question: a request it would refuse is not
+            # put to the operator.
+            spec = check_run(self.session.settings, job_id, params or RunParams(),
+                             self.session.clock())
+        except UsageError as exc:
+            self.notify(exc.message, title="Run", severity="error", timeout=10, markup=False)
+            return
 
         def answered(yes: bool | None) -> None:
             if yes:

@@ -23,11 +23,11 @@ from console.context import CliContext
 from console.formatting import item_note, plural, terminal_safe
 from jobs import runs
 from jobs.db import check_reachable, make_engine
-from jobs.errors import ExitCode, UnknownJobError, UsageError
+from jobs.errors import ExitCode, UsageError
 from jobs.presence import Presence, list_runners, who_am_i
-from jobs.records import ItemStatus, Progress, RunParams, RunRecord, RunReport
+from jobs.records import ItemStatus, Progress, RunParams, RunRecord, RunReport, parse_day
 from jobs.redaction import redact
-from jobs.registry import get_job
+from jobs.registry import check_run, get_job
 from jobs.runner_schedules import EffectiveSchedules, live_schedules
 from jobs.settings import JOB_IDS
 from jobs.tenants import find_tenant
@@ -76,12 +76,6 @@ def _summary_words(summary: Any) -> str:
     return terminal_safe(", ".join(f"{k}={v}" for k, v in dict(summary).items()))
 
 
-def _check_job(job_id: str) -> str:
-    if job_id not in JOB_IDS:
-        raise UnknownJobError(job_id, list(JOB_IDS))
-    return job_id
-
-
 def _parse_now(text: str | None) -> datetime:
     if text is None:
         return utc_now()
@@ -92,12 +86,7 @@ def _parse_now(text: str | None) -> datetime:
 
 
 def _parse_date(flag: str, text: str | None) -> date | None:
-    if text is None:
-        return None
-    try:
-        return date.fromisoformat(text.strip())
-    except ValueError:
-        raise UsageError(f"{flag}: {text!r} is not a date; write YYYY-MM-DD") from None
+    return None if text is None else parse_day(flag, text)
 
 
 # --- jobs ------------------------------------------------------------------------------------
@@ -214,13 +203,13 @@ def _stop_on_signals(stop: threading.Event, ctx: CliContext) -> Iterator[None]:
 
 
 def cmd_trigger(ctx: CliContext, args: argparse.Namespace) -> int:
-    job_id = _check_job(args.job)
+    job_id = get_job(args.job).id
     dry_run = args.command == "preview" or bool(getattr(args, "dry_run", False))
     now = _parse_now(args.now)
     params = _run_params(args)
-    # The run checks them too; here first, so a bad request is a usage error (exit 2)
+    # The run makes the same check; here first, so a bad request is a usage error (exit 2)
     # even when the database is down.
-    get_job(job_id).check_params(ctx.settings.job(job_id), params, now)
+    check_run(ctx.settings, job_id, params, now, dry_run=dry_run, clock_now=utc_now())
     engine = ctx.engine
     stop = threading.Event()
     progress = None if ctx.json else _ProgressLine(ctx, job_id)
@@ -289,7 +278,7 @@ def _items_table(report: RunReport) -> str:
 
 
 def cmd_history(ctx: CliContext, args: argparse.Namespace) -> int:
-    job_id = _check_job(args.job) if args.job else None
+    job_id = get_job(args.job).id if args.job else None
     if args.limit < 1:
         raise UsageError("--limit: must be at least 1")
     records = runs.history(ctx.engine, job_id, limit=args.limit)
@@ -397,7 +386,7 @@ def cmd_outbox(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def _set_paused(ctx: CliContext, args: argparse.Namespace, paused: bool) -> int:
-    job_id = _check_job(args.job)
+    job_id = get_job(args.job).id
     changed = runs.set_paused(ctx.engine, job_id, paused, by=who_am_i(), now=utc_now())
     word = "paused" if paused else "resumed"
     if changed:

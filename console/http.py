@@ -68,8 +68,8 @@ from jobs.db import first_line
 from jobs.errors import ConfigError, JobRunningError, OpsError, UnreachableError, UsageError
 from jobs.humanize import plural
 from jobs.presence import runner_alive
-from jobs.records import RunParams, RunReport, RunStatus, Trigger
-from jobs.registry import JOBS
+from jobs.records import RunParams, RunReport, RunStatus, Trigger, parse_day
+from jobs.registry import JOBS, check_run
 from jobs.runs import execute
 from jobs.settings import Settings
 from jobs.timeutil import iso_z, utc_now
@@ -350,7 +350,7 @@ _QUERY_PARAMS = ("dry_run", *_DATE_PARAMS)
 
 def _run_params(request: web.Request) -> RunParams:
     """The run's dates from the query; UsageError (a 400) when unknown, repeated or not a
-    date. Whether they fit the job is the job's own check (`JobSpec.check_params`)."""
+    date. Whether they fit the job is the run's check (`jobs.registry.check_run`)."""
     unknown = sorted(set(request.query) - set(_QUERY_PARAMS))
     if unknown:
         raise UsageError(f"unknown query parameter {', '.join(map(repr, unknown))}; "
@@ -363,10 +363,7 @@ def _run_params(request: web.Request) -> RunParams:
         text = request.query.get(name)
         if text is None:
             continue
-        try:
-            days[field] = date.fromisoformat(text.strip())
-        except ValueError:
-            raise UsageError(f"{name}: {text!r} is not a date; write YYYY-MM-DD") from None
+        days[field] = parse_day(name, text)
     return RunParams(**days)
 
 
@@ -422,9 +419,9 @@ def _trigger_handler(job_id: str) -> Handler:
         now = utc_now()
         try:
             params = _run_params(request)
-            # The job's own check of its dates (the run makes it again), here so that a
-            # refusal is a 400 and not a run that could not start.
-            JOBS[job_id].check_params(host.settings.job(job_id), params, now)
+            # The run's own check (the run makes it again), here so that a refusal is a
+            # 400 and not a run that could not start.
+            check_run(host.settings, job_id, params, now)
         except UsageError as exc:
             log.info("http %s from %s: refused: %s", job_id, client, exc.message)
             return _json(400, {"message": "Bad request", "job": job_id, "error": exc.message})

@@ -27,7 +27,7 @@ def cmd_outbox_send(ctx: CliContext, args: argparse.Namespace) -> int:
     if args.ids:
         raise UsageError("outbox send takes no IDs (to retry emails: outbox retry ID...)")
     settings = ctx.settings
-    smtp = sender.parse_smtp_url(settings.smtp_url) if settings.smtp_url else None
+    smtp = sender.check_mail_settings(settings)
     now = utc_now()
     # The pid tells apart two `outbox send` of one user on one host: each may only send
     # and mark the emails it claimed itself.

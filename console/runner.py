@@ -82,6 +82,7 @@ from jobs.runs import (
     skipped_behind,
 )
 from jobs.scheduler import JobFacts, Scheduler, SlotPlan, should_retry
+from jobs.sender import check_mail_settings
 from jobs.settings import Settings
 from jobs.timeutil import utc_now
 
@@ -560,13 +561,14 @@ def _drain_logged(core: SlotRunner, now: datetime) -> None:
 def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
     settings = ctx.settings
     http = None
+    # All before the database is touched: a runner that cannot serve what it was asked to
+    # serve, or send the mail it drains, should fail at once, with nothing registered.
     if args.http:
         from console.http import check_token, parse_listen
 
-        # Both before the database is touched: a runner that cannot serve what it was
-        # asked to serve should fail at once, with nothing registered.
         http = parse_listen(args.http)  # HOST:PORT, :PORT or PORT (host 127.0.0.1)
         check_token(settings)
+    check_mail_settings(settings)  # SMTP_URL and MAIL_FROM, when SMTP_URL is set
     runlog = RunLog(ctx.stderr, args.log_format)
     engine = ctx.engine  # reachable and migrated, or exit 3
     install(runlog)

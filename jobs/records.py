@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from jobs.errors import ExitCode
+from jobs.errors import ExitCode, UsageError
 from jobs.timeutil import iso, iso_z
 
 
@@ -58,6 +58,15 @@ class ItemResult:
             "detail": dict(self.detail),
             "error": self.error,
         }
+
+
+def parse_day(label: str, text: str) -> dt.date:
+    """A day as an operator writes it, YYYY-MM-DD; UsageError naming `label` (`--date`,
+    the query's `date`) otherwise."""
+    try:
+        return dt.date.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"{label}: {text!r} is not a date; write YYYY-MM-DD") from None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from jobs import analytics, cleanup, expiry, reminders
 from jobs.context import JobFunction
 from jobs.errors import UnknownJobError, UsageError
 from jobs.records import RunParams
-from jobs.settings import JOB_IDS, JobConfig
+from jobs.settings import JOB_IDS, JobConfig, Settings
 from jobs.timeutil import iso
 
 # Checks a run's parameters before anything is written: a bad request leaves no run behind.
@@ -86,6 +86,23 @@ def get_job(job_id: str) -> JobSpec:
         return JOBS[job_id]
     except KeyError:
         raise UnknownJobError(job_id, list(JOBS)) from None
+
+
+def check_run(settings: Settings, job_id: str, params: RunParams, now: datetime, *,
+              dry_run: bool = True, clock_now: datetime | None = None) -> JobSpec:
+    """The one check of a run request; UsageError (exit 2, a 400) naming what is wrong.
+
+    The job exists; its parameters fit it (analytics' dates: a day or a range of at most
+    `analytics.MAX_RANGE_DAYS`, not both, none in the future); and, given the clock, a
+    real run's reference time is not in the future. `runs.execute` makes it before it writes
+    anything, so every face gets it; the CLI and the HTTP face make it first as well, so
+    that a bad request is refused before the database is opened (and the console before
+    it asks for a confirmation)."""
+    spec = get_job(job_id)
+    spec.check_params(settings.job(job_id), params, now)
+    if clock_now is not None:
+        check_reference_time(now, clock_now, dry_run)
+    return spec
 
 
 def job_for_endpoint(path: str) -> JobSpec | None:

@@ -44,7 +44,7 @@ from jobs.records import (
     RunStatus,
     Trigger,
 )
-from jobs.registry import check_reference_time, get_job
+from jobs.registry import check_reference_time, check_run, get_job
 from jobs.settings import JOB_IDS, Settings
 from jobs.timeutil import utc_now
 
@@ -384,10 +384,9 @@ def execute(
     transaction, before any other process can see the row: it must be quick and must
     not touch the database. A runner registers its HTTP runs with it.
     """
-    spec = get_job(job_id)
-    job = settings.job(job_id)
     params = params or RunParams()
-    spec.check_params(job, params, now)
+    spec = check_run(settings, job_id, params, now)
+    job = settings.job(job_id)
     require_platform_tables(engine)
     started = clock()
     check_reference_time(now, started, dry_run)

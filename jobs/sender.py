@@ -192,6 +192,20 @@ def _envelope_sender(mail_from: str) -> str:
     return addr
 
 
+def check_mail_settings(settings: Settings) -> SmtpConfig | None:
+    """The SMTP server delivery will use, with SMTP_URL and MAIL_FROM checked: ConfigError
+    (exit 2) naming the variable and the reason, never the password. None when SMTP_URL
+    is not set: nothing is sent then, and MAIL_FROM is not used.
+
+    The runner and `outbox send` call it at start, so a typo stops them there instead of
+    failing every drain."""
+    if not settings.smtp_url:
+        return None
+    smtp = parse_smtp_url(settings.smtp_url)
+    _envelope_sender(settings.mail_from)
+    return smtp
+
+
 # --- messages -------------------------------------------------------------------------------
 
 

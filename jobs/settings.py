@@ -9,10 +9,10 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 from jobs.db import default_sqlite_path
 from jobs.errors import ConfigError
@@ -22,17 +22,6 @@ JOB_IDS = ("expiry-checker", "payment-reminders", "analytics-aggregate", "cleanu
 DEFAULTS_FILE = Path(__file__).with_name("default_schedules.toml")
 
 Concurrency = Literal["forbid", "allow"]
-
-# Which job settings each job takes, beside the scheduling keys every job has.
-_COMMON_KEYS = {"schedule", "timezone", "enabled", "misfire_grace", "concurrency", "description"}
-_JOB_KEYS: dict[str, set[str]] = {
-    "expiry-checker": {"grace_period_days"},
-    # The grace period is one policy: set under expiry-checker, followed by the reminders
-    # (two values would have notices promise a suspension date the checker does not keep).
-    "payment-reminders": {"reminder_days"},
-    "analytics-aggregate": {"cache_ttl"},
-    "cleanup": {"cart_retention_days", "batch_size"},
-}
 
 
 @dataclass(frozen=True)
@@ -95,7 +84,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _duration(source: str, key: str, value: Any) -> timedelta | None:
+def _duration(source: str, key: str, value: object) -> timedelta | None:
     if value in (None, "", "none", "unlimited"):
         return None
     if isinstance(value, bool):
@@ -114,7 +103,7 @@ def _duration(source: str, key: str, value: Any) -> timedelta | None:
     return timedelta(seconds=seconds)
 
 
-def _int(source: str, key: str, value: Any, *, minimum: int = 0) -> int:
+def _int(source: str, key: str, value: object, *, minimum: int = 0) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int):
@@ -125,7 +114,7 @@ def _int(source: str, key: str, value: Any, *, minimum: int = 0) -> int:
     return value
 
 
-def _number(source: str, key: str, value: Any, *, minimum: float = 0.0) -> float:
+def _number(source: str, key: str, value: object, *, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(source, key, f"expected a number, got {value!r}")
     if value < minimum:
@@ -133,79 +122,192 @@ def _number(source: str, key: str, value: Any, *, minimum: float = 0.0) -> float
     return float(value)
 
 
-def _reminder_days(source: str, key: str, value: Any) -> tuple[int, ...]:
+def _days(source: str, key: str, value: object, *, minimum: int) -> tuple[int, ...]:
     if isinstance(value, str):
         value = [v for v in re.split(r"[,\s]+", value.strip().strip("[]")) if v]
-    values = value if isinstance(value, list) else [value]
-    days = tuple(sorted({_int(source, key, v, minimum=1) for v in values}, reverse=True))
+    values: list[object] = value if isinstance(value, list) else [value]
+    days = tuple(sorted({_int(source, key, v, minimum=minimum) for v in values}, reverse=True))
     if not days:
         raise ConfigError(source, key, "needs at least one day count")
     return days
 
 
-def _apply_job(source: str, cfg: JobConfig, table: Mapping[str, Any]) -> JobConfig:
+# --- the keys of a [jobs.<id>] table ---------------------------------------------------------
+
+# What a key holds, which says how its value is read:
+#   cron, timezone  the job's schedule (read together, into JobConfig.schedule)
+#   flag            true or false
+#   choice          one of `choices`
+#   duration        seconds or "15m", "2h", "1d"; absent or "none": no limit
+#   seconds         the same, a whole number of seconds of at least `minimum`
+#   count           a whole number of at least `minimum`
+#   days            one or more whole numbers of days, each at least `minimum`
+#   text            anything; read by people only
+KeyType = Literal["cron", "timezone", "flag", "choice", "duration", "seconds", "count", "days",
+                  "text"]
+
+
+@dataclass(frozen=True)
+class JobKey:
+    """One key of a `[jobs.<id>]` table. The README's table of job keys is this table
+    written out (a test compares them), so the doc is the README's "meaning" column."""
+
+    name: str
+    type: KeyType
+    default: object  # the JobConfig value before any file (the timezone's for "timezone")
+    doc: str
+    jobs: tuple[str, ...] = JOB_IDS  # the jobs that take it
+    minimum: int = 0  # for seconds, count and days
+    choices: tuple[str, ...] = ()  # for choice
+    env: str | None = None  # an environment variable that overrides the files
+    shown: str | None = None  # the README's default when the value written out is not it
+
+    def default_text(self) -> str:
+        """The default as the README's table shows it."""
+        if self.shown is not None:
+            return self.shown
+        value = self.default
+        if isinstance(value, bool):
+            return f"`{str(value).lower()}`"
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, tuple):
+            return f"`[{', '.join(map(str, value))}]`"
+        return f"`{value}`"
+
+    def read(self, source: str, where: str, value: object) -> object:
+        """The value as JobConfig holds it, or ConfigError naming `where`.
+        Not for cron and timezone, which are read together (`_schedule`)."""
+        match self.type:
+            case "flag":
+                if not isinstance(value, bool):
+                    raise ConfigError(source, where, f"expected true or false, got {value!r}")
+                return value
+            case "choice":
+                if value not in self.choices:
+                    expected = " or ".join(f'"{c}"' for c in self.choices)
+                    raise ConfigError(source, where, f"expected {expected}, got {value!r}")
+                return value
+            case "duration":
+                return _duration(source, where, value)
+            case "seconds":
+                span = _duration(source, where, value)
+                if span is None or span.total_seconds() < self.minimum:
+                    least = "one second" if self.minimum == 1 else f"{self.minimum} seconds"
+                    raise ConfigError(source, where, f"must be at least {least}")
+                return int(span.total_seconds())
+            case "count":
+                return _int(source, where, value, minimum=self.minimum)
+            case "days":
+                return _days(source, where, value, minimum=self.minimum)
+            case "text":
+                return value
+            case "cron" | "timezone":
+                raise AssertionError(f"{self.name} is read with the schedule")
+
+
+JOB_KEYS: dict[str, JobKey] = {
+    key.name: key
+    for key in (
+        JobKey("schedule", "cron", None,
+               "5-field cron, a nickname (`@daily`, `@hourly`, …), or 6 fields with seconds "
+               "last (`* * * * * */2`: every 2 s)",
+               shown="see above"),
+        JobKey("timezone", "timezone", "UTC",
+               "IANA name; slots follow cron's DST rules in it (below)"),
+        JobKey("enabled", "flag", True,
+               "a disabled job never fires on schedule (manual triggers still work)"),
+        JobKey("misfire_grace", "duration", None,
+               "how late a missed slot may still fire: seconds or `15m`, `2h`, `1d`",
+               shown="no limit"),
+        JobKey("concurrency", "choice", "forbid",
+               "`forbid` records a slot as `skipped` while the previous run still runs; "
+               "`allow` runs it",
+               choices=("forbid", "allow")),
+        JobKey("description", "text", None,
+               "free text for whoever reads the file; ignored",
+               shown="none"),
+        # The grace period is one policy: set under expiry-checker, followed by the reminders
+        # (two values would have notices promise a suspension date the checker does not keep).
+        JobKey("grace_period_days", "count", 7,
+               "expiry-checker; 0 allowed. One policy: payment-reminders' notices follow it",
+               jobs=("expiry-checker",), env="SUBSCRIPTION_GRACE_PERIOD_DAYS"),
+        JobKey("reminder_days", "days", (7,),
+               "payment-reminders; e.g. `[7, 3, 1]`",
+               jobs=("payment-reminders",), minimum=1),
+        JobKey("cache_ttl", "seconds", 86_400,
+               "analytics-aggregate; seconds or `24h`",
+               jobs=("analytics-aggregate",), minimum=1),
+        # 0 would make every cart item stale, including the ones being filled right now.
+        JobKey("cart_retention_days", "count", 30,
+               "cleanup; at least 1",
+               jobs=("cleanup",), minimum=1),
+        JobKey("batch_size", "count", 5_000,
+               "cleanup: rows per DELETE",
+               jobs=("cleanup",), minimum=1),
+    )
+}
+
+
+_Config = TypeVar("_Config", JobConfig, OutboxConfig, RunnerConfig)
+
+
+def _replaced(obj: _Config, changes: Mapping[str, object]) -> _Config:
+    """`replace` with values read from a file or the environment: each was checked against
+    its key's type when it was read, which mypy cannot follow from a key's name."""
+    return replace(obj, **changes)  # type: ignore[arg-type]
+
+
+def _schedule(source: str, jid: str, current: CronSchedule,
+              table: Mapping[str, object]) -> CronSchedule:
+    expr = table.get("schedule", current.expression)
+    tz = table.get("timezone", current.timezone.key)
+    if not isinstance(expr, str):
+        raise ConfigError(source, f"jobs.{jid}.schedule", "expected a cron expression string")
+    if not isinstance(tz, str):
+        raise ConfigError(source, f"jobs.{jid}.timezone", "expected a timezone name")
+    try:
+        return CronSchedule.parse(expr, tz)
+    except CronError as exc:
+        key = "timezone" if "timezone" in str(exc).lower() else "schedule"
+        raise ConfigError(source, f"jobs.{jid}.{key}", str(exc)) from None
+
+
+def _apply_job(source: str, cfg: JobConfig, table: Mapping[str, object]) -> JobConfig:
     jid = cfg.job_id
-    allowed = _COMMON_KEYS | _JOB_KEYS[jid]
-    for key in table:
-        if key not in allowed:
-            raise ConfigError(
-                source, f"jobs.{jid}.{key}",
-                f"unknown key; {jid} takes {', '.join(sorted(allowed - {'description'}))}",
-            )
-    changes: dict[str, Any] = {}
-    expr = table.get("schedule", cfg.schedule.expression)
-    tz = table.get("timezone", cfg.schedule.timezone.key)
+    allowed = {name: key for name, key in JOB_KEYS.items() if jid in key.jobs}
+    for name in table:
+        if name not in allowed:
+            listed = sorted(n for n, key in allowed.items() if key.type != "text")
+            raise ConfigError(source, f"jobs.{jid}.{name}",
+                              f"unknown key; {jid} takes {', '.join(listed)}")
+    changes: dict[str, object] = {}
     if "schedule" in table or "timezone" in table:
-        if not isinstance(expr, str):
-            raise ConfigError(source, f"jobs.{jid}.schedule", "expected a cron expression string")
-        if not isinstance(tz, str):
-            raise ConfigError(source, f"jobs.{jid}.timezone", "expected a timezone name")
-        try:
-            changes["schedule"] = CronSchedule.parse(expr, tz)
-        except CronError as exc:
-            key = "timezone" if "timezone" in str(exc).lower() else "schedule"
-            raise ConfigError(source, f"jobs.{jid}.{key}", str(exc)) from None
-    for key, value in table.items():
-        k = f"jobs.{jid}.{key}"
-        if key == "enabled":
-            if not isinstance(value, bool):
-                raise ConfigError(source, k, f"expected true or false, got {value!r}")
-            changes[key] = value
-        elif key == "misfire_grace":
-            changes[key] = _duration(source, k, value)
-        elif key == "concurrency":
-            if value not in ("forbid", "allow"):
-                raise ConfigError(source, k, f"expected \"forbid\" or \"allow\", got {value!r}")
-            changes[key] = value
-        elif key == "grace_period_days":
-            changes[key] = _int(source, k, value)
-        elif key == "cart_retention_days":
-            # 0 would make every cart item stale, including the ones being filled right now.
-            changes[key] = _int(source, k, value, minimum=1)
-        elif key == "cache_ttl":
-            ttl = _duration(source, k, value)
-            if ttl is None or ttl.total_seconds() < 1:
-                raise ConfigError(source, k, "must be at least one second")
-            changes[key] = int(ttl.total_seconds())
-        elif key == "batch_size":
-            changes[key] = _int(source, k, value, minimum=1)
-        elif key == "reminder_days":
-            changes[key] = _reminder_days(source, k, value)
-    return replace(cfg, **changes)
+        changes["schedule"] = _schedule(source, jid, cfg.schedule, table)
+    for name, value in table.items():
+        key = allowed[name]
+        if key.type not in ("cron", "timezone", "text"):
+            changes[name] = key.read(source, f"jobs.{jid}.{name}", value)
+    return _replaced(cfg, changes)
 
 
-def _apply_section(source: str, section: str, obj: Any, table: Any) -> Any:
+_Section = TypeVar("_Section", OutboxConfig, RunnerConfig)
+
+
+def _apply_section(source: str, section: str, obj: _Section, table: object) -> _Section:
     if not isinstance(table, dict):
         raise ConfigError(source, section, "expected a table")
-    changes: dict[str, Any] = {}
-    for key, value in table.items():
-        if not hasattr(obj, key):
-            names = ", ".join(obj.__dataclass_fields__)
-            raise ConfigError(source, f"{section}.{key}", f"unknown key; {section} takes {names}")
+    names = [f.name for f in fields(obj)]
+    changes: dict[str, float | int] = {}
+    for key, value in cast("dict[str, object]", table).items():
+        if key not in names:
+            raise ConfigError(source, f"{section}.{key}",
+                              f"unknown key; {section} takes {', '.join(names)}")
         changes[key] = _number(source, f"{section}.{key}", value)
-        if isinstance(getattr(obj, key), int) and not isinstance(getattr(obj, key), bool):
+        current: object = getattr(obj, key)
+        if isinstance(current, int) and not isinstance(current, bool):
             changes[key] = _int(source, f"{section}.{key}", value, minimum=1)
-    return replace(obj, **changes)
+    return _replaced(obj, changes)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -288,11 +390,13 @@ def load_settings(overrides: Overrides = Overrides(), env: Mapping[str, str] | N
         source = str(path)
         outbox, runner = _merge(source, _read_toml(path), jobs, outbox, runner)
 
-    grace = env.get("SUBSCRIPTION_GRACE_PERIOD_DAYS")
-    if grace not in (None, ""):
-        days = _int("environment", "SUBSCRIPTION_GRACE_PERIOD_DAYS", grace)
-        for jid in ("expiry-checker", "payment-reminders"):
-            jobs[jid] = replace(jobs[jid], grace_period_days=days)
+    for key in JOB_KEYS.values():
+        if key.env is None or not env.get(key.env):
+            continue
+        value = key.read("environment", key.env, env[key.env])
+        for jid in key.jobs:
+            jobs[jid] = _replaced(jobs[jid], {key.name: value})
+    # One policy: the reminders' notices promise the suspension date the checker keeps.
     jobs["payment-reminders"] = replace(
         jobs["payment-reminders"], grace_period_days=jobs["expiry-checker"].grace_period_days
     )

@@ -271,6 +271,8 @@ def test_dates_in_the_query_are_the_clis_and_anything_else_is_a_400(served: Serv
         url + "?date=soon": "date: 'soon' is not a date",
         url + "?date=2026-11-21&date=2026-11-22": "'date' given more than once",
         url + "?from=2026-11-21": "--from needs --to",
+        url + "?date=2026-11-20&from=2026-11-20&to=2026-11-21": "either --date or --from/--to",
+        url + "?from=2025-01-01&to=2026-01-02&dry_run=1": "at most 366 days",
         url + f"?date={tomorrow}": f"--date {tomorrow} is in the future",
         url + f"?date={tomorrow}&dry_run=1": "is in the future",
         served.url + JOBS["cleanup"].endpoint + "?date=2026-11-21":

@@ -364,3 +364,28 @@ def test_jobs_and_status_show_the_live_runners_schedule_not_the_viewers(
     assert done.returncode == 0 and done.stderr == ""
     row = next(r for r in json.loads(done.stdout) if r["job"] == JOB)
     assert row["schedule"] == "* * * * * */5" and row["schedule_source"] == "local"
+
+
+@pytest.mark.parametrize(("extra_env", "says"), [
+    ({"SMTP_URL": "smtp://ops:mail-secret@127.0.0.1:2525/inbox"},
+     "environment: SMTP_URL: 'smtp://ops:***@127.0.0.1:2525/inbox': unexpected path"),
+    ({"SMTP_URL": "smtp://ops:mail-secret@127.0.0.1:port"},
+     "SMTP_URL: 'smtp://ops:***@127.0.0.1:port': the port must be a number"),
+    ({"SMTP_URL": "http://ops:mail-secret@127.0.0.1"}, "SMTP_URL: 'http://ops:***@127.0.0.1': "
+     "expected smtp://"),
+    ({"SMTP_URL": "smtp://ops:mail-secret@127.0.0.1:2525", "MAIL_FROM": "billing"},
+     "environment: MAIL_FROM: 'billing' is not an address"),
+])
+def test_a_runner_with_malformed_mail_settings_refuses_to_start(
+        engine: Engine, env: dict[str, str], tmp_path: Path, extra_env: dict[str, str],
+        says: str) -> None:
+    """Not a runner that starts and logs an error at every drain: exit 2 at once, one
+    line naming the variable and the reason, the password masked, nothing registered."""
+    done = cli({**env, **extra_env}, tmp_path, "run")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("storeflow-ops: "), done.stderr
+    assert says in lines[0], lines[0]
+    assert "mail-secret" not in done.stderr
+    with engine.connect() as c:
+        assert c.execute(select(func.count()).select_from(ops_runners)).scalar_one() == 0
