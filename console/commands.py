@@ -23,17 +23,18 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from console.context import CliContext
-from console.formatting import item_note, plural, terminal_safe
+from console.formatting import terminal_safe
 from jobs import runs
 from jobs.db import check_reachable, make_engine, tenants, transaction
 from jobs.errors import ExitCode, UnknownJobError, UsageError
+from jobs.humanize import ago, compact, duration, item_note, plural, span, stamp
 from jobs.presence import Presence, list_runners, who_am_i
 from jobs.records import ItemStatus, Progress, RunParams, RunRecord, RunReport
 from jobs.redaction import redact
 from jobs.registry import get_job
 from jobs.runner_schedules import EffectiveSchedules, live_schedules
 from jobs.settings import JOB_IDS
-from jobs.timeutil import as_utc, iso, parse_timestamp, utc_now
+from jobs.timeutil import iso, parse_timestamp, utc_now
 
 ANALYTICS_JOB = "analytics-aggregate"
 ANALYTICS_DAYS = 14
@@ -50,32 +51,6 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     return "\n".join(lines)
-
-
-def _when(value: datetime | None) -> str:
-    return "-" if value is None else f"{as_utc(value):%Y-%m-%d %H:%M:%S} UTC"
-
-
-def _span(seconds: float) -> str:
-    s = int(abs(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s" if s < 600 else f"{s // 60}m"
-    if s < 86_400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86_400}d {s % 86_400 // 3600}h"
-
-
-def _relative(value: datetime, now: datetime) -> str:
-    delta = (value - now).total_seconds()
-    return f"in {_span(delta)}" if delta >= 0 else f"{_span(delta)} ago"
-
-
-def _summary_words(summary: Any) -> str:
-    if not summary:
-        return "-"
-    return terminal_safe(", ".join(f"{k}={v}" for k, v in dict(summary).items()))
 
 
 def _check_job(job_id: str) -> str:
@@ -151,10 +126,10 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
             job_id,
             f"{job.schedule.expression}  ({job.schedule.describe()})",
             "-" if not slots
-            else f"{slots[0].astimezone(tz):%Y-%m-%d %H:%M %Z} ({_relative(slots[0], now)})",
+            else f"{slots[0].astimezone(tz):%Y-%m-%d %H:%M %Z} ({ago(slots[0], now)})",
             "never" if record is None
             else f"{_STALE if record.run_id in stale else record.status} "
-                 f"{_relative(record.finished_at or record.created_at, real_now)}",
+                 f"{ago(record.finished_at or record.created_at, real_now)}",
             state,
         ))
     _warn_schedules(ctx, schedules)
@@ -260,14 +235,14 @@ def cmd_trigger(ctx: CliContext, args: argparse.Namespace) -> int:
 def _print_report(ctx: CliContext, report: RunReport, record: RunRecord | None = None) -> None:
     run = "preview" if report.run_id is None else f"run {report.run_id}"
     ctx.out(f"{report.message}: {report.job_id} ({run}, {report.status}, {report.trigger})")
-    ctx.out(f"  now:       {_when(report.reference_time)}")
+    ctx.out(f"  now:       {stamp(report.reference_time, zone=True)}")
     if report.scheduled_for is not None:
-        ctx.out(f"  slot:      {_when(report.scheduled_for)}")
+        ctx.out(f"  slot:      {stamp(report.scheduled_for, zone=True)}")
     if record is not None:
         ctx.out(f"  by:        {terminal_safe(record.started_by)}")
-    ctx.out(f"  started:   {_when(report.started_at)}  "
-            f"took {_span((report.finished_at - report.started_at).total_seconds())}")
-    ctx.out(f"  summary:   {_summary_words(report.summary)}")
+    ctx.out(f"  started:   {stamp(report.started_at, zone=True)}  "
+            f"took {duration((report.finished_at - report.started_at).total_seconds())}")
+    ctx.out(f"  summary:   {terminal_safe(compact(report.summary)) or '-'}")
     processed, failed = (report.processed, len(report.errors)) if record is None else (
         record.processed, record.errors)
     ctx.out(f"  items:     {processed} ({failed} failed)")
@@ -302,9 +277,10 @@ def cmd_history(ctx: CliContext, args: argparse.Namespace) -> int:
         ctx.err("no runs yet")
         return ExitCode.OK
     rows = [
-        (r.run_id, r.job_id, r.trigger, r.status, _when(r.scheduled_for or r.reference_time),
-         _when(r.started_at),
-         "-" if r.duration_seconds is None else _span(r.duration_seconds),
+        (r.run_id, r.job_id, r.trigger, r.status,
+         stamp(r.scheduled_for or r.reference_time, zone=True),
+         stamp(r.started_at, zone=True, missing="-"),
+         duration(r.duration_seconds, missing="-"),
          r.processed, r.errors)
         for r in records
     ]
@@ -378,7 +354,7 @@ def cmd_analytics(ctx: CliContext, args: argparse.Namespace) -> int:
         rows.append((v.day.isoformat(), d.get("orders"),
                      f"{revenue:.2f}" if isinstance(revenue, int | float) else revenue,
                      d.get("newCustomers"),
-                     d.get("productsSold"), "no expiry" if v.ttl is None else _span(v.ttl)))
+                     d.get("productsSold"), "no expiry" if v.ttl is None else span(timedelta(seconds=v.ttl))))
     ctx.out(table(("DATE", "ORDERS", "REVENUE", "NEW CUSTOMERS", "PRODUCTS SOLD", "TTL"), rows))
     return ExitCode.OK
 
@@ -396,7 +372,7 @@ def cmd_outbox(ctx: CliContext, args: argparse.Namespace) -> int:
         ctx.emit_json([e.to_json() for e in entries])
         return ExitCode.OK
     rows = [(e.id, e.kind, e.tenant_id or "-", e.recipient, e.status, e.attempts,
-             _when(e.created_at), e.subject) for e in entries]
+             stamp(e.created_at, zone=True), e.subject) for e in entries]
     if rows:
         ctx.out(table(("ID", "KIND", "TENANT", "TO", "STATUS", "ATTEMPTS", "QUEUED", "SUBJECT"),
                       rows))
@@ -464,8 +440,8 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
         if processes:
             ctx.out(table(
                 ("KIND", "HOST", "PID", "STARTED", "LAST HEARTBEAT", "ALIVE"),
-                [(p.kind, p.host, p.pid, _when(p.started_at),
-                  f"{_when(p.heartbeat_at)} ({_relative(p.heartbeat_at, now)})",
+                [(p.kind, p.host, p.pid, stamp(p.started_at, zone=True),
+                  f"{stamp(p.heartbeat_at, zone=True)} ({ago(p.heartbeat_at, now)})",
                   "yes" if p.alive else "no") for p in processes],
             ))
         ctx.out("")
