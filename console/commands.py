@@ -28,11 +28,12 @@ from jobs import runs
 from jobs.db import check_reachable, make_engine, tenants, transaction
 from jobs.errors import ExitCode, UnknownJobError, UsageError
 from jobs.humanize import ago, compact, duration, item_note, plural, span, stamp
-from jobs.presence import Presence, list_runners, who_am_i
+from jobs.overview import STALE_REASON, Overview, load_overview
+from jobs.presence import Presence, who_am_i
 from jobs.records import ItemStatus, Progress, RunParams, RunRecord, RunReport
 from jobs.redaction import redact
 from jobs.registry import get_job
-from jobs.runner_schedules import EffectiveSchedules, live_schedules
+from jobs.runner_schedules import EffectiveSchedules
 from jobs.settings import JOB_IDS
 from jobs.timeutil import iso, parse_timestamp, utc_now
 
@@ -79,7 +80,7 @@ def _parse_date(flag: str, text: str | None) -> date | None:
 
 # --- jobs ------------------------------------------------------------------------------------
 
-_STALE = "stale (its runner stopped heartbeating)"  # a `running` run whose process is gone
+_STALE = f"stale ({STALE_REASON})"  # a `running` run whose process is gone
 
 
 def _warn_schedules(ctx: CliContext, schedules: EffectiveSchedules) -> None:
@@ -87,52 +88,53 @@ def _warn_schedules(ctx: CliContext, schedules: EffectiveSchedules) -> None:
         ctx.err(f"storeflow-ops: warning: {line}")
 
 
+def _overview(ctx: CliContext, kinds: tuple[str, ...] = ("runner",)) -> Overview:
+    """The jobs as the console shows them, without what only its screen needs (the recent
+    runs, the outbox's counts) and without the cache, which is never opened here. At the
+    real time, whatever --now says: it decides which runners are alive now, and how long
+    ago a run finished."""
+    overview = load_overview(ctx.engine, ctx.settings, None, utc_now(), kinds=kinds,
+                             recent=0, with_outbox=False)
+    _warn_schedules(ctx, overview.schedules)
+    return overview
+
+
 def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
     now = _parse_now(args.now)
     if args.count < 0:
         raise UsageError("--count: must not be negative")
-    engine = ctx.engine  # the schedules need no cache: it is never opened here
-    # The real clock, whatever --now says: it decides which runners are alive now, and
-    # how long ago a run finished.
-    real_now = utc_now()
-    schedules = live_schedules(engine, ctx.settings, real_now)
-    states = runs.job_states(engine)
-    last = runs.last_runs(engine)
-    stale = runs.stale_run_ids(engine, real_now, ctx.settings.runner.stale_after)
+    overview = _overview(ctx)
     rows: list[dict[str, Any]] = []
     human: list[tuple[str, ...]] = []
-    for job_id in JOB_IDS:
-        job = schedules.job(job_id)
+    for view in overview.jobs:
+        job = view.schedule
         tz = job.schedule.timezone
-        record = last.get(job_id)
+        record = view.last_run
         # A paused or disabled job fires nothing, so it has no next run to show.
-        fires = job.enabled and not states[job_id].paused
-        slots = job.schedule.next_slots(now, max(args.count, 1)) if fires else []
+        slots = view.next_slots(now, max(args.count, 1))
         rows.append({
-            "job": job_id,
+            "job": view.job_id,
             "schedule": job.schedule.expression,
             "timezone": job.timezone,
-            "enabled": job.enabled,
-            "paused": states[job_id].paused,
+            "enabled": view.enabled,
+            "paused": view.paused,
             # In the job's own zone, so the offset says which wall clock the cron reads.
             "next_runs": [s.astimezone(tz).isoformat() for s in slots[: args.count]],
             # `stale`: still `running` in history, but its process stopped heartbeating.
             "last_run": None if record is None
-            else {**record.to_json(), "stale": record.run_id in stale},
-            "schedule_source": schedules.source_of(job_id),
+            else {**record.to_json(), "stale": view.is_stale(record)},
+            "schedule_source": overview.schedules.source_of(view.job_id),
         })
-        state = "disabled" if not job.enabled else "paused" if states[job_id].paused else "active"
         human.append((
-            job_id,
+            view.job_id,
             f"{job.schedule.expression}  ({job.schedule.describe()})",
             "-" if not slots
             else f"{slots[0].astimezone(tz):%Y-%m-%d %H:%M %Z} ({ago(slots[0], now)})",
             "never" if record is None
-            else f"{_STALE if record.run_id in stale else record.status} "
-                 f"{ago(record.finished_at or record.created_at, real_now)}",
-            state,
+            else f"{_STALE if view.is_stale(record) else record.status} "
+                 f"{ago(record.finished_at or record.created_at, overview.loaded_at)}",
+            view.state,
         ))
-    _warn_schedules(ctx, schedules)
     if ctx.json:
         ctx.emit_json(rows)
         return ExitCode.OK
@@ -413,27 +415,21 @@ def cmd_resume(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
-    engine = ctx.engine
-    now = utc_now()
-    processes = list_runners(engine, now, ctx.settings.runner.stale_after,
-                             kinds=("runner", "console", "cli"))
-    alive = any(p.alive and p.kind == "runner" for p in processes)
-    schedules = live_schedules(engine, ctx.settings, now, processes)
-    states = runs.job_states(engine)
-    running = {r.job_id: r.run_id for r in runs.running_runs(engine)}
-    stale = runs.stale_run_ids(engine, now, ctx.settings.runner.stale_after)
+    overview = _overview(ctx, ("runner", "console", "cli"))
+    processes, now = overview.runners, overview.loaded_at
     jobs = [
-        {"job": job_id, "enabled": schedules.job(job_id).enabled,
-         "paused": states[job_id].paused, "running": job_id in running,
-         "run_id": running.get(job_id), "stale": running.get(job_id) in stale,
-         "schedule": schedules.job(job_id).expression,
-         "timezone": schedules.job(job_id).timezone,
-         "schedule_source": schedules.source_of(job_id)}
-        for job_id in JOB_IDS
+        {"job": view.job_id, "enabled": view.enabled,
+         "paused": view.paused, "running": view.running is not None,
+         "run_id": None if view.running is None else view.running.run_id,
+         "stale": view.is_stale(view.running),
+         "schedule": view.schedule.expression,
+         "timezone": view.schedule.timezone,
+         "schedule_source": overview.schedules.source_of(view.job_id)}
+        for view in overview.jobs
     ]
-    _warn_schedules(ctx, schedules)
     if ctx.json:
-        ctx.emit_json({"runner_alive": alive, "runners": [p.to_json() for p in processes],
+        ctx.emit_json({"runner_alive": overview.runner_alive,
+                       "runners": [p.to_json() for p in processes],
                        "jobs": jobs, "database": redact(ctx.settings.database_url)})
     else:
         ctx.out(f"database: {redact(ctx.settings.database_url)}")
@@ -447,12 +443,13 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
         ctx.out("")
         ctx.out(table(
             ("JOB", "STATE", "RUNNING", "SCHEDULE"),
-            [(j["job"], "disabled" if not j["enabled"] else "paused" if j["paused"] else "active",
-              "-" if not j["running"] else f"run {j['run_id']}"
-              + (f", {_STALE}" if j["stale"] else ""),
-              f"{j['schedule']} {j['timezone']} ({j['schedule_source']})") for j in jobs],
+            [(view.job_id, view.state,
+              "-" if view.running is None else f"run {view.running.run_id}"
+              + (f", {_STALE}" if view.is_stale(view.running) else ""),
+              f"{view.schedule.expression} {view.schedule.timezone} "
+              f"({overview.schedules.source_of(view.job_id)})") for view in overview.jobs],
         ))
-    if not alive:
+    if not overview.runner_alive:
         ctx.err("storeflow-ops: no runner is alive: scheduled slots are not firing "
                 "(start one with `storeflow-ops run`)")
         return ExitCode.FAILED

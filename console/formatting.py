@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 
@@ -21,6 +21,9 @@ from jobs.humanize import number as number
 from jobs.humanize import plural as plural
 from jobs.humanize import span as span
 from jobs.humanize import stamp as stamp
+
+if TYPE_CHECKING:
+    from jobs.overview import ScheduleState
 
 STATUS_STYLES: dict[str, str] = {
     "succeeded": "green",
@@ -40,6 +43,18 @@ STATUS_STYLES: dict[str, str] = {
 
 def status_text(status: str) -> Text:
     return Text(status, style=STATUS_STYLES.get(status, ""))
+
+
+# Whether a job's slots fire (jobs.overview.schedule_state).
+STATE_STYLES: dict[ScheduleState, str] = {
+    "disabled": "dim",
+    "paused": "bold yellow",
+    "active": "green",
+}
+
+
+def state_text(state: ScheduleState) -> Text:
+    return Text(state, style=STATE_STYLES[state])
 
 
 def append_outcome(text: Text, summary: Mapping[str, Any] | None, error: str | None) -> Text:
