@@ -27,7 +27,7 @@ from console.formatting import terminal_safe
 from jobs import runs
 from jobs.db import check_reachable, make_engine, tenants, transaction
 from jobs.errors import ExitCode, UnknownJobError, UsageError
-from jobs.humanize import ago, compact, duration, item_note, plural, span, stamp
+from jobs.humanize import ago, amount, compact, duration, item_note, number, plural, span, stamp
 from jobs.overview import STALE_REASON, Overview, load_overview
 from jobs.presence import Presence, who_am_i
 from jobs.records import ItemStatus, Progress, RunParams, RunRecord, RunReport
@@ -352,11 +352,11 @@ def cmd_analytics(ctx: CliContext, args: argparse.Namespace) -> int:
             rows.append((v.day.isoformat(), "-", "-", "-", "-", "not cached"))
             continue
         d = v.value
-        revenue = d.get("revenue")
-        rows.append((v.day.isoformat(), d.get("orders"),
-                     f"{revenue:.2f}" if isinstance(revenue, int | float) else revenue,
-                     d.get("newCustomers"),
-                     d.get("productsSold"), "no expiry" if v.ttl is None else span(timedelta(seconds=v.ttl))))
+        rows.append((v.day.isoformat(), number(d.get("orders"), missing="-"),
+                     amount(d.get("revenue"), missing="-"),
+                     number(d.get("newCustomers"), missing="-"),
+                     number(d.get("productsSold"), missing="-"),
+                     "no expiry" if v.ttl is None else span(timedelta(seconds=v.ttl))))
     ctx.out(table(("DATE", "ORDERS", "REVENUE", "NEW CUSTOMERS", "PRODUCTS SOLD", "TTL"), rows))
     return ExitCode.OK
 

@@ -12,6 +12,7 @@ from rich.text import Text
 
 # Here too, for the console's screens: the plain words are shared with the CLI.
 from jobs.humanize import ago as ago
+from jobs.humanize import amount as amount
 from jobs.humanize import clock_time as clock_time
 from jobs.humanize import compact as compact
 from jobs.humanize import countdown as countdown

@@ -105,9 +105,10 @@ def stamp(moment: datetime | None, tz: ZoneInfo | None = None, *, zone: bool = F
     return f"{text} {local.tzname()}" if zone else text
 
 
-def number(value: Any) -> str:
+def number(value: Any, *, missing: str = MISSING) -> str:
+    """A figure: `1,234`, `2,411.40`, `true`."""
     if value is None:
-        return MISSING
+        return missing
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, int):
@@ -115,6 +116,13 @@ def number(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.2f}"
     return str(value)
+
+
+def amount(value: Any, *, missing: str = MISSING) -> str:
+    """Money, always with cents: `2,411.40`, `20.00`."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:,.2f}"
+    return number(value, missing=missing)
 
 
 def compact(detail: Mapping[str, Any]) -> str:

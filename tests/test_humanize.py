@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 import console.formatting
-from jobs.humanize import ago, compact, countdown, duration, span, stamp
+from jobs.humanize import ago, amount, compact, countdown, duration, number, span, stamp
 
 NOW = datetime(2026, 11, 28, 10, 30, tzinfo=UTC)
 
@@ -53,8 +53,14 @@ def test_a_summary_is_one_line_of_pairs() -> None:
     assert compact({"expired": 1, "suspended": 0}) == "expired=1 suspended=0"
 
 
+def test_figures_and_money() -> None:
+    assert [number(v) for v in (1234, 2411.4, True, "n/a")] == ["1,234", "2,411.40", "true", "n/a"]
+    assert [amount(v) for v in (20, 2411.4, "n/a")] == ["20.00", "2,411.40", "n/a"]
+    assert number(None) == amount(None) == "—" and amount(None, missing="-") == "-"
+
+
 def test_the_console_uses_the_same_functions() -> None:
     """The console colours them; it has no wording of its own for times or counts."""
-    for name in ("ago", "clock_time", "compact", "countdown", "duration", "item_note",
+    for name in ("ago", "amount", "clock_time", "compact", "countdown", "duration", "item_note",
                  "number", "plural", "span", "stamp"):
         assert getattr(console.formatting, name).__module__ == "jobs.humanize", name
