@@ -36,7 +36,6 @@ from console.messages import (
     RunPurpose,
     RunStarted,
 )
-from console.overview import load_overview
 from console.screens.base import OpsScreen
 from console.screens.confirm import ConfirmScreen
 from console.screens.jobs import JobsScreen
@@ -45,6 +44,7 @@ from console.widgets.run_progress import RunProgress
 from console.widgets.status_bar import StatusInfo
 from jobs.cache import Cache
 from jobs.errors import OpsError, UsageError
+from jobs.overview import load_overview
 from jobs.presence import Presence
 from jobs.records import RunParams, RunStatus, Trigger
 from jobs.registry import JOBS, check_run

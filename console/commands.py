@@ -20,18 +20,19 @@ from types import FrameType
 from typing import Any
 
 from console.context import CliContext
-from console.formatting import item_note, plural, terminal_safe
+from console.formatting import terminal_safe
 from jobs import runs
 from jobs.db import check_reachable, make_engine
 from jobs.errors import ExitCode, UsageError
-from jobs.presence import Presence, list_runners, who_am_i
+from jobs.humanize import ago, amount, compact, duration, item_note, number, plural, span, stamp
+from jobs.overview import STALE_REASON, Overview, load_overview
+from jobs.presence import Presence, who_am_i
 from jobs.records import ItemStatus, Progress, RunParams, RunRecord, RunReport, parse_day
 from jobs.redaction import redact
 from jobs.registry import check_run, get_job
-from jobs.runner_schedules import EffectiveSchedules, live_schedules
-from jobs.settings import JOB_IDS
+from jobs.runner_schedules import EffectiveSchedules
 from jobs.tenants import find_tenant
-from jobs.timeutil import as_utc, iso, parse_timestamp, utc_now
+from jobs.timeutil import iso, parse_timestamp, utc_now
 
 ANALYTICS_JOB = "analytics-aggregate"
 ANALYTICS_DAYS = 14
@@ -50,30 +51,6 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def _when(value: datetime | None) -> str:
-    return "-" if value is None else f"{as_utc(value):%Y-%m-%d %H:%M:%S} UTC"
-
-
-def _span(seconds: float) -> str:
-    s = int(abs(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s" if s < 600 else f"{s // 60}m"
-    if s < 86_400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86_400}d {s % 86_400 // 3600}h"
-
-
-def _relative(value: datetime, now: datetime) -> str:
-    delta = (value - now).total_seconds()
-    return f"in {_span(delta)}" if delta >= 0 else f"{_span(delta)} ago"
-
-
-def _summary_words(summary: Any) -> str:
-    if not summary:
-        return "-"
-    return terminal_safe(", ".join(f"{k}={v}" for k, v in dict(summary).items()))
 
 
 def _parse_now(text: str | None) -> datetime:
@@ -91,7 +68,7 @@ def _parse_date(flag: str, text: str | None) -> date | None:
 
 # --- jobs ------------------------------------------------------------------------------------
 
-_STALE = "stale (its runner stopped heartbeating)"  # a `running` run whose process is gone
+_STALE = f"stale ({STALE_REASON})"  # a `running` run whose process is gone
 
 
 def _warn_schedules(ctx: CliContext, schedules: EffectiveSchedules) -> None:
@@ -99,52 +76,53 @@ def _warn_schedules(ctx: CliContext, schedules: EffectiveSchedules) -> None:
         ctx.err(f"storeflow-ops: warning: {line}")
 
 
+def _overview(ctx: CliContext, kinds: tuple[str, ...] = ("runner",)) -> Overview:
+    """The jobs as the console shows them, without what only its screen needs (the recent
+    runs, the outbox's counts) and without the cache, which is never opened here. At the
+    real time, whatever --now says: it decides which runners are alive now, and how long
+    ago a run finished."""
+    overview = load_overview(ctx.engine, ctx.settings, None, utc_now(), kinds=kinds,
+                             recent=0, with_outbox=False)
+    _warn_schedules(ctx, overview.schedules)
+    return overview
+
+
 def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
     now = _parse_now(args.now)
     if args.count < 0:
         raise UsageError("--count: must not be negative")
-    engine = ctx.engine  # the schedules need no cache: it is never opened here
-    # The real clock, whatever --now says: it decides which runners are alive now, and
-    # how long ago a run finished.
-    real_now = utc_now()
-    schedules = live_schedules(engine, ctx.settings, real_now)
-    states = runs.job_states(engine)
-    last = runs.last_runs(engine)
-    stale = runs.stale_run_ids(engine, real_now, ctx.settings.runner.stale_after)
+    overview = _overview(ctx)
     rows: list[dict[str, Any]] = []
     human: list[tuple[str, ...]] = []
-    for job_id in JOB_IDS:
-        job = schedules.job(job_id)
+    for view in overview.jobs:
+        job = view.schedule
         tz = job.schedule.timezone
-        record = last.get(job_id)
+        record = view.last_run
         # A paused or disabled job fires nothing, so it has no next run to show.
-        fires = job.enabled and not states[job_id].paused
-        slots = job.schedule.next_slots(now, max(args.count, 1)) if fires else []
+        slots = view.next_slots(now, max(args.count, 1))
         rows.append({
-            "job": job_id,
+            "job": view.job_id,
             "schedule": job.schedule.expression,
             "timezone": job.timezone,
-            "enabled": job.enabled,
-            "paused": states[job_id].paused,
+            "enabled": view.enabled,
+            "paused": view.paused,
             # In the job's own zone, so the offset says which wall clock the cron reads.
             "next_runs": [s.astimezone(tz).isoformat() for s in slots[: args.count]],
             # `stale`: still `running` in history, but its process stopped heartbeating.
             "last_run": None if record is None
-            else {**record.to_json(), "stale": record.run_id in stale},
-            "schedule_source": schedules.source_of(job_id),
+            else {**record.to_json(), "stale": view.is_stale(record)},
+            "schedule_source": overview.schedules.source_of(view.job_id),
         })
-        state = "disabled" if not job.enabled else "paused" if states[job_id].paused else "active"
         human.append((
-            job_id,
+            view.job_id,
             f"{job.schedule.expression}  ({job.schedule.describe()})",
             "-" if not slots
-            else f"{slots[0].astimezone(tz):%Y-%m-%d %H:%M %Z} ({_relative(slots[0], now)})",
+            else f"{slots[0].astimezone(tz):%Y-%m-%d %H:%M %Z} ({ago(slots[0], now)})",
             "never" if record is None
-            else f"{_STALE if record.run_id in stale else record.status} "
-                 f"{_relative(record.finished_at or record.created_at, real_now)}",
-            state,
+            else f"{_STALE if view.is_stale(record) else record.status} "
+                 f"{ago(record.finished_at or record.created_at, overview.loaded_at)}",
+            view.state,
         ))
-    _warn_schedules(ctx, schedules)
     if ctx.json:
         ctx.emit_json(rows)
         return ExitCode.OK
@@ -247,14 +225,14 @@ def cmd_trigger(ctx: CliContext, args: argparse.Namespace) -> int:
 def _print_report(ctx: CliContext, report: RunReport, record: RunRecord | None = None) -> None:
     run = "preview" if report.run_id is None else f"run {report.run_id}"
     ctx.out(f"{report.message}: {report.job_id} ({run}, {report.status}, {report.trigger})")
-    ctx.out(f"  now:       {_when(report.reference_time)}")
+    ctx.out(f"  now:       {stamp(report.reference_time, zone=True)}")
     if report.scheduled_for is not None:
-        ctx.out(f"  slot:      {_when(report.scheduled_for)}")
+        ctx.out(f"  slot:      {stamp(report.scheduled_for, zone=True)}")
     if record is not None:
         ctx.out(f"  by:        {terminal_safe(record.started_by)}")
-    ctx.out(f"  started:   {_when(report.started_at)}  "
-            f"took {_span((report.finished_at - report.started_at).total_seconds())}")
-    ctx.out(f"  summary:   {_summary_words(report.summary)}")
+    ctx.out(f"  started:   {stamp(report.started_at, zone=True)}  "
+            f"took {duration((report.finished_at - report.started_at).total_seconds())}")
+    ctx.out(f"  summary:   {terminal_safe(compact(report.summary)) or '-'}")
     processed, failed = (report.processed, len(report.errors)) if record is None else (
         record.processed, record.errors)
     ctx.out(f"  items:     {processed} ({failed} failed)")
@@ -289,9 +267,10 @@ def cmd_history(ctx: CliContext, args: argparse.Namespace) -> int:
         ctx.err("no runs yet")
         return ExitCode.OK
     rows = [
-        (r.run_id, r.job_id, r.trigger, r.status, _when(r.scheduled_for or r.reference_time),
-         _when(r.started_at),
-         "-" if r.duration_seconds is None else _span(r.duration_seconds),
+        (r.run_id, r.job_id, r.trigger, r.status,
+         stamp(r.scheduled_for or r.reference_time, zone=True),
+         stamp(r.started_at, zone=True, missing="-"),
+         duration(r.duration_seconds, missing="-"),
          r.processed, r.errors)
         for r in records
     ]
@@ -343,11 +322,11 @@ def cmd_analytics(ctx: CliContext, args: argparse.Namespace) -> int:
             rows.append((v.day.isoformat(), "-", "-", "-", "-", "not cached"))
             continue
         d = v.value
-        revenue = d.get("revenue")
-        rows.append((v.day.isoformat(), d.get("orders"),
-                     f"{revenue:.2f}" if isinstance(revenue, int | float) else revenue,
-                     d.get("newCustomers"),
-                     d.get("productsSold"), "no expiry" if v.ttl is None else _span(v.ttl)))
+        rows.append((v.day.isoformat(), number(d.get("orders"), missing="-"),
+                     amount(d.get("revenue"), missing="-"),
+                     number(d.get("newCustomers"), missing="-"),
+                     number(d.get("productsSold"), missing="-"),
+                     "no expiry" if v.ttl is None else span(timedelta(seconds=v.ttl))))
     ctx.out(table(("DATE", "ORDERS", "REVENUE", "NEW CUSTOMERS", "PRODUCTS SOLD", "TTL"), rows))
     return ExitCode.OK
 
@@ -365,7 +344,7 @@ def cmd_outbox(ctx: CliContext, args: argparse.Namespace) -> int:
         ctx.emit_json([e.to_json() for e in entries])
         return ExitCode.OK
     rows = [(e.id, e.kind, e.tenant_id or "-", e.recipient, e.status, e.attempts,
-             _when(e.created_at), e.subject) for e in entries]
+             stamp(e.created_at, zone=True), e.subject) for e in entries]
     if rows:
         ctx.out(table(("ID", "KIND", "TENANT", "TO", "STATUS", "ATTEMPTS", "QUEUED", "SUBJECT"),
                       rows))
@@ -406,46 +385,41 @@ def cmd_resume(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
-    engine = ctx.engine
-    now = utc_now()
-    processes = list_runners(engine, now, ctx.settings.runner.stale_after,
-                             kinds=("runner", "console", "cli"))
-    alive = any(p.alive and p.kind == "runner" for p in processes)
-    schedules = live_schedules(engine, ctx.settings, now, processes)
-    states = runs.job_states(engine)
-    running = {r.job_id: r.run_id for r in runs.running_runs(engine)}
-    stale = runs.stale_run_ids(engine, now, ctx.settings.runner.stale_after)
+    overview = _overview(ctx, ("runner", "console", "cli"))
+    processes, now = overview.runners, overview.loaded_at
     jobs = [
-        {"job": job_id, "enabled": schedules.job(job_id).enabled,
-         "paused": states[job_id].paused, "running": job_id in running,
-         "run_id": running.get(job_id), "stale": running.get(job_id) in stale,
-         "schedule": schedules.job(job_id).expression,
-         "timezone": schedules.job(job_id).timezone,
-         "schedule_source": schedules.source_of(job_id)}
-        for job_id in JOB_IDS
+        {"job": view.job_id, "enabled": view.enabled,
+         "paused": view.paused, "running": view.running is not None,
+         "run_id": None if view.running is None else view.running.run_id,
+         "stale": view.is_stale(view.running),
+         "schedule": view.schedule.expression,
+         "timezone": view.schedule.timezone,
+         "schedule_source": overview.schedules.source_of(view.job_id)}
+        for view in overview.jobs
     ]
-    _warn_schedules(ctx, schedules)
     if ctx.json:
-        ctx.emit_json({"runner_alive": alive, "runners": [p.to_json() for p in processes],
+        ctx.emit_json({"runner_alive": overview.runner_alive,
+                       "runners": [p.to_json() for p in processes],
                        "jobs": jobs, "database": redact(ctx.settings.database_url)})
     else:
         ctx.out(f"database: {redact(ctx.settings.database_url)}")
         if processes:
             ctx.out(table(
                 ("KIND", "HOST", "PID", "STARTED", "LAST HEARTBEAT", "ALIVE"),
-                [(p.kind, p.host, p.pid, _when(p.started_at),
-                  f"{_when(p.heartbeat_at)} ({_relative(p.heartbeat_at, now)})",
+                [(p.kind, p.host, p.pid, stamp(p.started_at, zone=True),
+                  f"{stamp(p.heartbeat_at, zone=True)} ({ago(p.heartbeat_at, now)})",
                   "yes" if p.alive else "no") for p in processes],
             ))
         ctx.out("")
         ctx.out(table(
             ("JOB", "STATE", "RUNNING", "SCHEDULE"),
-            [(j["job"], "disabled" if not j["enabled"] else "paused" if j["paused"] else "active",
-              "-" if not j["running"] else f"run {j['run_id']}"
-              + (f", {_STALE}" if j["stale"] else ""),
-              f"{j['schedule']} {j['timezone']} ({j['schedule_source']})") for j in jobs],
+            [(view.job_id, view.state,
+              "-" if view.running is None else f"run {view.running.run_id}"
+              + (f", {_STALE}" if view.is_stale(view.running) else ""),
+              f"{view.schedule.expression} {view.schedule.timezone} "
+              f"({overview.schedules.source_of(view.job_id)})") for view in overview.jobs],
         ))
-    if not alive:
+    if not overview.runner_alive:
         ctx.err("storeflow-ops: no runner is alive: scheduled slots are not firing "
                 "(start one with `storeflow-ops run`)")
         return ExitCode.FAILED

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from console.overview import Overview
 from jobs.analytics import DayValue
 from jobs.outbox import OutboxEntry
+from jobs.overview import Overview
 from jobs.records import ItemResult, Progress, RunRecord, RunReport
 from jobs.tenants import TenantRef
 

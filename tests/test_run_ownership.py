@@ -269,7 +269,7 @@ def test_a_killed_runners_run_shows_as_stale_and_the_next_trigger_interrupts_it(
                 if ln.startswith(JOB))
     assert "stale (its runner stopped heartbeating)" in line and "running" not in line
 
-    from console.overview import load_overview
+    from jobs.overview import load_overview
     from jobs.settings import Overrides, load_settings
 
     settings = load_settings(Overrides(config=str(config)), env=env, cwd=tmp_path)

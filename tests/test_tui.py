@@ -167,7 +167,7 @@ async def test_jobs_screen_shows_the_live_runners_schedules_and_says_they_differ
         assert cell(table, "expiry-checker", "schedule") == "0 6 * * *\ndaily at 06:00 UTC"
         assert cell(table, "expiry-checker", "next") == "29 Nov 06:00 UTC\nin 20h 00m 00s"
         assert cell(table, "cleanup", "next").startswith("disabled")
-        assert cell(table, "cleanup", "state") == "off"
+        assert cell(table, "cleanup", "state") == "disabled"  # the CLI's word too
         assert note.display
         warning = text(note)
         assert warning.count("\n") == 0 and str(slow) in warning

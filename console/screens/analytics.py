@@ -15,7 +15,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from console.formatting import number, plural, span, status_text
+from console.formatting import amount, number, plural, span, status_text
 from console.messages import AnalyticsLoaded, RunPurpose, TenantsFound
 from console.screens.base import OpsScreen
 from console.widgets.bar_chart import Bar, BarChart
@@ -280,11 +280,10 @@ def _day_row(d: DayValue) -> tuple[str | Text, ...]:
     if d.value is None:
         return (day, Text("missing", style="bold yellow"), "", "", "", "")
     v = d.value
-    revenue = v.get("revenue")
     return (
         day,
         number(v.get("orders")),
-        f"{revenue:,.2f}" if isinstance(revenue, int | float) else number(revenue),
+        amount(v.get("revenue")),
         number(v.get("newCustomers")),
         number(v.get("productsSold")),
         "no expiry" if d.ttl is None else span(timedelta(seconds=d.ttl)),

@@ -13,13 +13,13 @@ from textual.binding import Binding, BindingType
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
-from console.formatting import ago, clip, clock_time, countdown, duration, status_text
-from console.overview import Overview
+from console.formatting import ago, clip, clock_time, countdown, duration, state_text, status_text
 from console.screens.base import OpsScreen
 from console.screens.history import run_row
 from console.widgets.run_progress import RunProgress
 from console.widgets.status_bar import StatusBar
 from console.widgets.tables import RowTable
+from jobs.overview import STALE_REASON, Overview, schedule_state
 from jobs.records import RunRecord
 from jobs.registry import JOBS
 from jobs.runner_schedules import JobSchedule
@@ -29,7 +29,7 @@ RECENT_COLUMNS = (("Run", "run", 7), ("Job", "job", 19), ("Trigger", "trigger", 
                   ("When (UTC)", "when", 16), ("Took", "took", 6), ("Status", "status", 11),
                   ("Done", "done", 6), ("Errors", "err", 6))
 COLUMNS = (("Job", "job", 19), ("Schedule", "schedule", 25), ("Next run", "next", 16),
-           ("Last run", "last", 22), ("State", "state", 6))
+           ("Last run", "last", 22), ("State", "state", 8))
 
 
 class JobsScreen(OpsScreen):
@@ -124,9 +124,10 @@ class JobsScreen(OpsScreen):
         for job_id in JOB_IDS:
             cfg = self._schedule(job_id)
             tz = cfg.schedule.timezone
-            if not cfg.enabled:
+            state = schedule_state(cfg.enabled, self._paused(job_id))
+            if state == "disabled":
                 cell = Text.assemble(("disabled", "dim"), "\n", ("enabled = false", "dim"))
-            elif self._paused(job_id):
+            elif state == "paused":
                 cell = Text.assemble(("paused", "yellow"), "\n", ("no slots fire", "dim"))
             else:
                 slot = self._next.get(job_id)
@@ -151,13 +152,7 @@ class JobsScreen(OpsScreen):
                 self._shown[job_id] = cfg
                 self._next.pop(job_id, None)  # counted down on the old schedule
                 table.update_cell(job_id, "schedule", schedule_cell(cfg))
-            if not cfg.enabled:
-                state = Text("off", style="dim")
-            elif overview.states[job_id].paused:
-                state = Text("paused", style="bold yellow")
-            else:
-                state = Text("active", style="green")
-            table.update_cell(job_id, "state", state)
+            table.update_cell(job_id, "state", state_text(overview.job(job_id).state))
         self._schedules_note(overview)
         self.tick()
         self._detail()
@@ -189,16 +184,17 @@ class JobsScreen(OpsScreen):
 
     def _last_cell(self, job_id: str, now: datetime) -> Text:
         assert self.overview is not None
-        running = self.overview.running.get(job_id)
-        if running is not None and running.run_id in self.overview.stale:
+        view = self.overview.job(job_id)
+        running = view.running
+        if running is not None and view.is_stale(running):
             # Not running any more: its process died without recording an outcome.
             return Text.assemble(("stale", "bold red"), f" run #{running.run_id}", "\n",
-                                 ("its runner stopped heartbeating", "dim"))
+                                 (STALE_REASON, "dim"))
         if running is not None:
             total = "?" if running.total is None else f"{running.total:,}"
             return Text.assemble(("running", "bold cyan"), f" {running.processed:,}/{total}", "\n",
                                  (f"started {ago(running.started_at, now)}", "dim"))
-        last = self.overview.last_runs.get(job_id)
+        last = view.last_run
         if last is None:
             return Text("never ran", style="dim")
         when = ago(last.finished_at or last.created_at, now)
