@@ -34,6 +34,7 @@ from jobs.db import (
 from jobs.errors import UsageError
 from jobs.records import ItemStatus, RunReport, RunStatus
 from jobs.settings import Settings
+from tests.conftest import cli
 from tests.factories import (
     add_cart_item,
     add_order,
@@ -695,12 +696,8 @@ def test_cli_refuses_a_future_now_for_a_real_run(engine: Engine, env: dict[str, 
     add_cart_item(engine, t, p, datetime.now(UTC) - timedelta(hours=1))
     carts = cart_ids(engine)
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "console.cli", *args], env=env,
-                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
-
     for job in ("cleanup", "expiry-checker"):
-        proc = cli("trigger", job, "--now", "2099-01-01T00:00:00Z")
+        proc = cli(env, "trigger", job, "--now", "2099-01-01T00:00:00Z", cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert proc.stdout == "" and "Traceback" not in proc.stderr
         assert len(proc.stderr.splitlines()) == 1 and "later than the clock" in proc.stderr
@@ -710,6 +707,7 @@ def test_cli_refuses_a_future_now_for_a_real_run(engine: Engine, env: dict[str, 
         assert c.execute(select(ops_email_outbox)).first() is None
         assert c.execute(select(ops_runs)).first() is None
 
-    preview = cli("trigger", "cleanup", "--dry-run", "--now", "2099-01-01T00:00:00Z", "--json")
+    preview = cli(env, "trigger", "cleanup", "--dry-run", "--now", "2099-01-01T00:00:00Z", "--json",
+                  cwd=tmp_path)
     assert preview.returncode == 0, preview.stderr
     assert cart_ids(engine) == carts
