@@ -1,4 +1,4 @@
-"""cleanup (SPEC 3.4) on SQLite and PostgreSQL: the cut-off, orphans, batches, preview."""
+"""cleanup on SQLite and PostgreSQL: the cut-off, orphans, batches, preview."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The CLI of SPEC 8: JSON documents, human tables, exit codes 0/1/2/3/4, and never a
-traceback. Exit codes and streams are checked on real `storeflow-ops` subprocesses;
-in-process `console.cli.main` is used where only the output matters."""
+"""The CLI: JSON documents, human tables, exit codes 0/1/2/3/4, and never a
+traceback. Exit codes and streams are checked on real `storeflow-ops` subprocesses where
+the process matters (its environment, pipes, signals), else in-process through
+`console.cli.main`."""
 
 from __future__ import annotations
 
@@ -98,12 +99,12 @@ def expiring_tenants(engine: Engine) -> tuple[str, str]:
     return a, b
 
 
-SPEC_REPORT_KEYS = {"message", "job", "run_id", "trigger", "dry_run", "results", "timestamp"}
+REPORT_KEYS = {"message", "job", "run_id", "trigger", "dry_run", "results", "timestamp"}
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 def assert_report_shape(report: dict[str, Any]) -> None:
-    assert set(report) >= SPEC_REPORT_KEYS
+    assert set(report) >= REPORT_KEYS
     assert set(report["results"]) == {"processed", "errors", "summary", "items"}
     assert TIMESTAMP.match(report["timestamp"]), report["timestamp"]
     assert isinstance(report["results"]["processed"], int)

@@ -1,4 +1,4 @@
-"""The HTTP face (SPEC 9) over real HTTP: curl and raw sockets against a served app, on
+"""The HTTP face over real HTTP: curl and raw sockets against a served app, on
 SQLite and PostgreSQL. The server runs on its own event loop in a thread, as inside the
 runner, so these tests can use blocking clients."""
 

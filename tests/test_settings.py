@@ -1,4 +1,4 @@
-"""Settings (SPEC 6): defaults < schedules.toml < the seed's env vars < CLI flags, the
+"""Settings: defaults < schedules.toml < the seed's env vars < CLI flags, the
 file lookup, and one clear line with exit 2 for every kind of bad input."""
 
 from __future__ import annotations
