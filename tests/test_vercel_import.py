@@ -14,7 +14,7 @@ from jobs.settings import DEFAULTS_FILE, JOB_IDS, Overrides, load_settings
 from tests.conftest import cli
 
 REPO = Path(__file__).resolve().parents[1]
-SEED_VERCEL = Path("/work/shared/seed/vercel.json")
+SEED_VERCEL = Path(__file__).resolve().parent / "data" / "vercel.json"  # the seed's, verbatim
 SEED_CRONS = [
     {"path": "/api/admin/subscriptions/expiry-checker", "schedule": "0 0 * * *"},
     {"path": "/api/admin/subscriptions/payment-reminders", "schedule": "0 9 * * *"},
@@ -34,12 +34,9 @@ def schedules(config: Path | None) -> dict[str, tuple[str, str]]:
 
 
 @pytest.fixture
-def seed_vercel(tmp_path: Path) -> Path:
-    if SEED_VERCEL.is_file():
-        return SEED_VERCEL
-    path = tmp_path / "vercel.json"  # the same four crons, when run outside this checkout
-    path.write_text(json.dumps({"crons": SEED_CRONS}))
-    return path
+def seed_vercel() -> Path:
+    assert json.loads(SEED_VERCEL.read_text()) == {"crons": SEED_CRONS}
+    return SEED_VERCEL
 
 
 def write_vercel(tmp_path: Path, data: Any) -> Path:
