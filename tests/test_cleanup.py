@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +33,7 @@ from jobs.db import (
 from jobs.errors import UsageError
 from jobs.records import ItemStatus, RunReport, RunStatus
 from jobs.settings import Settings
-from tests.conftest import cli
+from tests.conftest import EXE, cli
 from tests.factories import (
     add_cart_item,
     add_order,
@@ -617,7 +616,7 @@ def test_a_killed_run_shows_what_its_committed_batches_deleted(
     lock = engine.connect()
     lock.execute(select(cart_items.c.id).where(cart_items.c.id == blocked).with_for_update())
     proc = subprocess.Popen(
-        [sys.executable, "-m", "console.cli", "trigger", "cleanup", "--now", "2026-11-29T02:00:00Z"],
+        [EXE, "trigger", "cleanup", "--now", "2026-11-29T02:00:00Z"],
         env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30

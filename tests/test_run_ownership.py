@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from jobs.db import ops_runs, tenants
-from tests.conftest import cli
+from tests.conftest import EXE, cli
 from tests.test_http import TOKEN, free_port
 from tests.test_runner_processes import wait_until
 
@@ -69,7 +69,7 @@ class Runner:
         self._log: IO[str] = self.log_path.open("w")
         http = [] if http_port is None else ["--http", f"127.0.0.1:{http_port}"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "console.cli", "--config", str(config), "run",
+            [EXE, "--config", str(config), "run",
              "--log-format", "json", *http],
             env={**env, "CRON_SECRET_TOKEN": TOKEN}, cwd=tmp_path,
             stdout=subprocess.DEVNULL, stderr=self._log,
@@ -205,7 +205,7 @@ def test_a_slow_cli_run_racing_slots_of_its_job_keeps_its_lock(
     manual: subprocess.Popen[str] | None = None
     while manual is None:  # the CLI's start must not collide with a slot in flight
         proc = subprocess.Popen(
-            [sys.executable, "-m", "console.cli", "trigger", JOB, "--now", later.isoformat(),
+            [EXE, "trigger", JOB, "--now", later.isoformat(),
              "--json"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         found = wait_until("the CLI run in progress, or refused",

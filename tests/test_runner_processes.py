@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,7 @@ from sqlalchemy.engine import Engine
 
 from jobs.db import ops_email_outbox, ops_runners, ops_runs, tenants
 from jobs.timeutil import utc_now
-from tests.conftest import cli
+from tests.conftest import EXE, cli
 from tests.smtp_sink import Sink, smtp_server
 
 pytestmark = pytest.mark.slow
@@ -51,7 +50,7 @@ class Runner:
         self.log_path = tmp_path / f"{name}.log"
         self._log: IO[str] = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "console.cli", "--config", str(config), "run",
+            [EXE, "--config", str(config), "run",
              "--log-format", "json"],
             env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=self._log,
         )
