@@ -1,4 +1,4 @@
-"""The scriptable commands of SPEC 8. Each is `cmd_x(ctx, args) -> exit code`.
+"""The scriptable commands. Each is `cmd_x(ctx, args) -> exit code`.
 
 Data goes to stdout (one JSON document with --json, else compact aligned tables);
 diagnostics and progress go to stderr. Expected failures are raised as OpsError and

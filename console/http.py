@@ -1,4 +1,4 @@
-"""The runner's optional HTTP face (SPEC 9): the seed's four trigger paths and /healthz.
+"""The runner's optional HTTP face: the seed's four trigger paths and /healthz.
 
 Teams leaving Vercel Cron keep their URLs, their curl scripts and their token. Every
 trigger goes through `jobs.runs.execute` (trigger `http`), in a worker thread so the

@@ -1,6 +1,6 @@
 """`outbox send` and `outbox retry ID...`: deliver the outbox now, or give emails another go.
 
-Exit codes of `outbox send` (SPEC 4):
+Exit codes of `outbox send`:
   0  the drain ran: every due email was sent or rescheduled after a temporary failure,
      or nothing could be tried because SMTP_URL is not set (said on stderr);
   1  at least one email was rejected permanently (5xx -> failed) or went dead;

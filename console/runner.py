@@ -1,4 +1,4 @@
-"""`storeflow-ops run`: the headless runner, which is the scheduler (SPEC 6).
+"""`storeflow-ops run`: the headless runner, which is the scheduler.
 
 One asyncio loop sleeps until the earliest next slot of any enabled job (or the next
 maintenance tick), claims the slots that are due and hands each claimed run to a worker

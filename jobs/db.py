@@ -107,7 +107,9 @@ def _ts_sqlite(element: ts, compiler: Any, **kw: Any) -> str:
 
 Money = Numeric(12, 2, asdecimal=True)
 
-# --- the platform's tables (storeflow-schema.sql), as the jobs read and write them --------
+# --- the platform's tables, as the jobs read and write them -------------------------------
+# docs/platform-schema.sql writes them down for a DBA; tests/test_platform_schema.py checks
+# that it says what these declarations say.
 
 platform = MetaData()
 

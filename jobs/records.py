@@ -93,7 +93,7 @@ class RunParams:
 
 @dataclass(frozen=True)
 class RunReport:
-    """The outcome of one run or preview: the SPEC's report, as a record."""
+    """The outcome of one run or preview: the JSON report the README documents, as a record."""
 
     job_id: str
     run_id: int | None
@@ -124,7 +124,7 @@ class RunReport:
         if self.dry_run:
             return "Preview completed"
         if self.status is RunStatus.INTERRUPTED:
-            return "Job failed"  # SPEC 4's four messages; `status` says it was interrupted
+            return "Job failed"  # one of the four messages; `status` says it was interrupted
         if self.errors:
             return "Job completed with errors"
         return "Job completed"

@@ -552,7 +552,7 @@ def run_items(engine: Engine, run_id: int, *, errors_only: bool = False, search:
 
 
 def report_for(engine: Engine, record: RunRecord, *, errors_only: bool = False) -> RunReport:
-    """The SPEC report of a stored run (what `show` prints)."""
+    """The report of a stored run (what `show` prints)."""
     items = tuple(run_items(engine, record.run_id, errors_only=errors_only))
     return RunReport(
         job_id=record.job_id, run_id=record.run_id, trigger=record.trigger, dry_run=False,

@@ -9,6 +9,8 @@ A missing PostgreSQL or Redis skips its tests locally; with STOREFLOW_REQUIRE_SE
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,6 +30,19 @@ PG_URL = os.environ.get("STOREFLOW_TEST_PG_URL", "postgresql://postgres@127.0.0.
 REDIS_URL = os.environ.get("STOREFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE = os.environ.get("STOREFLOW_REQUIRE_SERVICES") == "1"
 RUN_TAG = uuid.uuid4().hex[:8]
+# This venv's own script: whichever `storeflow-ops` comes first on PATH may be another install.
+EXE = str(Path(sys.executable).with_name("storeflow-ops"))
+
+
+def cli(env: dict[str, str], *args: str, cwd: Path | None = None,
+        timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """`storeflow-ops ARGS` as a real process: this venv's script, exactly the environment
+    given (nothing inherited from the caller's), stdin closed, and never a traceback."""
+    proc = subprocess.run([EXE, *args], env=env, capture_output=True, text=True, cwd=cwd,
+                          stdin=subprocess.DEVNULL, timeout=timeout)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "internal error" not in proc.stderr, proc.stderr
+    return proc
 
 
 def _unavailable(what: str, reason: str) -> None:

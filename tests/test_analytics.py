@@ -1,4 +1,4 @@
-"""analytics-aggregate (SPEC 3.3) on SQLite and PostgreSQL, with Redis and the embedded cache."""
+"""analytics-aggregate on SQLite and PostgreSQL, with Redis and the embedded cache."""
 
 from __future__ import annotations
 

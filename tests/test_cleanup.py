@@ -1,11 +1,10 @@
-"""cleanup (SPEC 3.4) on SQLite and PostgreSQL: the cut-off, orphans, batches, preview."""
+"""cleanup on SQLite and PostgreSQL: the cut-off, orphans, batches, preview."""
 
 from __future__ import annotations
 
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from jobs.db import (
 from jobs.errors import UsageError
 from jobs.records import ItemStatus, RunReport, RunStatus
 from jobs.settings import Settings
+from tests.conftest import EXE, cli
 from tests.factories import (
     add_cart_item,
     add_order,
@@ -616,7 +616,7 @@ def test_a_killed_run_shows_what_its_committed_batches_deleted(
     lock = engine.connect()
     lock.execute(select(cart_items.c.id).where(cart_items.c.id == blocked).with_for_update())
     proc = subprocess.Popen(
-        [sys.executable, "-m", "console.cli", "trigger", "cleanup", "--now", "2026-11-29T02:00:00Z"],
+        [EXE, "trigger", "cleanup", "--now", "2026-11-29T02:00:00Z"],
         env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -695,12 +695,8 @@ def test_cli_refuses_a_future_now_for_a_real_run(engine: Engine, env: dict[str, 
     add_cart_item(engine, t, p, datetime.now(UTC) - timedelta(hours=1))
     carts = cart_ids(engine)
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "console.cli", *args], env=env,
-                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
-
     for job in ("cleanup", "expiry-checker"):
-        proc = cli("trigger", job, "--now", "2099-01-01T00:00:00Z")
+        proc = cli(env, "trigger", job, "--now", "2099-01-01T00:00:00Z", cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert proc.stdout == "" and "Traceback" not in proc.stderr
         assert len(proc.stderr.splitlines()) == 1 and "later than the clock" in proc.stderr
@@ -710,6 +706,7 @@ def test_cli_refuses_a_future_now_for_a_real_run(engine: Engine, env: dict[str, 
         assert c.execute(select(ops_email_outbox)).first() is None
         assert c.execute(select(ops_runs)).first() is None
 
-    preview = cli("trigger", "cleanup", "--dry-run", "--now", "2099-01-01T00:00:00Z", "--json")
+    preview = cli(env, "trigger", "cleanup", "--dry-run", "--now", "2099-01-01T00:00:00Z", "--json",
+                  cwd=tmp_path)
     assert preview.returncode == 0, preview.stderr
     assert cart_ids(engine) == carts

@@ -1,6 +1,7 @@
-"""The CLI of SPEC 8: JSON documents, human tables, exit codes 0/1/2/3/4, and never a
-traceback. Exit codes and streams are checked on real `storeflow-ops` subprocesses;
-in-process `console.cli.main` is used where only the output matters."""
+"""The CLI: JSON documents, human tables, exit codes 0/1/2/3/4, and never a
+traceback. Exit codes and streams are checked on real `storeflow-ops` subprocesses where
+the process matters (its environment, pipes, signals), else in-process through
+`console.cli.main`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.engine import Engine
 
 from console.cli import main
@@ -37,22 +37,13 @@ from jobs.migrate import head_revision
 from jobs.presence import Presence
 from jobs.settings import Settings
 from jobs.timeutil import utc_now
+from tests.conftest import EXE, cli
 from tests.factories import add_customer, add_order, add_product, add_tenant
 
 NOW = datetime(2026, 11, 28, 0, 30, tzinfo=UTC)  # a Saturday
 NOW_ARG = "2026-11-28T00:30:00Z"
-EXE = str(Path(sys.executable).with_name("storeflow-ops"))
 CLEAN_ENV = ("REDIS_URL", "KV_URL", "STOREFLOW_CONFIG", "SMTP_URL",
              "SUBSCRIPTION_GRACE_PERIOD_DAYS", "DATABASE_URL")
-
-
-def cli(env: dict[str, str], *args: str, cwd: Path | None = None,
-        timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([EXE, *args], env=env, capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert "internal error" not in proc.stderr, proc.stderr
-    return proc
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
@@ -108,12 +99,12 @@ def expiring_tenants(engine: Engine) -> tuple[str, str]:
     return a, b
 
 
-SPEC_REPORT_KEYS = {"message", "job", "run_id", "trigger", "dry_run", "results", "timestamp"}
+REPORT_KEYS = {"message", "job", "run_id", "trigger", "dry_run", "results", "timestamp"}
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 def assert_report_shape(report: dict[str, Any]) -> None:
-    assert set(report) >= SPEC_REPORT_KEYS
+    assert set(report) >= REPORT_KEYS
     assert set(report["results"]) == {"processed", "errors", "summary", "items"}
     assert TIMESTAMP.match(report["timestamp"]), report["timestamp"]
     assert isinstance(report["results"]["processed"], int)
@@ -365,50 +356,73 @@ def test_preview_reports_the_real_run_and_writes_nothing(
         (i["tenant_id"], i["action"]) for i in preview["results"]["items"]]
 
 
-def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
+USAGE_ERRORS: list[tuple[list[str], list[str]]] = [
+    (["trigger", "nope"], ["unknown job 'nope'", "expiry-checker", "cleanup"]),
+    (["preview", "nope", "--json"], ["unknown job 'nope'"]),
+    (["trigger", "expiry-checker", "--now", "yesterday"], ["--now"]),
+    (["trigger", "expiry-checker", "--now", "2026-11-28T00:00:00"], ["--now", "offset"]),
+    (["trigger", "analytics-aggregate", "--date", "2026-13-01"], ["--date", "YYYY-MM-DD"]),
+    (["trigger", "expiry-checker", "--date", "2026-11-01"], ["analytics-aggregate only"]),
+    (["trigger", "analytics-aggregate", "--from", "2026-11-01"], ["--from needs --to"]),
+    (["trigger", "analytics-aggregate", "--from", "2026-11-05", "--to", "2026-11-01"],
+     ["after --to"]),
+    (["trigger", "analytics-aggregate", "--date", "2026-11-29", "--now", NOW_ARG],
+     ["--date 2026-11-29 is in the future", "today is 2026-11-28"]),
+    (["preview", "analytics-aggregate", "--from", "2026-11-20", "--to", "2026-11-29",
+      "--now", NOW_ARG], ["--to 2026-11-29 is in the future"]),
+    (["trigger", "analytics-aggregate", "--date", "2026-11-20", "--from", "2026-11-20",
+      "--to", "2026-11-21"], ["either --date or --from/--to"]),
+    (["history", "nope"], ["unknown job 'nope'"]),
+    (["pause", "nope"], ["unknown job 'nope'"]),
+    (["show", "999"], ["no run 999"]),
+    (["analytics", "no-such-tenant"], ["unknown tenant 'no-such-tenant'"]),
+    (["analytics", "x", "--date", "soon"], ["--date"]),
+    (["jobs", "--now", "noon"], ["--now"]),
+    # A relative --path: the command runs in the test's own folder.
+    (["demo", "--tenants", "0", "--no-tui", "--path", "d.sqlite3"], ["--tenants"]),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), USAGE_ERRORS,
+                         ids=[" ".join(args) for args, _words in USAGE_ERRORS])
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str],
+                                           args: list[str], words: list[str]) -> None:
     env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "HOME": str(tmp_path),
            "PATH": "/usr/bin:/bin"}
     seed = make_engine(env["DATABASE_URL"])
     platform.create_all(seed)
     seed.dispose()
-    cases: list[tuple[list[str], list[str]]] = [
-        (["trigger", "nope"], ["unknown job 'nope'", "expiry-checker", "cleanup"]),
-        (["preview", "nope", "--json"], ["unknown job 'nope'"]),
-        (["trigger", "expiry-checker", "--now", "yesterday"], ["--now"]),
-        (["trigger", "expiry-checker", "--now", "2026-11-28T00:00:00"], ["--now", "offset"]),
-        (["trigger", "analytics-aggregate", "--date", "2026-13-01"], ["--date", "YYYY-MM-DD"]),
-        (["trigger", "expiry-checker", "--date", "2026-11-01"], ["analytics-aggregate only"]),
-        (["trigger", "analytics-aggregate", "--from", "2026-11-01"], ["--from needs --to"]),
-        (["trigger", "analytics-aggregate", "--from", "2026-11-05", "--to", "2026-11-01"],
-         ["after --to"]),
-        (["trigger", "analytics-aggregate", "--date", "2026-11-29", "--now", NOW_ARG],
-         ["--date 2026-11-29 is in the future", "today is 2026-11-28"]),
-        (["preview", "analytics-aggregate", "--from", "2026-11-20", "--to", "2026-11-29",
-          "--now", NOW_ARG], ["--to 2026-11-29 is in the future"]),
-        (["trigger", "analytics-aggregate", "--date", "2026-11-20", "--from", "2026-11-20",
-          "--to", "2026-11-21"], ["either --date or --from/--to"]),
-        (["history", "nope"], ["unknown job 'nope'"]),
-        (["pause", "nope"], ["unknown job 'nope'"]),
-        (["show", "999"], ["no run 999"]),
-        (["analytics", "no-such-tenant"], ["unknown tenant 'no-such-tenant'"]),
-        (["analytics", "x", "--date", "soon"], ["--date"]),
-        (["jobs", "--now", "noon"], ["--now"]),
-        (["demo", "--tenants", "0", "--no-tui", "--path", str(tmp_path / "d.sqlite3")],
-         ["--tenants"]),
-    ]
-    for args, words in cases:
-        proc = cli(env, *args, cwd=tmp_path)
-        assert proc.returncode == 2, (args, proc.stderr)
-        line = one_line_error(proc)
-        for word in words:
-            assert word in line, (args, line)
-        # With --json the error is also a document on stdout; without, stdout stays empty.
-        if "--json" in args:
-            assert json.loads(proc.stdout)["exit_code"] == 2, args
-        else:
-            assert proc.stdout == "", args
-    with make_engine(env["DATABASE_URL"]).connect() as c:
-        assert c.execute(select(ops_runs)).all() == []  # refused before anything was recorded
+    # In this process, with that environment and nothing else (as a subprocess would have).
+    for key in list(os.environ):
+        if not key.startswith("PYTEST_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's refusal leaves main() this way
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "internal error" not in err, err
+    proc = subprocess.CompletedProcess(args, code, out, err)
+    assert proc.returncode == 2, (args, proc.stderr)
+    line = one_line_error(proc)
+    for word in words:
+        assert word in line, (args, line)
+    # With --json the error is also a document on stdout; without, stdout stays empty.
+    if "--json" in args:
+        assert json.loads(proc.stdout)["exit_code"] == 2, args
+    else:
+        assert proc.stdout == "", args
+    check = make_engine(env["DATABASE_URL"])
+    with check.connect() as c:
+        # Refused before anything was recorded: no run, if the ops_ tables exist at all.
+        if inspect(c).has_table("ops_runs"):
+            assert c.execute(select(ops_runs)).all() == []
+    check.dispose()
 
 
 def test_unreachable_database_exit_3(tmp_path: Path) -> None:
@@ -789,13 +803,14 @@ def test_demo_is_deterministic_for_a_given_today(tmp_path: Path) -> None:
 
 def test_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
     demo = tmp_path / "demo.sqlite3"
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{demo}"}
-    subprocess.run(["storeflow-ops", "demo", "--no-tui", "--tenants", "3", "--path", str(demo)],
-                   env=env, check=True, capture_output=True)
+    env = {"DATABASE_URL": f"sqlite:///{demo}", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    built = cli(env, "demo", "--no-tui", "--tenants", "3", "--path", str(demo), cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
     # `storeflow-ops jobs --json --count 5000 | head -c 10`: the reader stops after 10 bytes,
     # long before the output (far more than a pipe buffer) is written.
-    proc = subprocess.Popen(["storeflow-ops", "jobs", "--json", "--count", "5000"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([EXE, "jobs", "--json", "--count", "5000"], env=env, cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     assert len(proc.stdout.read(10)) == 10
     proc.stdout.close()

@@ -22,8 +22,9 @@ from sqlalchemy.engine import Engine
 from jobs.db import make_engine, ops_runs
 from jobs.errors import UsageError
 from jobs.tenants import search_tenants
+from tests.conftest import EXE, cli
 from tests.factories import add_tenant
-from tests.test_cli import EXE, NOW_ARG, cli, held_lock, one_line_error
+from tests.test_cli import NOW_ARG, held_lock, one_line_error
 
 __all__ = ["held_lock"]  # a fixture of tests.test_cli, used here too
 
@@ -196,8 +197,7 @@ def test_a_database_without_platform_tables_says_so_on_every_command_that_reads_
 def test_the_console_without_a_terminal_refuses_in_one_line(
         engine: Engine, env: dict[str, str], tmp_path: Path, args: list[str]) -> None:
     # As cron or systemd start it: stdin from /dev/null, output to pipes.
-    proc = subprocess.run([EXE, *args], env={**env, "TERM": "xterm"}, cwd=tmp_path,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    proc = cli({**env, "TERM": "xterm"}, *args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     line = one_line_error(proc)
     assert "needs a terminal" in line and "storeflow-ops run" in line, line
@@ -207,9 +207,7 @@ def test_the_console_without_a_terminal_refuses_in_one_line(
 def test_demo_without_a_terminal_refuses_before_building(tmp_path: Path) -> None:
     path = tmp_path / "demo.sqlite3"
     env = {"HOME": str(tmp_path), "PATH": os.environ.get("PATH", ""), "TERM": "xterm"}
-    proc = subprocess.run([EXE, "demo", "--tenants", "2", "--path", str(path)], env=env,
-                          cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=60)
+    proc = cli(env, "demo", "--tenants", "2", "--path", str(path), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "--no-tui" in one_line_error(proc)
     assert "\x1b" not in proc.stderr
@@ -231,8 +229,7 @@ def test_json_errors_are_a_document_on_stdout_too(tmp_path: Path) -> None:
         (base, ["history", "--json", "--limit", "many"], 2, "invalid int value"),
     ]
     for env, args, code, says in cases:
-        proc = subprocess.run([EXE, *args], env=env, cwd=tmp_path, capture_output=True,
-                              text=True, timeout=60)
+        proc = cli(env, *args, cwd=tmp_path)
         assert proc.returncode == code, (args, proc.stderr)
         doc = json.loads(proc.stdout)
         assert set(doc) == {"error", "exit_code"}, doc

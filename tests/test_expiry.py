@@ -1,4 +1,4 @@
-"""expiry-checker (SPEC 3.1) on SQLite and PostgreSQL, every boundary."""
+"""expiry-checker on SQLite and PostgreSQL, every boundary."""
 
 from __future__ import annotations
 

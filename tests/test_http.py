@@ -1,4 +1,4 @@
-"""The HTTP face (SPEC 9) over real HTTP: curl and raw sockets against a served app, on
+"""The HTTP face over real HTTP: curl and raw sockets against a served app, on
 SQLite and PostgreSQL. The server runs on its own event loop in a thread, as inside the
 runner, so these tests can use blocking clients."""
 
@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -44,6 +43,7 @@ from jobs.presence import Presence
 from jobs.registry import JOBS
 from jobs.settings import Overrides, Settings, load_settings
 from jobs.timeutil import utc_now
+from tests.conftest import EXE, cli
 from tests.factories import add_order, add_tenant
 
 TOKEN = "sf-ops-Token-0123456789abcdef"  # mixed case, so a case change is a different token
@@ -601,10 +601,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def storeflow_ops() -> str:
-    return str(Path(sys.executable).with_name("storeflow-ops"))
-
-
 @pytest.mark.slow
 def test_a_real_runner_answers_the_seed_curl_commands(env: dict[str, str], engine: Engine,
                                                       tmp_path: Path) -> None:
@@ -612,7 +608,7 @@ def test_a_real_runner_answers_the_seed_curl_commands(env: dict[str, str], engin
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [storeflow_ops(), "run", "--http", f"127.0.0.1:{port}"], cwd=tmp_path,
+        [EXE, "run", "--http", f"127.0.0.1:{port}"], cwd=tmp_path,
         env={**env, "CRON_SECRET_TOKEN": TOKEN}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )
@@ -657,7 +653,7 @@ def test_a_real_runners_json_log_has_request_fields_and_warns_once_without_smtp(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [storeflow_ops(), "run", "--http", f"127.0.0.1:{port}", "--log-format", "json"],
+        [EXE, "run", "--http", f"127.0.0.1:{port}", "--log-format", "json"],
         cwd=tmp_path, env={**env, "CRON_SECRET_TOKEN": TOKEN}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )
@@ -698,8 +694,7 @@ def test_a_real_runner_refuses_http_without_a_usable_token(env: dict[str, str], 
                                                            token: str | None) -> None:
     port = free_port()
     run_env = dict(env) if token is None else {**env, "CRON_SECRET_TOKEN": token}
-    proc = subprocess.run([storeflow_ops(), "run", "--http", f"127.0.0.1:{port}"],
-                          cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=120)
+    proc = cli(run_env, "run", "--http", f"127.0.0.1:{port}", cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("storeflow-ops: ")]
     assert len(lines) == 1 and lines[0].startswith(

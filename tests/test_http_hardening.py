@@ -12,7 +12,6 @@ import resource
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -34,6 +33,7 @@ from jobs.presence import Presence
 from jobs.registry import JOBS
 from jobs.settings import Settings
 from jobs.timeutil import utc_now
+from tests.conftest import EXE
 from tests.test_http import TOKEN, Reply, Served, State, bearer, free_port
 
 SLACK = 3.0  # seconds a loaded machine may add to a server-side timeout
@@ -287,10 +287,6 @@ def test_repeated_identical_log_lines_are_counted_not_written() -> None:
 # --- real runners ------------------------------------------------------------------------------
 
 
-def storeflow_ops() -> str:
-    return str(Path(sys.executable).with_name("storeflow-ops"))
-
-
 class HttpRunner:
     """`storeflow-ops run --http` with its stderr in a file."""
 
@@ -302,7 +298,7 @@ class HttpRunner:
         self.log_path = tmp_path / "runner.log"
         self._log: IO[str] = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [storeflow_ops(), "run", "--http", f"127.0.0.1:{self.port}", "--log-format", "json"],
+            [EXE, "run", "--http", f"127.0.0.1:{self.port}", "--log-format", "json"],
             cwd=tmp_path, env={**env, "CRON_SECRET_TOKEN": TOKEN}, stdout=subprocess.DEVNULL,
             stderr=self._log, preexec_fn=preexec,
         )

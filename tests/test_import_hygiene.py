@@ -1,4 +1,4 @@
-"""`jobs/` never imports Textual (SPEC 1): every module under jobs/ is imported in a fresh
+"""`jobs/` never imports Textual: every module under jobs/ is imported in a fresh
 interpreter, and the first one that brings `textual` into sys.modules is named.
 
 `console/` holds faces and no SQL: no module under console/ takes a table, a metadata, a

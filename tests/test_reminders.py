@@ -1,4 +1,4 @@
-"""payment-reminders (SPEC 3.2) on SQLite and PostgreSQL: windows, thresholds, local days."""
+"""payment-reminders on SQLite and PostgreSQL: windows, thresholds, local days."""
 
 from __future__ import annotations
 

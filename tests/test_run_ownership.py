@@ -27,8 +27,9 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from jobs.db import ops_runs, tenants
+from tests.conftest import EXE, cli
 from tests.test_http import TOKEN, free_port
-from tests.test_runner_processes import cli, wait_until
+from tests.test_runner_processes import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +69,7 @@ class Runner:
         self._log: IO[str] = self.log_path.open("w")
         http = [] if http_port is None else ["--http", f"127.0.0.1:{http_port}"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "console.cli", "--config", str(config), "run",
+            [EXE, "--config", str(config), "run",
              "--log-format", "json", *http],
             env={**env, "CRON_SECRET_TOKEN": TOKEN}, cwd=tmp_path,
             stdout=subprocess.DEVNULL, stderr=self._log,
@@ -204,7 +205,7 @@ def test_a_slow_cli_run_racing_slots_of_its_job_keeps_its_lock(
     manual: subprocess.Popen[str] | None = None
     while manual is None:  # the CLI's start must not collide with a slot in flight
         proc = subprocess.Popen(
-            [sys.executable, "-m", "console.cli", "trigger", JOB, "--now", later.isoformat(),
+            [EXE, "trigger", JOB, "--now", later.isoformat(),
              "--json"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         found = wait_until("the CLI run in progress, or refused",
@@ -216,7 +217,7 @@ def test_a_slow_cli_run_racing_slots_of_its_job_keeps_its_lock(
     run = running_with_progress(engine, JOB)
     assert run is not None and run.trigger == "manual"
 
-    refused = cli(env, tmp_path, "trigger", JOB)
+    refused = cli(env, "trigger", JOB, cwd=tmp_path)
     assert refused.returncode == 4, refused.stderr
     seen_skips = 0
     while manual.poll() is None and seen_skips < 3:
@@ -253,19 +254,19 @@ def test_a_killed_runners_run_shows_as_stale_and_the_next_trigger_interrupts_it(
     # No runner is left to sweep: the run stays `running` in history, but every face
     # must say it is stale as soon as its runner counts as dead.
     wait_until("the runner counted dead",
-               lambda: cli(env, tmp_path, "status", "--json").returncode == 1, 30)
+               lambda: cli(env, "status", "--json", cwd=tmp_path).returncode == 1, 30)
 
-    status = cli(env, tmp_path, "status", "--json")
+    status = cli(env, "status", "--json", cwd=tmp_path)
     job = next(j for j in json.loads(status.stdout)["jobs"] if j["job"] == JOB)
     assert job == {**job, "running": True, "run_id": victim.id, "stale": True}
-    human = cli(env, tmp_path, "status").stdout
+    human = cli(env, "status", cwd=tmp_path).stdout
     line = next(ln for ln in human.splitlines() if ln.startswith(JOB))
     assert f"run {victim.id}, stale (its runner stopped heartbeating)" in line
 
-    jobs = cli(env, tmp_path, "jobs", "--json")
+    jobs = cli(env, "jobs", "--json", cwd=tmp_path)
     row = next(j for j in json.loads(jobs.stdout) if j["job"] == JOB)
     assert row["last_run"]["run_id"] == victim.id and row["last_run"]["stale"] is True
-    line = next(ln for ln in cli(env, tmp_path, "jobs").stdout.splitlines()
+    line = next(ln for ln in cli(env, "jobs", cwd=tmp_path).stdout.splitlines()
                 if ln.startswith(JOB))
     assert "stale (its runner stopped heartbeating)" in line and "running" not in line
 
@@ -278,9 +279,9 @@ def test_a_killed_runners_run_shows_as_stale_and_the_next_trigger_interrupts_it(
 
     # The next trigger of the job is a process that can: it interrupts the dead run,
     # takes over the lock and runs.
-    done = cli(env, tmp_path, "trigger", JOB, "--json")
+    done = cli(env, "trigger", JOB, "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     rows = {r.id: r for r in runs_of(engine, JOB)}
     assert rows[victim.id].status == "interrupted" and "heartbeat" in rows[victim.id].error
-    after = json.loads(cli(env, tmp_path, "status", "--json").stdout)
+    after = json.loads(cli(env, "status", "--json", cwd=tmp_path).stdout)
     assert next(j for j in after["jobs"] if j["job"] == JOB)["stale"] is False

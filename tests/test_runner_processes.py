@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from jobs.db import ops_email_outbox, ops_runners, ops_runs, tenants
 from jobs.timeutil import utc_now
+from tests.conftest import EXE, cli
 from tests.smtp_sink import Sink, smtp_server
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ class Runner:
         self.log_path = tmp_path / f"{name}.log"
         self._log: IO[str] = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "console.cli", "--config", str(config), "run",
+            [EXE, "--config", str(config), "run",
              "--log-format", "json"],
             env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=self._log,
         )
@@ -112,11 +112,6 @@ def slot_runs(engine: Engine) -> list[Any]:
             ops_runs.c.scheduled_for, ops_runs.c.attempt)))
 
 
-def cli(env: dict[str, str], tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "console.cli", *args], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
-
-
 def with_password(url: str) -> str:
     """The same database with a password in its URL (trust auth ignores it), so the test can
     check that it never reaches a log line."""
@@ -141,7 +136,7 @@ def test_every_slot_runs_exactly_once_across_runners(
     window_start = utc_now()
     time.sleep(20)
     window_end = utc_now()
-    status = cli(env, tmp_path, "--config", str(config), "status", "--json")
+    status = cli(env, "--config", str(config), "status", "--json", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["runner_alive"] is True
 
@@ -171,7 +166,7 @@ def test_every_slot_runs_exactly_once_across_runners(
     assert len(claimed) == len({e["slot"] for e in claimed})  # no slot claimed twice
     assert sum(e["event"] == "runner-stopped" for e in events) == n
 
-    after = cli(env, tmp_path, "--config", str(config), "status")
+    after = cli(env, "--config", str(config), "status", cwd=tmp_path)
     assert after.returncode == 1  # no runner alive any more
 
 
@@ -290,7 +285,7 @@ def test_start_errors_are_one_line_with_their_exit_code(
     (tmp_path / "bad.toml").write_text('[jobs.expiry-checker]\nschedule = "61 * * * *"\n')
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", **extra_env}
-    done = cli(env, tmp_path, *args)
+    done = cli(env, *args, cwd=tmp_path)
     assert done.returncode == code, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0] and "pw@" not in lines[0]
@@ -335,7 +330,7 @@ def test_jobs_and_status_show_the_live_runners_schedule_not_the_viewers(
     runner = spawn(env, slow, "runner")
     wait_until("the runner alive", lambda: alive_runners(engine, {runner.pid}) == 1)
 
-    done = cli(env, tmp_path, "jobs")
+    done = cli(env, "jobs", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     line = next(ln for ln in done.stdout.splitlines() if ln.startswith(JOB))
     assert "@daily" in line and "daily at 00:00 UTC" in line and "*/5" not in line
@@ -348,19 +343,19 @@ def test_jobs_and_status_show_the_live_runners_schedule_not_the_viewers(
     assert "warning" in warnings[0] and str(slow) in warnings[0]
     assert f"{JOB} (runner: @daily UTC, local: * * * * * */5 UTC)" in warnings[0]
 
-    done = cli(env, tmp_path, "jobs", "--json", "--count", "1")
+    done = cli(env, "jobs", "--json", "--count", "1", cwd=tmp_path)
     assert done.returncode == 0 and len(done.stderr.strip().splitlines()) == 1
     row = next(r for r in json.loads(done.stdout) if r["job"] == JOB)
     assert row["schedule"] == "@daily" and row["schedule_source"] == "runner"
     assert row["next_runs"] == [f"{tomorrow.isoformat()}T00:00:00+00:00"]
 
-    done = cli(env, tmp_path, "status", "--json")
+    done = cli(env, "status", "--json", cwd=tmp_path)
     assert done.returncode == 0 and len(done.stderr.strip().splitlines()) == 1
     job = next(j for j in json.loads(done.stdout)["jobs"] if j["job"] == JOB)
     assert job["schedule"] == "@daily" and job["schedule_source"] == "runner"
 
     assert runner.stop() == 0
-    done = cli(env, tmp_path, "jobs", "--json")  # no live runner: the local configuration
+    done = cli(env, "jobs", "--json", cwd=tmp_path)  # no live runner: the local configuration
     assert done.returncode == 0 and done.stderr == ""
     row = next(r for r in json.loads(done.stdout) if r["job"] == JOB)
     assert row["schedule"] == "* * * * * */5" and row["schedule_source"] == "local"

@@ -424,7 +424,7 @@ def test_stale_run_outside_grace_is_not_retried(engine: Engine, settings: Settin
 def test_a_slot_skipped_behind_a_retry_fires_when_the_retry_ends(
         engine: Engine, settings: Settings, harnesses: list[Harness]) -> None:
     # The dead 09:00 run holds the forbid lock; by 10:00 it is recovered and retried
-    # (SPEC: once, within grace), so 10:00 is recorded skipped while the retry runs. When
+    # (once, within grace), so 10:00 is recorded skipped while the retry runs. When
     # the retry ends, 10:00 fires: the newest slot of an outage is never lost.
     s = job_settings(settings, "0 * * * *")
     slot = utc(2026, 11, 28, 9)

@@ -9,7 +9,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,10 +23,9 @@ from jobs.errors import ConfigError
 from jobs.migrate import upgrade
 from jobs.redaction import has_secret, redact, scrub
 from jobs.sender import parse_smtp_url
-from tests.conftest import PG_URL, RUN_TAG, _pg
+from tests.conftest import EXE, PG_URL, RUN_TAG, _pg, cli
 from tests.factories import add_tenant
 
-EXE = str(Path(sys.executable).with_name("storeflow-ops"))
 SECRETS = ("userinfo-S3cr3t", "query-S3cr3t", "redis-S3cr3t")
 
 
@@ -109,12 +107,8 @@ def secret_url(url: str) -> str:
     return f"{url}&password={SECRETS[1]}"
 
 
-def run(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    base = {"PATH": os.environ.get("PATH", ""), "HOME": str(cwd)}
-    proc = subprocess.run([EXE, *args], env={**base, **env}, cwd=cwd, capture_output=True,
-                          text=True, timeout=90)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
+def home(cwd: Path, env: dict[str, str]) -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", ""), "HOME": str(cwd), **env}
 
 
 def assert_no_secret(*texts: str) -> None:
@@ -125,13 +119,13 @@ def assert_no_secret(*texts: str) -> None:
 
 def test_status_and_status_json_hide_both_passwords(pg_schema: str, tmp_path: Path) -> None:
     env = {"DATABASE_URL": secret_url(pg_schema)}
-    proc = run(env, "status", cwd=tmp_path)
+    proc = cli(home(tmp_path, env), "status", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr  # no runner alive
     assert_no_secret(proc.stdout, proc.stderr)
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("database: "))
     assert line == f"database: {pg_schema.replace('postgres@', 'postgres:***@')}&password=***"
 
-    proc = run(env, "status", "--json", cwd=tmp_path)
+    proc = cli(home(tmp_path, env), "status", "--json", cwd=tmp_path)
     assert proc.returncode == 1
     assert_no_secret(proc.stdout, proc.stderr)
     assert json.loads(proc.stdout)["database"].endswith("&password=***")
@@ -164,7 +158,7 @@ def test_connection_errors_hide_the_passwords(tmp_path: Path) -> None:
                 f"postgresql://postgres@127.0.0.1:5432/no_such_db_here?password={SECRETS[1]}",
                 f"postgresql://postgres@127.0.0.1:5432/test?password={SECRETS[1]}&bogus=1"):
         for args in (["status"], ["status", "--json"], ["jobs"], ["run"]):
-            proc = run({"DATABASE_URL": url}, *args, cwd=tmp_path)
+            proc = cli(home(tmp_path, {"DATABASE_URL": url}), *args, cwd=tmp_path)
             assert proc.returncode == 3, (url, args, proc.stderr)
             assert "database unreachable at postgresql" in proc.stderr
             assert "password=***" in proc.stderr
@@ -172,7 +166,7 @@ def test_connection_errors_hide_the_passwords(tmp_path: Path) -> None:
     # A URL too broken to connect with is a usage error, still without its password.
     for url in (f"postgresql://postgres:{SECRETS[0]}@127.0.0.1:notaport/x",
                 f"postgresql://postgres@127.0.0.1/x?password={SECRETS[1]}&port=abc"):
-        proc = run({"DATABASE_URL": url}, "status", cwd=tmp_path)
+        proc = cli(home(tmp_path, {"DATABASE_URL": url}), "status", cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert "internal error" not in proc.stderr
         assert_no_secret(proc.stdout, proc.stderr)
@@ -186,7 +180,7 @@ def test_a_redis_password_in_the_query_is_hidden_in_cache_errors(tmp_path: Path)
     tenant = add_tenant(eng)
     eng.dispose()
     env = {"DATABASE_URL": db, "REDIS_URL": f"redis://127.0.0.1:1/0?password={SECRETS[2]}"}
-    proc = run(env, "analytics", tenant, cwd=tmp_path)
+    proc = cli(home(tmp_path, env), "analytics", tenant, cwd=tmp_path)
     assert proc.returncode == 3, proc.stderr
     assert "cache unreachable at redis://127.0.0.1:1/0?password=***" in proc.stderr
     assert_no_secret(proc.stdout, proc.stderr)
@@ -209,7 +203,7 @@ def test_a_password_on_the_command_line_is_warned_about_once(tmp_path: Path) -> 
         (["--database-url", db, "--cache-url", cache, "jobs"], "--cache-url"),
         (["jobs", "--database-url", pg, "--cache-url", cache], "--database-url and --cache-url"),
     ):
-        proc = run({}, *args, cwd=tmp_path)
+        proc = cli(home(tmp_path, {}), *args, cwd=tmp_path)
         warnings = [ln for ln in proc.stderr.splitlines() if "warning" in ln]
         if warned is None:
             assert warnings == [], proc.stderr
@@ -219,7 +213,7 @@ def test_a_password_on_the_command_line_is_warned_about_once(tmp_path: Path) -> 
         assert "`ps`" in warnings[0] and "environment" in warnings[0]
         assert "cache-pw" not in proc.stderr and "pg-pw" not in proc.stderr
     # The same URLs from the environment: no warning.
-    proc = run({"DATABASE_URL": db, "REDIS_URL": cache}, "jobs", cwd=tmp_path)
+    proc = cli(home(tmp_path, {"DATABASE_URL": db, "REDIS_URL": cache}), "jobs", cwd=tmp_path)
     assert proc.returncode == 0 and "warning" not in proc.stderr
 
 
@@ -260,13 +254,13 @@ def test_the_embedded_database_is_created_0700_and_0600(tmp_path: Path, umask_02
 
 def test_the_default_location_and_the_demo_are_private(tmp_path: Path, umask_022: None) -> None:
     env = {"XDG_DATA_HOME": str(tmp_path / "xdg")}
-    proc = run(env, "db", "upgrade", cwd=tmp_path)
+    proc = cli(home(tmp_path, env), "db", "upgrade", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     folder = tmp_path / "xdg" / "storeflow-ops"
     assert mode(folder) == 0o700
     assert mode(folder / "storeflow.sqlite3") == 0o600
 
-    proc = run(env, "demo", "--no-tui", "--tenants", "3", cwd=tmp_path)
+    proc = cli(home(tmp_path, env), "demo", "--no-tui", "--tenants", "3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     demo = folder / "demo.sqlite3"
     assert mode(demo) == 0o600

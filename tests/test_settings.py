@@ -1,11 +1,10 @@
-"""Settings (SPEC 6): defaults < schedules.toml < the seed's env vars < CLI flags, the
+"""Settings: defaults < schedules.toml < the seed's env vars < CLI flags, the
 file lookup, and one clear line with exit 2 for every kind of bad input."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,9 +21,9 @@ from jobs.settings import (
     config_path,
     load_settings,
 )
+from tests.conftest import cli
 
 REPO = Path(__file__).resolve().parents[1]
-EXE = str(Path(sys.executable).with_name("storeflow-ops"))
 DEFAULT_CRON = {"expiry-checker": "0 0 * * *", "payment-reminders": "0 9 * * *",
                 "analytics-aggregate": "0 1 * * *", "cleanup": "0 2 * * 0"}
 
@@ -34,12 +33,9 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def home(tmp_path: Path, env: dict[str, str] | None = None) -> dict[str, str]:
     # No DATABASE_URL: the embedded default under HOME, the one file created on first use.
-    base = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    return subprocess.run([EXE, *args], env={**base, **(env or {})}, capture_output=True,
-                          text=True, cwd=cwd or tmp_path, timeout=60)
+    return {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", **(env or {})}
 
 
 def test_shipped_files_are_identical_and_load_to_the_defaults(tmp_path: Path) -> None:
@@ -110,7 +106,7 @@ def test_which_file_is_read(tmp_path: Path) -> None:
     assert config_path(str(flag), {"STOREFLOW_CONFIG": str(from_env)}, tmp_path) == flag
 
     def schedule(*args: str, env: dict[str, str] | None = None, cwd: Path = tmp_path) -> str:
-        proc = cli(tmp_path, *args, "jobs", "--json", env=env, cwd=cwd)
+        proc = cli(home(tmp_path, env), *args, "jobs", "--json", cwd=cwd)
         assert proc.returncode == 0, proc.stderr
         return str(json.loads(proc.stdout)[0]["schedule"])
 
@@ -162,25 +158,26 @@ def assert_one_line(proc: subprocess.CompletedProcess[str], *parts: str) -> None
 @pytest.mark.parametrize(("text", "key", "reason"), BAD_FILES)
 def test_bad_file_one_line_exit_2(tmp_path: Path, text: str, key: str, reason: str) -> None:
     config = write(tmp_path / "bad.toml", text)
-    proc = cli(tmp_path, "--config", str(config), "jobs")
+    proc = cli(home(tmp_path), "--config", str(config), "jobs", cwd=tmp_path)
     assert_one_line(proc, f"storeflow-ops: {config}: {key}", reason)
 
 
 def test_bad_env_missing_file_and_binary_file(tmp_path: Path) -> None:
-    proc = cli(tmp_path, "jobs", env={"SUBSCRIPTION_GRACE_PERIOD_DAYS": "-2"})
+    proc = cli(home(tmp_path, {"SUBSCRIPTION_GRACE_PERIOD_DAYS": "-2"}), "jobs", cwd=tmp_path)
     assert_one_line(proc, "environment", "SUBSCRIPTION_GRACE_PERIOD_DAYS", "-2 is negative")
-    proc = cli(tmp_path, "jobs", env={"SUBSCRIPTION_GRACE_PERIOD_DAYS": "a week"})
+    proc = cli(home(tmp_path, {"SUBSCRIPTION_GRACE_PERIOD_DAYS": "a week"}), "jobs",
+               cwd=tmp_path)
     assert_one_line(proc, "SUBSCRIPTION_GRACE_PERIOD_DAYS", "whole number")
 
     missing = tmp_path / "nope.toml"
-    assert_one_line(cli(tmp_path, "--config", str(missing), "jobs"), str(missing),
-                    "file not found")
-    assert_one_line(cli(tmp_path, "jobs", env={"STOREFLOW_CONFIG": str(missing)}), str(missing),
-                    "file not found")
+    assert_one_line(cli(home(tmp_path), "--config", str(missing), "jobs", cwd=tmp_path),
+                    str(missing), "file not found")
+    assert_one_line(cli(home(tmp_path, {"STOREFLOW_CONFIG": str(missing)}), "jobs",
+                        cwd=tmp_path), str(missing), "file not found")
     binary = tmp_path / "binary.toml"
     binary.write_bytes(b"\xff\xfe[jobs]")
-    assert_one_line(cli(tmp_path, "--config", str(binary), "jobs"), str(binary),
-                    "malformed TOML")
+    assert_one_line(cli(home(tmp_path), "--config", str(binary), "jobs", cwd=tmp_path),
+                    str(binary), "malformed TOML")
 
 
 def test_the_same_error_in_process(tmp_path: Path) -> None:

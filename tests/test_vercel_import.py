@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobs.settings import DEFAULTS_FILE, JOB_IDS, Overrides, load_settings
+from tests.conftest import cli
 
 REPO = Path(__file__).resolve().parents[1]
-SEED_VERCEL = Path("/work/shared/seed/vercel.json")
+SEED_VERCEL = Path(__file__).resolve().parent / "data" / "vercel.json"  # the seed's, verbatim
 SEED_CRONS = [
     {"path": "/api/admin/subscriptions/expiry-checker", "schedule": "0 0 * * *"},
     {"path": "/api/admin/subscriptions/payment-reminders", "schedule": "0 9 * * *"},
@@ -24,11 +23,8 @@ SEED_CRONS = [
 ]
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).with_name("storeflow-ops")
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(cwd)}
-    return subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=60)
+def home(cwd: Path) -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", ""), "HOME": str(cwd)}
 
 
 def schedules(config: Path | None) -> dict[str, tuple[str, str]]:
@@ -38,12 +34,9 @@ def schedules(config: Path | None) -> dict[str, tuple[str, str]]:
 
 
 @pytest.fixture
-def seed_vercel(tmp_path: Path) -> Path:
-    if SEED_VERCEL.is_file():
-        return SEED_VERCEL
-    path = tmp_path / "vercel.json"  # the same four crons, when run outside this checkout
-    path.write_text(json.dumps({"crons": SEED_CRONS}))
-    return path
+def seed_vercel() -> Path:
+    assert json.loads(SEED_VERCEL.read_text()) == {"crons": SEED_CRONS}
+    return SEED_VERCEL
 
 
 def write_vercel(tmp_path: Path, data: Any) -> Path:
@@ -55,7 +48,7 @@ def write_vercel(tmp_path: Path, data: Any) -> Path:
 def test_the_seed_vercel_json_gives_back_the_default_schedules(seed_vercel: Path,
                                                                 tmp_path: Path) -> None:
     out = tmp_path / "imported.toml"
-    proc = cli("import-vercel", str(seed_vercel), "--write", str(out), cwd=tmp_path)
+    proc = cli(home(tmp_path), "import-vercel", str(seed_vercel), "--write", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "" and "wrote 4" in proc.stdout
 
@@ -68,7 +61,7 @@ def test_the_seed_vercel_json_gives_back_the_default_schedules(seed_vercel: Path
     assert imported == schedules(REPO / "schedules.toml") == schedules(DEFAULTS_FILE)
     assert imported["cleanup"] == ("0 2 * * 0", "UTC")
 
-    printed = cli("import-vercel", str(seed_vercel), cwd=tmp_path)
+    printed = cli(home(tmp_path), "import-vercel", str(seed_vercel), cwd=tmp_path)
     assert printed.returncode == 0 and printed.stdout == text
 
 
@@ -85,7 +78,7 @@ def test_unknown_paths_and_bad_entries_are_reported_and_the_rest_imported(
         "not an object",
     ]
     path = write_vercel(tmp_path, {"crons": crons})
-    proc = cli("import-vercel", str(path), cwd=tmp_path)
+    proc = cli(home(tmp_path), "import-vercel", str(path), cwd=tmp_path)
     assert proc.returncode == 1
     problems = proc.stderr.splitlines()
     assert len(problems) == 6, proc.stderr
@@ -116,23 +109,23 @@ def test_unknown_paths_and_bad_entries_are_reported_and_the_rest_imported(
 def test_a_file_without_a_crons_list_is_exit_2_in_one_line(tmp_path: Path, content: Any,
                                                           says: str) -> None:
     path = write_vercel(tmp_path, content)
-    proc = cli("import-vercel", str(path), cwd=tmp_path)
+    proc = cli(home(tmp_path), "import-vercel", str(path), cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert len(proc.stderr.splitlines()) == 1 and says in proc.stderr
 
 
 def test_missing_file_and_existing_target(seed_vercel: Path, tmp_path: Path) -> None:
-    proc = cli("import-vercel", str(tmp_path / "nope.json"), cwd=tmp_path)
+    proc = cli(home(tmp_path), "import-vercel", str(tmp_path / "nope.json"), cwd=tmp_path)
     assert proc.returncode == 2 and "file not found" in proc.stderr
 
     target = tmp_path / "schedules.toml"
     target.write_text("# mine\n")
-    proc = cli("import-vercel", str(seed_vercel), "--write", str(target), cwd=tmp_path)
+    proc = cli(home(tmp_path), "import-vercel", str(seed_vercel), "--write", str(target), cwd=tmp_path)
     assert proc.returncode == 2 and "already exists" in proc.stderr
     assert target.read_text() == "# mine\n"
 
 
 def test_an_empty_crons_list_imports_nothing(tmp_path: Path) -> None:
-    proc = cli("import-vercel", str(write_vercel(tmp_path, {"crons": []})), cwd=tmp_path)
+    proc = cli(home(tmp_path), "import-vercel", str(write_vercel(tmp_path, {"crons": []})), cwd=tmp_path)
     assert proc.returncode == 0 and "[jobs." not in proc.stdout
