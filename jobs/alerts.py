@@ -54,8 +54,9 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from http.client import HTTPConnection, HTTPException, HTTPSConnection
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from sqlalchemy import or_, select, update
@@ -78,12 +79,14 @@ from jobs.timeutil import iso, iso_z, utc_now
 
 log = logging.getLogger("storeflow.alerts")
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 FAILING_STATUSES = frozenset({"failed", "partial", "timed_out", "missed"})
 # A run status that is a verdict on the job (skipped and running are not).
 VERDICTS = ("succeeded", "partial", "failed", "timed_out", "interrupted", "missed")
 FIRST_ERRORS = 5
 USER_AGENT = "storeflow-ops-alerts"
+PARALLEL = 4  # targets served at once by one runner (each target's deliveries in order)
 
 
 # --- targets and their labels ------------------------------------------------------------
@@ -512,14 +515,21 @@ def _claim(engine: Engine, worker_id: str, now: datetime, lease: timedelta, size
                  dict(r.payload or {})) for r in rows]
 
 
-def _mark(engine: Engine, row: _Row, worker_id: str, values: dict[str, Any]) -> bool:
+def _mark(engine: Engine, marks: Sequence[tuple[_Row, dict[str, Any]]],
+          worker_id: str) -> set[int]:
+    """Write the outcomes of a batch in one transaction (one commit, not one per delivery),
+    each on the condition that the row is still ours; returns the ids written."""
     d = ops_alert_deliveries.c
+    written: set[int] = set()
     with transaction(engine) as conn:
-        return bool(conn.execute(
-            update(ops_alert_deliveries)
-            .where(d.id == row.id, d.status == "pending", d.claimed_by == worker_id)
-            .values(claimed_by=None, claimed_until=None, **values)
-        ).rowcount)
+        for row, values in marks:
+            if conn.execute(
+                update(ops_alert_deliveries)
+                .where(d.id == row.id, d.status == "pending", d.claimed_by == worker_id)
+                .values(claimed_by=None, claimed_until=None, **values)
+            ).rowcount:
+                written.add(row.id)
+    return written
 
 
 def _renew(engine: Engine, rows: Sequence[_Row], worker_id: str, until: datetime) -> set[int]:
@@ -546,56 +556,96 @@ def _attempt(engine: Engine, cfg: AlertsConfig, row: _Row, now: datetime) -> Out
 
 def deliver_due(engine: Engine, settings: Settings, *, worker_id: str, clock: Clock = utc_now,
                 stop: threading.Event | None = None, alert_id: int | None = None,
-                retries: bool = True, batch_size: int = 50) -> DeliveryResult:
+                retries: bool = True, batch_size: int = 50,
+                parallel: int = PARALLEL) -> DeliveryResult:
     """Attempt every delivery due now (or those of one alert). With retries=False a failed
-    attempt is final (`alerts test`)."""
+    attempt is final (`alerts test`). Up to `parallel` targets are served at once, so one
+    that takes its whole timeout does not hold up the others."""
     cfg = settings.alerts
     lease = timedelta(seconds=max(cfg.lease, 2 * cfg.timeout))
     result = DeliveryResult()
     after_id = 0
+
+    def one(row: _Row, claimed_at: datetime) -> tuple[_Row, Outcome, dict[str, Any]] | None:
+        if stop is not None and stop.is_set():
+            return None
+        now = clock()
+        # A slow batch: renew the lease of a row before its attempt, or leave it if lost.
+        if now - claimed_at > lease / 2 and not _renew(engine, [row], worker_id, now + lease):
+            return None
+        outcome = _attempt(engine, cfg, row, now)
+        attempts = row.attempts + 1
+        done = clock()
+        if outcome.ok:
+            values: dict[str, Any] = {"status": "sent", "attempts": attempts, "sent_at": done,
+                                      "last_error": None}
+        elif outcome.retry and retries and attempts < cfg.max_attempts:
+            values = {"attempts": attempts, "last_error": outcome.error,
+                      "next_attempt_at": done + backoff(cfg, attempts)}
+        else:
+            values = {"status": "dead", "attempts": attempts, "last_error": outcome.error}
+        return row, outcome, values
+
     while not (stop is not None and stop.is_set()):
         claimed_at = clock()
         batch = _claim(engine, worker_id, claimed_at, lease, batch_size, after_id, alert_id)
         if not batch:
             break
         after_id = batch[-1].id
-        held = {r.id for r in batch}
-        for row in batch:
-            if stop is not None and stop.is_set():
-                break
-            now = clock()
-            if now - claimed_at > lease / 2:  # a slow batch: keep the rest of it ours
-                held = _renew(engine, [r for r in batch if r.id in held], worker_id, now + lease)
-                claimed_at = now
-            if row.id not in held:
+        tried = [t for t in _in_threads(partial(one, claimed_at=claimed_at), batch, parallel)
+                 if t is not None]
+        # Marked once the batch is through: a runner that dies before leaves the batch to
+        # be sent again when its lease ends (at least once, never lost).
+        written = _mark(engine, [(row, values) for row, _, values in tried], worker_id)
+        for row, outcome, values in tried:
+            if row.id not in written:
                 continue
-            outcome = _attempt(engine, cfg, row, now)
-            attempts = row.attempts + 1
-            done = clock()
-            if outcome.ok:
-                values: dict[str, Any] = {"status": "sent", "attempts": attempts,
-                                          "sent_at": done, "last_error": None}
-                status = "sent"
-            elif outcome.retry and retries and attempts < cfg.max_attempts:
-                values = {"attempts": attempts, "last_error": outcome.error,
-                          "next_attempt_at": done + backoff(cfg, attempts)}
-                status = "retry"
-            else:
-                values = {"status": "dead", "attempts": attempts, "last_error": outcome.error}
-                status = "dead"
-            if _mark(engine, row, worker_id, values):
-                setattr(result, "retried" if status == "retry" else status,
-                        getattr(result, "retried" if status == "retry" else status) + 1)
-                result.outcomes.append((row.label, status, outcome.error))
+            status = values.get("status", "retry")
+            result.outcomes.append((row.label, status, outcome.error))
+            name = "retried" if status == "retry" else status
+            setattr(result, name, getattr(result, name) + 1)
     return result
 
 
-def next_due(engine: Engine) -> datetime | None:
-    d = ops_alert_deliveries.c
-    with transaction(engine) as conn:
-        row = conn.execute(select(d.next_attempt_at).where(d.status == "pending")
-                           .order_by(d.next_attempt_at).limit(1)).first()
-    return None if row is None else row.next_attempt_at
+def _in_threads(fn: Callable[[_Row], T], rows: Sequence[_Row], n: int) -> list[T | None]:
+    """fn over rows, results in rows' order: one target's rows one after the other, in
+    order (a receiver sees `job_failing` before `job_recovered`), up to n targets at once.
+    Daemon threads, not a ThreadPoolExecutor (whose threads are joined at interpreter
+    exit): a POST hanging until its timeout must not hold up a runner that shuts down."""
+    results: list[T | None] = [None] * len(rows)
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row.target, []).append(i)
+
+    def run(indexes: list[int]) -> None:
+        for i in indexes:
+            try:
+                results[i] = fn(rows[i])
+            except Exception as exc:  # one delivery's bug must not lose the others
+                log.error("alert delivery %s failed: %s", rows[i].id, type(exc).__name__)
+
+    if n <= 1 or len(groups) <= 1:
+        for indexes in groups.values():
+            run(indexes)
+        return results
+    feed = iter(list(groups.values()))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                indexes = next(feed, None)
+            if indexes is None:
+                return
+            run(indexes)
+
+    threads = [threading.Thread(target=work, name="alert-delivery", daemon=True)
+               for _ in range(min(n, len(groups)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 EventSink = Callable[..., None]  # (event, level, **fields), like the runner's log

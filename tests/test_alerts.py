@@ -450,3 +450,22 @@ def test_alerts_test_and_listing_on_the_cli(engine: Engine, db_url: str,
 
         cfg.write_text("")
         assert cli("alerts", "test").returncode == 2
+
+
+def test_a_hanging_target_does_not_hold_up_another(engine: Engine, settings: Settings) -> None:
+    with receiver(hang=30) as stuck, receiver() as rec:
+        settings = with_targets(settings, stuck.url(), rec.url(), timeout=3.0)
+        bad_tenants(engine, 1)
+        trigger(engine, settings)
+        started = time.monotonic()
+        done = threading.Thread(target=alerts.deliver_due, args=(engine, settings),
+                                kwargs={"worker_id": "w"}, daemon=True)
+        done.start()
+        deadline = started + 10
+        while not rec.hits and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert rec.hits and rec.hits[0].at - started < 2.0
+        done.join(15)
+    rows = deliveries(engine)
+    assert [(r.status, r.last_error) for r in rows] == [("pending", "timed out after 3 s"),
+                                                        ("sent", None)]

@@ -62,7 +62,10 @@ def receiver(answers: list[int] | None = None, hang: float = 0.0) -> Iterator[Re
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # the default 5 drops parallel connects (a 1 s SYN retry)
+
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     rec.port = int(server.server_address[1])
     thread = threading.Thread(target=server.serve_forever, daemon=True)
