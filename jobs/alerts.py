@@ -516,12 +516,17 @@ def _claim(engine: Engine, worker_id: str, now: datetime, lease: timedelta, size
 
 
 def _mark(engine: Engine, marks: Sequence[tuple[_Row, dict[str, Any]]],
-          worker_id: str) -> set[int]:
+          worker_id: str, untried: Sequence[int] = ()) -> set[int]:
     """Write the outcomes of a batch in one transaction (one commit, not one per delivery),
-    each on the condition that the row is still ours; returns the ids written."""
+    each on the condition that the row is still ours, and hand back the rows not tried;
+    returns the ids written."""
     d = ops_alert_deliveries.c
     written: set[int] = set()
     with transaction(engine) as conn:
+        if untried:
+            conn.execute(update(ops_alert_deliveries)
+                         .where(d.id.in_(list(untried)), d.claimed_by == worker_id)
+                         .values(claimed_by=None, claimed_until=None))
         for row, values in marks:
             if conn.execute(
                 update(ops_alert_deliveries)
@@ -592,11 +597,15 @@ def deliver_due(engine: Engine, settings: Settings, *, worker_id: str, clock: Cl
         if not batch:
             break
         after_id = batch[-1].id
-        tried = [t for t in _in_threads(partial(one, claimed_at=claimed_at), batch, parallel)
+        # A target that failed for now (down, timing out, 5xx) gets no more of this batch:
+        # its other rows are handed back untried, for the next pass, in order.
+        tried = [t for t in _in_threads(partial(one, claimed_at=claimed_at), batch, parallel,
+                                        give_up=lambda t: t is None or not t[1].ok)
                  if t is not None]
+        untried = sorted({r.id for r in batch} - {row.id for row, _, _ in tried})
         # Marked once the batch is through: a runner that dies before leaves the batch to
         # be sent again when its lease ends (at least once, never lost).
-        written = _mark(engine, [(row, values) for row, _, values in tried], worker_id)
+        written = _mark(engine, [(row, values) for row, _, values in tried], worker_id, untried)
         for row, outcome, values in tried:
             if row.id not in written:
                 continue
@@ -607,9 +616,11 @@ def deliver_due(engine: Engine, settings: Settings, *, worker_id: str, clock: Cl
     return result
 
 
-def _in_threads(fn: Callable[[_Row], T], rows: Sequence[_Row], n: int) -> list[T | None]:
+def _in_threads(fn: Callable[[_Row], T], rows: Sequence[_Row], n: int,
+                give_up: Callable[[T | None], bool] = lambda _: False) -> list[T | None]:
     """fn over rows, results in rows' order: one target's rows one after the other, in
-    order (a receiver sees `job_failing` before `job_recovered`), up to n targets at once.
+    order (a receiver sees `job_failing` before `job_recovered`), up to n targets at once;
+    a target's remaining rows are left (None) once `give_up` says so of one's result.
     Daemon threads, not a ThreadPoolExecutor (whose threads are joined at interpreter
     exit): a POST hanging until its timeout must not hold up a runner that shuts down."""
     results: list[T | None] = [None] * len(rows)
@@ -623,6 +634,8 @@ def _in_threads(fn: Callable[[_Row], T], rows: Sequence[_Row], n: int) -> list[T
                 results[i] = fn(rows[i])
             except Exception as exc:  # one delivery's bug must not lose the others
                 log.error("alert delivery %s failed: %s", rows[i].id, type(exc).__name__)
+            if give_up(results[i]):
+                return
 
     if n <= 1 or len(groups) <= 1:
         for indexes in groups.values():
