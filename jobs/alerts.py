@@ -74,6 +74,7 @@ from jobs.db import (
 )
 from jobs.errors import OpsError
 from jobs.records import RunStatus, Trigger
+from jobs.redaction import origin
 from jobs.settings import AlertsConfig, Settings
 from jobs.timeutil import iso, iso_z, utc_now
 
@@ -95,15 +96,7 @@ PARALLEL = 4  # targets served at once by one runner (each target's deliveries i
 def target_label(url: str) -> str:
     """What may be shown of a webhook URL: scheme and host (with its port), never the path,
     query or credentials."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or "?"
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "webhook"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{parts.scheme or '?'}://{host}{port}"
+    return origin(url)
 
 
 def scrub(text: str, url: str) -> str:

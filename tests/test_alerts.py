@@ -334,6 +334,9 @@ def test_slack_gets_its_own_form_and_labels_hide_the_path() -> None:
     assert alerts.target_label("https://user:pw@hooks.slack.com/services/T0/B0/xyz?a=1") == \
         "https://hooks.slack.com"
     assert alerts.target_label("http://127.0.0.1:8080/x") == "http://127.0.0.1:8080"
+    assert alerts.target_label("https://u:pa/ss@example.com/hook") == "https://example.com"
+    assert alerts.target_label("https://example.com/p@q/secret") == "https://example.com"
+    assert alerts.target_label("not a url") == "?"
     url = "https://example.com/hooks/abc123?token=zz"
     assert alerts.scrub(f"failed for {url} at /hooks/abc123", url) == \
         "failed for https://example.com at [redacted]"
