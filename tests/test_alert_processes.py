@@ -23,11 +23,11 @@ from sqlalchemy.engine import Engine
 
 from jobs.db import ops_alert_deliveries, ops_alerts, ops_job_state, tenants
 from jobs.timeutil import utc_now
+from tests.conftest import cli
 from tests.factories import add_tenant
 from tests.test_runner_processes import (
     JOB,
     Runner,
-    cli,
     slot_runs,
     spawn,  # noqa: F401 - the fixture
     wait_until,
@@ -91,7 +91,7 @@ def test_two_runners_raise_one_failing_and_one_recovered(
     with engine.connect() as c:
         assert c.execute(select(ops_alert_deliveries.c.status)).scalars().all() == ["sent"] * 2
 
-    listed = cli(env, tmp_path, "--config", str(config), "alerts", "--json")
+    listed = cli(env, "--config", str(config), "alerts", "--json", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert [a["event"] for a in json.loads(listed.stdout)] == ["job_recovered", "job_failing"]
     path = secret_url.split(str(rec.port))[1]

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import subprocess
 import threading
 import time
 from dataclasses import replace
@@ -33,6 +34,7 @@ from jobs.errors import ConfigError
 from jobs.records import RunStatus, Trigger
 from jobs.settings import Overrides, Settings, load_settings
 from jobs.timeutil import utc_now
+from tests import conftest
 from tests.factories import add_tenant
 from tests.webhook_receiver import receiver
 
@@ -417,17 +419,13 @@ def test_alerts_config_from_file_and_environment(tmp_path: Path) -> None:
 
 def test_alerts_test_and_listing_on_the_cli(engine: Engine, db_url: str,
                                             env: dict[str, str], tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     with receiver() as ok, receiver([500]) as broken:
         cfg = tmp_path / "schedules.toml"
         cfg.write_text(f'[alerts]\nwebhooks = ["{ok.url()}", "{broken.url("/x/s3cr3t-two")}"]\n'
                        'emails = ["ops@example.com"]\n')
 
         def cli(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([sys.executable, "-m", "console.cli", *args], env=env,
-                                  cwd=tmp_path, capture_output=True, text=True, timeout=60)
+            return conftest.cli(env, *args, cwd=tmp_path)
 
         done = cli("alerts", "test")
         assert done.returncode == 1, done.stderr
