@@ -38,6 +38,8 @@ HANDLERS: dict[str, str] = {
     "status": "console.commands:cmd_status",
     "db upgrade": "console.commands:cmd_db_upgrade",
     "import-vercel": "console.vercel_import:cmd_import_vercel",
+    "alerts": "console.alert_commands:cmd_alerts",
+    "alerts test": "console.alert_commands:cmd_alerts_test",
 }
 
 
@@ -146,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add_parser("db", help="database maintenance")
     sp.add_argument("action", choices=("upgrade",))
 
+    sp = add_parser("alerts", help="alert events and their deliveries; `alerts test` sends one")
+    sp.add_argument("action", nargs="?", choices=("test",), help="send a test alert now")
+    sp.add_argument("--limit", type=int, default=20, metavar="N")
+    json_arg(sp)
+
     sp = add_parser("import-vercel", help="turn a vercel.json's crons into schedules.toml")
     sp.add_argument("path", metavar="VERCEL_JSON")
     sp.add_argument("--write", metavar="TOML", help="write to this file instead of stdout")
@@ -154,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _handler(args: argparse.Namespace) -> Callable[[CliContext, argparse.Namespace], int]:
     command = args.command or "tui"
-    if command == "outbox" and args.action:
-        command = f"outbox {args.action}"
+    if command in ("outbox", "alerts") and args.action:
+        command = f"{command} {args.action}"
     elif command == "db":
         command = f"db {args.action}"
     module, _, func = HANDLERS[command].partition(":")

@@ -62,7 +62,7 @@ from sqlalchemy.engine import Engine
 
 from console.context import CliContext
 from console.runlog import RunLog, install
-from jobs import sender
+from jobs import alerts, sender
 from jobs.errors import OpsError
 from jobs.presence import Presence
 from jobs.records import RunReport, RunStatus, Trigger
@@ -251,7 +251,8 @@ class SlotRunner:
                        reason: str) -> None:
         st = self.state
         n = record_missed(st.engine, job_id, slots, runner_id=st.runner_id,
-                          started_by=st.started_by, clock=st.clock, reason=reason)
+                          started_by=st.started_by, clock=st.clock, reason=reason,
+                          settings=st.settings)
         if n:
             self.log.warning("slots-missed", job=job_id, count=n, first=slots[0],
                              last=slots[-1], reason=reason)
@@ -262,13 +263,14 @@ class SlotRunner:
         (a dead runner, or one stopped by SIGTERM) and is still wanted."""
         st = self.state
         for run in recover_stale_runs(st.engine, now, st.settings.runner.stale_after,
-                                      spare=st.runner_id):
+                                      spare=st.runner_id, settings=st.settings):
             self.log.warning("run-interrupted", job=run.job_id, run_id=run.run_id,
                              slot=run.scheduled_for, attempt=run.attempt,
                              reason="its runner stopped heartbeating")
         # The registry itself, not a snapshot: a run the HTTP face starts while the sweep
         # reads is registered before its row can be read (see release_orphaned_runs).
-        for run_id in release_orphaned_runs(st.engine, st.runner_id, st.in_flight, now):
+        for run_id in release_orphaned_runs(st.engine, st.runner_id, st.in_flight, now,
+                                            st.settings):
             self.log.warning("run-interrupted", run_id=run_id,
                              reason="its worker ended without recording an outcome")
         # Interruptions of the last day: a bounded look-back, wide enough for a fleet that
@@ -290,6 +292,7 @@ class SlotRunner:
                                      "disabled or paused")
                 # Not asked again on every tick: the slot is settled as interrupted.
                 self._settled.add(run.run_id)
+                alerts.run_ended(st.engine, st.settings, run.run_id, retry_left=False, now=now)
                 continue
             claim = claim_slot(st.engine, st.settings, run.job_id, run.scheduled_for,
                                runner_id=st.runner_id, started_by=st.started_by,
@@ -306,8 +309,15 @@ class SlotRunner:
         return claims
 
     def maintain(self, now: datetime) -> list[Claimed]:
-        """The periodic tick: recover stale runs, retry their slots."""
-        return self.recover(now)
+        """The periodic tick: recover stale runs, retry their slots, look for overdue jobs."""
+        claims = self.recover(now)
+        try:
+            for job_id in alerts.check_overdue(self.state.engine, self.state.settings, now):
+                self.log.warning("job-overdue", job=job_id)
+        except Exception as exc:  # alerting must not stop the maintenance pass
+            reason = exc.message if isinstance(exc, OpsError) else f"{type(exc).__name__}: {exc}"
+            self.log.error("overdue-check-failed", error=reason)
+        return claims
 
     def run(self, claimed: Claimed) -> RunReport | None:
         """Execute a claimed run through the one run path; never raises."""
@@ -385,7 +395,7 @@ class SlotRunner:
         written, the orphan sweep of a later tick does it."""
         try:
             abandon_run(self.state.engine, claimed.job_id, claimed.run_id, self.state.clock(),
-                        reason)
+                        reason, self.state.settings)
         except OpsError as exc:
             self.log.error("run-abandon-failed", run_id=claimed.run_id, error=exc.message)
 
@@ -464,6 +474,14 @@ async def serve(state: RunnerState, core: SlotRunner,
     handle: HttpHandle | None = None
     interval = timedelta(seconds=cfg.heartbeat_interval)
     send_interval = timedelta(seconds=state.settings.outbox.send_interval)
+    deliverer: alerts.Deliverer | None = None
+    if alerts.targets(state.settings.alerts):
+        # A thread of its own, not a turn of this loop: a target that takes its whole
+        # timeout must never delay a slot.
+        deliverer = alerts.Deliverer(state.engine, state.settings, state.runner_id,
+                                     stop=state.stop, on_event=state.log.event,
+                                     clock=state.clock)
+        deliverer.start()
     try:
         if http is not None:
             from console.http import start_http  # aiohttp only for a runner that serves

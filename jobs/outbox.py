@@ -21,6 +21,7 @@ from jobs.db import insert_ignore, ops_email_outbox, transaction
 from jobs.errors import InvalidRecipientError
 
 KINDS = ("subscription_expired", "subscription_suspended", "renewal_reminder", "payment_due")
+ALERT_KIND = "alert"  # an alert event to an operator (jobs.alerts), not a tenant email
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def check_recipient(address: str) -> str:
 
 def render(kind: str, *, idempotency_key: str, tenant_id: str | None, recipient: str,
            context: Mapping[str, Any]) -> Email:
-    if kind not in KINDS:
+    if kind not in KINDS and kind != ALERT_KIND:
         raise ValueError(f"unknown email kind {kind!r}")
     to = check_recipient(recipient)
     subject = _one_line(_env.get_template(f"{kind}.subject.txt").render(**context))

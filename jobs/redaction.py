@@ -24,6 +24,7 @@ MASK = "***"
 _SECRET_NAME = re.compile(r"pass|pwd|token|secret|key|auth|credential|signature", re.IGNORECASE)
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 # A URL inside text ends at whitespace or a quote (drivers quote what they echo).
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?")
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _PAIR = re.compile(
     r"(?P<name>[\w.-]*(?:pass|pwd|token|secret|key|auth|credential|signature)[\w.-]*)"
@@ -85,3 +86,20 @@ def scrub(text: str) -> str:
 def has_secret(url: str) -> bool:
     """Whether `url` carries a password or a secret option (`redact` would change it)."""
     return redact(url) != url
+
+
+def origin(url: str) -> str:
+    """Scheme and host (and port) of a URL whose path or query is itself the secret (a
+    webhook, a ping URL): nothing after the host, no userinfo. A host part that does not
+    look like a host (an unencoded password with "/" in it) is shown as "?"."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not _SCHEME.fullmatch(scheme):
+        return "?"
+    candidates = [rest.split("/", 1)[0]]
+    if "@" in rest:  # the userinfo ends at the last "@", and may hold a "/"
+        candidates.append(rest.rpartition("@")[2].split("/", 1)[0])
+    for netloc in candidates:
+        host = netloc.split("?", 1)[0].split("#", 1)[0].rpartition("@")[2]
+        if _HOST.fullmatch(host):
+            return f"{scheme.lower()}://{host}"
+    return f"{scheme.lower()}://?"

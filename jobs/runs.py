@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from jobs import alerts
 from jobs.cache import Cache, open_cache
 from jobs.context import ItemSink, ProgressCallback, RunContext
 from jobs.db import (
@@ -199,7 +200,8 @@ def claim_slot(engine: Engine, settings: Settings, job_id: str, scheduled_for: d
 
 
 def record_missed(engine: Engine, job_id: str, slots: list[datetime], *, runner_id: str,
-                  started_by: str, clock: Clock = utc_now, reason: str) -> int:
+                  started_by: str, clock: Clock = utc_now, reason: str,
+                  settings: Settings | None = None) -> int:
     """Record slots that will not fire as `missed`, unless some runner has them already."""
     if not slots:
         return 0
@@ -214,7 +216,10 @@ def record_missed(engine: Engine, job_id: str, slots: list[datetime], *, runner_
         for s in slots
     ]
     with transaction(engine) as conn:
-        return insert_ignore(conn, ops_runs, rows, ["job_id", "scheduled_for", "attempt"])
+        n = insert_ignore(conn, ops_runs, rows, ["job_id", "scheduled_for", "attempt"])
+    if n:
+        alerts.slots_missed(engine, settings, job_id, slots)
+    return n
 
 
 def _stale_runs(now: datetime, stale_after: float) -> Select[int]:
@@ -241,7 +246,8 @@ def stale_run_ids(engine: Engine, now: datetime, stale_after: float) -> set[int]
 
 
 def recover_stale_runs(engine: Engine, now: datetime, stale_after: float, *,
-                       spare: str | None = None) -> list[RunRecord]:
+                       spare: str | None = None,
+                       settings: Settings | None = None) -> list[RunRecord]:
     """Mark `running` runs of dead processes `interrupted` and free their locks.
 
     `spare` is the calling runner's own id: a runner whose heartbeat could not get through
@@ -258,10 +264,13 @@ def recover_stale_runs(engine: Engine, now: datetime, stale_after: float, *,
                     update(ops_job_state).where(ops_job_state.c.active_run_id == run_id)
                     .values(active_run_id=None)
                 )
+    for run_id in recovered:
+        alerts.run_ended(engine, settings, run_id, now=now)
     return [r for r in (get_run(engine, i) for i in recovered) if r is not None]
 
 
-def abandon_run(engine: Engine, job_id: str, run_id: int, now: datetime, reason: str) -> bool:
+def abandon_run(engine: Engine, job_id: str, run_id: int, now: datetime, reason: str,
+                settings: Settings | None = None) -> bool:
     """A claimed run whose execution raised before its outcome was written: mark it failed
     and free the job's lock, so the next slot is not skipped because of it."""
     with transaction(engine) as conn:
@@ -271,11 +280,13 @@ def abandon_run(engine: Engine, job_id: str, run_id: int, now: datetime, reason:
             .values(status=RunStatus.FAILED, finished_at=now, error=reason)
         ).rowcount
         _release_lock(conn, job_id, run_id)
+    if changed:
+        alerts.run_ended(engine, settings, run_id, now=now)
     return bool(changed)
 
 
 def release_orphaned_runs(engine: Engine, runner_id: str, live: Container[int],
-                          now: datetime) -> list[int]:
+                          now: datetime, settings: Settings | None = None) -> list[int]:
     """This runner's `running` runs that none of its workers is executing (their outcome
     could not be written, e.g. the database was down at the end): interrupt them and free
     their locks. Its heartbeat is fine, so staleness would never catch them.
@@ -294,6 +305,8 @@ def release_orphaned_runs(engine: Engine, runner_id: str, live: Container[int],
             if _interrupt(conn, run_id, now, "its worker ended without recording an outcome"):
                 _release_lock(conn, job_id, run_id)
                 released.append(run_id)
+    for run_id in released:
+        alerts.run_ended(engine, settings, run_id, now=now)
     return released
 
 
@@ -443,6 +456,7 @@ def execute(
     finished = clock()
     if run_id is not None and not dry_run:
         _finish(engine, job_id, run_id, sink, status, summary, error, finished)
+        alerts.run_ended(engine, settings, run_id, now=finished)
     return RunReport(
         job_id=job_id, run_id=None if dry_run else run_id, trigger=trigger, dry_run=dry_run,
         status=status, reference_time=now, started_at=started, finished_at=finished,

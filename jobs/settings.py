@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 from jobs.db import default_sqlite_path
-from jobs.errors import ConfigError
+from jobs.errors import ConfigError, OpsError
 from jobs.schedule import CronError, CronSchedule
 
 JOB_IDS = ("expiry-checker", "payment-reminders", "analytics-aggregate", "cleanup")
@@ -36,6 +36,8 @@ class JobConfig:
     cache_ttl: int = 86_400
     cart_retention_days: int = 30
     batch_size: int = 5_000
+    alerts: bool = True  # False: the job's state is kept, but it raises no alert events
+    overdue_after: timedelta | None = None  # None: [alerts] overdue_after
 
     @property
     def timezone(self) -> str:
@@ -64,6 +66,20 @@ class RunnerConfig:
 
 
 @dataclass(frozen=True)
+class AlertsConfig:
+    webhooks: tuple[str, ...] = field(default=(), repr=False)  # URLs are secrets
+    emails: tuple[str, ...] = ()
+    webhook_secret: str | None = field(default=None, repr=False)
+    overdue_after: timedelta = timedelta(hours=1)
+    timeout: float = 10.0  # seconds per POST
+    backoff_base: float = 2.0  # seconds before the 2nd attempt; doubles each time
+    backoff_max: float = 300.0
+    max_attempts: int = 8
+    lease: float = 60.0  # seconds a runner holds a delivery it is attempting
+    poll_interval: float = 1.0  # seconds between the runner's looks for due deliveries
+
+
+@dataclass(frozen=True)
 class Settings:
     source: str  # the schedules file in effect ("built-in defaults" when none)
     database_url: str
@@ -75,6 +91,7 @@ class Settings:
     jobs: Mapping[str, JobConfig]
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     def job(self, job_id: str) -> JobConfig:
         return self.jobs[job_id]
@@ -245,6 +262,11 @@ JOB_KEYS: dict[str, JobKey] = {
         JobKey("batch_size", "count", 5_000,
                "cleanup: rows per DELETE",
                jobs=("cleanup",), minimum=1),
+        JobKey("alerts", "flag", True,
+               "`false`: the job raises no alert events ([Alerts](#alerts))"),
+        JobKey("overdue_after", "duration", None,
+               "how long past its period without a success before `job_overdue`",
+               shown="`[alerts] overdue_after` (1h)"),
     )
 }
 
@@ -330,8 +352,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _merge(source: str, data: Mapping[str, Any], jobs: dict[str, JobConfig],
            outbox: OutboxConfig, runner: RunnerConfig) -> tuple[OutboxConfig, RunnerConfig]:
     for top in data:
-        if top not in ("jobs", "outbox", "runner"):
-            raise ConfigError(source, top, "unknown section; expected [jobs.<id>], [outbox], [runner]")
+        if top not in ("jobs", "outbox", "runner", "alerts"):
+            raise ConfigError(source, top, "unknown section; expected [jobs.<id>], [outbox], "
+                              "[runner], [alerts]")
     job_tables = data.get("jobs", {})
     if not isinstance(job_tables, dict):
         raise ConfigError(source, "jobs", "expected tables like [jobs.cleanup]")
@@ -357,6 +380,50 @@ def _merge(source: str, data: Mapping[str, Any], jobs: dict[str, JobConfig],
             raise ConfigError(source, "runner.health_tick_age",
                               f"{runner.health_tick_age:g} is below the minimum 1 second")
     return outbox, runner
+
+
+def _webhooks(source: str, key: str, value: object) -> tuple[str, ...]:
+    urls = [u.strip() for u in value.split(",") if u.strip()] if isinstance(value, str) else value
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise ConfigError(source, key, "expected a list of URLs")
+    for i, url in enumerate(urls):
+        # The URL itself is a secret: the message names its position, never its text.
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ConfigError(source, f"{key}[{i}]", "not an http:// or https:// URL")
+    return tuple(urls)
+
+
+def _apply_alerts(source: str, table: object, cfg: AlertsConfig) -> AlertsConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(source, "alerts", "expected a table")
+    changes: dict[str, object] = {}
+    for key, value in cast("dict[str, object]", table).items():
+        k = f"alerts.{key}"
+        if key == "webhooks":
+            changes[key] = _webhooks(source, k, value)
+        elif key == "emails":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(source, k, "expected a list of email addresses")
+            from jobs.outbox import check_recipient
+
+            try:
+                changes[key] = tuple(check_recipient(v) for v in value)
+            except OpsError as exc:
+                raise ConfigError(source, k, exc.message) from None
+        elif key == "webhook_secret":
+            if not isinstance(value, str):
+                raise ConfigError(source, k, "expected a string")
+            changes[key] = value or None
+        elif key == "overdue_after":
+            changes[key] = _duration(source, k, value) or timedelta(0)
+        elif key == "max_attempts":
+            changes[key] = _int(source, k, value, minimum=1)
+        elif key in ("timeout", "backoff_base", "backoff_max", "lease", "poll_interval"):
+            changes[key] = _number(source, k, value, minimum=0.01)
+        else:
+            names = ", ".join(f.name for f in fields(AlertsConfig))
+            raise ConfigError(source, k, f"unknown key; alerts takes {names}")
+    return replace(cfg, **changes)  # type: ignore[arg-type]
 
 
 def config_path(explicit: str | None, env: Mapping[str, str], cwd: Path | None = None) -> Path | None:
@@ -386,9 +453,18 @@ def load_settings(overrides: Overrides = Overrides(), env: Mapping[str, str] | N
     outbox, runner = _merge(builtin, _read_toml(DEFAULTS_FILE), jobs, OutboxConfig(), RunnerConfig())
     path = config_path(overrides.config, env, cwd)
     source = "built-in defaults"
+    alerts = AlertsConfig()
     if path is not None:
         source = str(path)
-        outbox, runner = _merge(source, _read_toml(path), jobs, outbox, runner)
+        data = _read_toml(path)
+        outbox, runner = _merge(source, data, jobs, outbox, runner)
+        if "alerts" in data:
+            alerts = _apply_alerts(source, data["alerts"], alerts)
+    if env.get("STOREFLOW_ALERT_WEBHOOKS"):
+        alerts = replace(alerts, webhooks=_webhooks(
+            "environment", "STOREFLOW_ALERT_WEBHOOKS", env["STOREFLOW_ALERT_WEBHOOKS"]))
+    if env.get("STOREFLOW_WEBHOOK_SECRET"):
+        alerts = replace(alerts, webhook_secret=env["STOREFLOW_WEBHOOK_SECRET"])
 
     for key in JOB_KEYS.values():
         if key.env is None or not env.get(key.env):
@@ -418,4 +494,5 @@ def load_settings(overrides: Overrides = Overrides(), env: Mapping[str, str] | N
         jobs=jobs,
         outbox=outbox,
         runner=runner,
+        alerts=alerts,
     )
