@@ -34,7 +34,8 @@ Contract with the HTTP face (console/http.py), which runs on the same loop::
   `[runner] health_tick_age` seconds (the loop wakes at least twice in that time).
 
 `start_http` may raise an OpsError (bad token, port in use): the runner then stops and
-exits with that error's code.
+exits with that error's code. `run --metrics` serves the same face with
+`metrics_only=True`: /metrics and /healthz alone, no token.
 
 The face logs through the standard `logging` module, not through `RunnerState.log`: to
 `storeflow.http`, `storeflow.http.access` (one `http-request` event per request; /healthz
@@ -446,7 +447,8 @@ def _in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio
 
 
 async def serve(state: RunnerState, core: SlotRunner,
-                http: tuple[str, int] | None = None) -> int:
+                http: tuple[str, int] | None = None,
+                metrics: tuple[str, int] | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code (0 after a clean stop)."""
     loop = asyncio.get_running_loop()
     cfg = state.settings.runner
@@ -472,6 +474,7 @@ async def serve(state: RunnerState, core: SlotRunner,
     runs: set[asyncio.Future[Any]] = set()
     drain: asyncio.Future[None] | None = None
     handle: HttpHandle | None = None
+    metrics_handle: HttpHandle | None = None
     interval = timedelta(seconds=cfg.heartbeat_interval)
     send_interval = timedelta(seconds=state.settings.outbox.send_interval)
     deliverer: alerts.Deliverer | None = None
@@ -488,6 +491,12 @@ async def serve(state: RunnerState, core: SlotRunner,
 
             handle = await start_http(state, http[0], http[1])
             state.log.info("http-listening", host=http[0], port=http[1])
+        if metrics is not None:
+            from console.http import start_http
+
+            metrics_handle = await start_http(state, metrics[0], metrics[1], metrics_only=True)
+            state.log.info("metrics-listening", host=metrics[0],
+                           port=getattr(metrics_handle, "port", metrics[1]))
 
         maintenance_at = state.clock()
         drain_at = state.clock()
@@ -554,9 +563,11 @@ async def serve(state: RunnerState, core: SlotRunner,
                 state.log.warning("shutdown-timeout", running=left,
                                   reason="runs did not stop in time; another runner will "
                                          "mark them interrupted")
-        if handle is not None:
+        for face in (handle, metrics_handle):
+            if face is None:
+                continue
             try:
-                await handle.cleanup()
+                await face.cleanup()
             except Exception as exc:  # shutting down regardless
                 state.log.error("http-cleanup-failed", error=str(exc))
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -586,6 +597,11 @@ def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
 
         http = parse_listen(args.http)  # HOST:PORT, :PORT or PORT (host 127.0.0.1)
         check_token(settings)
+    metrics = None
+    if getattr(args, "metrics", None):
+        from console.http import parse_listen
+
+        metrics = parse_listen(args.metrics, flag="--metrics")
     check_mail_settings(settings)  # SMTP_URL and MAIL_FROM, when SMTP_URL is set
     runlog = RunLog(ctx.stderr, args.log_format)
     engine = ctx.engine  # reachable and migrated, or exit 3
@@ -612,6 +628,7 @@ def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
         jobs={j: f"{c.schedule.expression} {c.timezone}" for j, c in core.scheduler.jobs.items()},
         disabled=[j for j, c in settings.jobs.items() if not c.enabled],
         http=None if http is None else f"{http[0]}:{http[1]}",
+        metrics=None if metrics is None else f"{metrics[0]}:{metrics[1]}",
     )
     if not settings.smtp_url:  # once, here: the outbox fills up quietly otherwise
         runlog.warning("smtp-not-configured",
@@ -620,7 +637,7 @@ def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
                               "delivers them")
     code = 1
     try:
-        code = asyncio.run(serve(state, core, http))
+        code = asyncio.run(serve(state, core, http, metrics))
         return code
     except OpsError as exc:
         code = int(exc.exit_code)
