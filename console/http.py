@@ -425,15 +425,24 @@ def _run_held(host: HttpHost, job_id: str, client: str, dry_run: bool, now: date
         host.in_flight[run_id] = job_id
         held.append(run_id)
 
+    # The job's dead-man pings, when the host sends them (the runner does): a preview is
+    # not a run, and a refused trigger (409) never starts.
+    ping: Callable[[str, str, int | None], None] | None = (
+        None if dry_run else getattr(host, "ping", None))
     try:
-        return execute(
+        report = execute(
             host.engine, host.settings, job_id, now=now, trigger=Trigger.HTTP,
             started_by=f"http:{client}", runner_id=host.runner_id, dry_run=dry_run,
             params=params, stop=host.stop, on_created=created,
+            on_started=None if ping is None else partial(ping, job_id, "start"),
         )
     finally:
         for run_id in held:
             host.in_flight.pop(run_id, None)
+    if ping is not None:
+        ping(job_id, "success" if report.status is RunStatus.SUCCEEDED else "fail",
+             report.run_id)
+    return report
 
 
 def _trigger_handler(job_id: str) -> Handler:

@@ -31,7 +31,9 @@ Contract with the HTTP face (console/http.py), which runs on the same loop::
 - `clock`: the wall clock (UTC), the one time source of this process;
 - `alive` (bool) and `health()` (a JSON-ready dict) for `/healthz`'s details, and
   `last_loop_at`: `/healthz` is 503 once the loop has not ticked for
-  `[runner] health_tick_age` seconds (the loop wakes at least twice in that time).
+  `[runner] health_tick_age` seconds (the loop wakes at least twice in that time);
+- `ping(job_id, kind, run_id)`: queue the job's dead-man ping (`start` when a real run
+  has started, then `success` or `fail`); returns at once, a no-op without `ping_url`.
 
 `start_http` may raise an OpsError (bad token, port in use): the runner then stops and
 exits with that error's code. `run --metrics` serves the same face with
@@ -65,6 +67,7 @@ from console.context import CliContext
 from console.runlog import RunLog, install
 from jobs import alerts, sender
 from jobs.errors import OpsError
+from jobs.pings import Pinger, PingKind, outcome
 from jobs.presence import Presence
 from jobs.records import RunReport, RunStatus, Trigger
 from jobs.redaction import redact
@@ -113,12 +116,18 @@ class RunnerState:
     in_flight: dict[int, str] = field(default_factory=dict)  # run_id -> job_id
     last_loop_at: datetime | None = None
     next_wake: datetime | None = None
+    pinger: Pinger | None = None
 
     @property
     def alive(self) -> bool:
         """Not stopping, and the last heartbeat reached the database."""
         heartbeat_ok = self.presence is None or self.presence.last_error is None
         return not self.stop.is_set() and heartbeat_ok
+
+    def ping(self, job_id: str, kind: PingKind, run_id: int | None = None) -> None:
+        job = self.settings.jobs.get(job_id)
+        if self.pinger is not None and job is not None:
+            self.pinger.ping(job_id, job.ping_url, kind, run_id)
 
     def health(self) -> dict[str, Any]:
         from jobs.timeutil import iso
@@ -332,14 +341,17 @@ class SlotRunner:
                 started_by=st.started_by, trigger=Trigger.SCHEDULE, runner_id=st.runner_id,
                 claimed_run_id=claimed.run_id, scheduled_for=claimed.slot, stop=st.stop,
                 clock=st.clock,
+                on_started=lambda run_id: st.ping(claimed.job_id, "start", run_id),
             )
         except Exception as exc:  # a worker thread must report, not vanish
             reason = exc.message if isinstance(exc, OpsError) else f"{type(exc).__name__}: {exc}"
             self.log.error("run-error", job=claimed.job_id, run_id=claimed.run_id, error=reason)
             self._abandon(claimed, reason)
+            st.ping(claimed.job_id, "fail", claimed.run_id)
             return None
         finally:
             st.in_flight.pop(claimed.run_id, None)
+        st.ping(claimed.job_id, outcome(report.status), claimed.run_id)
         self._log_finished(claimed, report)
         if claimed.attempt == 2:
             self._refire_skipped(claimed)
@@ -612,10 +624,11 @@ def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
     # alive without them on record.
     record_schedules(engine, presence.id, settings)
     presence.start()
+    pinger = Pinger() if any(j.ping_url for j in settings.jobs.values()) else None
     state = RunnerState(
         engine=engine, settings=settings, runner_id=presence.id,
         started_by=f"runner@{socket.gethostname()}", log=runlog, clock=clock,
-        started_at=clock(), presence=presence,
+        started_at=clock(), presence=presence, pinger=pinger,
     )
     for job_id in note_schedules(engine, settings, state.started_at):
         runlog.info("schedule-changed", job=job_id,
@@ -643,5 +656,7 @@ def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
         code = int(exc.exit_code)
         raise
     finally:
+        if pinger is not None:
+            pinger.close()  # the outcomes of the last runs, for up to 2 s
         presence.stop()
         runlog.info("runner-stopped", runner_id=presence.id, exit_code=code)
