@@ -27,25 +27,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Column, func, select
+from sqlalchemy import CompoundSelect, Select, String, func, literal, select, union_all
 from sqlalchemy.engine import Connection, Engine
 
 from jobs.db import (
+    connection,
+    is_sqlite,
     ops_alert_deliveries,
     ops_email_outbox,
     ops_job_state,
     ops_run_counts,
+    ops_runners,
     ops_runs,
-    transaction,
 )
-from jobs.presence import list_runners
 from jobs.records import RunStatus
-from jobs.runner_schedules import live_schedules
+from jobs.runner_schedules import EffectiveSchedules, live_schedules
 from jobs.settings import JOB_IDS, Settings
 from jobs.timeutil import utc_now
 
@@ -57,7 +59,7 @@ _DID_NOT_RUN = (str(RunStatus.RUNNING), str(RunStatus.SKIPPED), str(RunStatus.MI
 
 @dataclass
 class Figures:
-    """One scrape's values, read in one transaction."""
+    """One scrape's values."""
 
     runs: dict[tuple[str, str], int] = field(default_factory=dict)
     last_success: dict[str, datetime] = field(default_factory=dict)
@@ -72,60 +74,121 @@ class Figures:
     runners_alive: int = 0
 
 
-def _last_success(conn: Connection, job_id: str) -> datetime | None:
-    return conn.execute(
-        select(func.max(ops_runs.c.finished_at)).where(
-            ops_runs.c.job_id == job_id, ops_runs.c.status == RunStatus.SUCCEEDED)
-    ).scalar_one_or_none()
-
-
-def _last_duration(conn: Connection, job_id: str) -> float | None:
-    row = conn.execute(
-        select(ops_runs.c.started_at, ops_runs.c.finished_at)
-        .where(ops_runs.c.job_id == job_id, ops_runs.c.status.not_in(_DID_NOT_RUN),
-               ops_runs.c.started_at.is_not(None), ops_runs.c.finished_at.is_not(None))
-        .order_by(ops_runs.c.id.desc())
+def _per_job() -> Select[Any]:
+    """One row per job: newest success, newest finished run that ran, running runs, state.
+    Each figure is a scalar subquery answered from an index (ops_runs_job_status_idx,
+    ops_runs_job_created_idx), so its cost does not grow with the history."""
+    jobs = union_all(*(select(literal(j, String).label("job_id")) for j in JOB_IDS)).subquery("j")
+    r = ops_runs.alias("r")
+    last_success = (
+        select(func.max(r.c.finished_at))
+        .where(r.c.job_id == jobs.c.job_id, r.c.status == RunStatus.SUCCEEDED)
+        .scalar_subquery()
+    )
+    last_ran = (
+        select(r.c.id)
+        .where(r.c.job_id == jobs.c.job_id, r.c.status.not_in(_DID_NOT_RUN),
+               r.c.started_at.is_not(None), r.c.finished_at.is_not(None))
+        .order_by(r.c.id.desc())
         .limit(1)
-    ).first()
-    if row is None:
-        return None
-    seconds: float = (row.finished_at - row.started_at).total_seconds()
-    return max(0.0, seconds)
+        .scalar_subquery()
+    )
+    running = (
+        select(func.count())
+        .where(r.c.job_id == jobs.c.job_id, r.c.status == RunStatus.RUNNING)
+        .scalar_subquery()
+    )
+    last = ops_runs.alias("last")
+    return (
+        select(jobs.c.job_id, last_success.label("last_success"),
+               last.c.started_at, last.c.finished_at, running.label("running"),
+               ops_job_state.c.paused, ops_job_state.c.alert_state,
+               ops_job_state.c.overdue_since)
+        .select_from(
+            jobs.outerjoin(last, last.c.id == last_ran)
+            .outerjoin(ops_job_state, ops_job_state.c.job_id == jobs.c.job_id))
+    )
 
 
-def _by_status(conn: Connection, status: Column[str]) -> dict[str, int]:
-    return {str(s): int(n) for s, n in conn.execute(select(status, func.count()).group_by(status))}
+def _tallies(cutoff: datetime) -> CompoundSelect[Any]:
+    """(kind, key, status, n) rows: the runs counter, emails and deliveries per status,
+    and the ids of the live runners (kind 'runner', n = 1)."""
+    empty = literal("", String)
+    return union_all(
+        select(literal("runs", String).label("kind"), ops_run_counts.c.job_id.label("key"),
+               ops_run_counts.c.status.label("status"), ops_run_counts.c.count.label("n")),
+        select(literal("outbox", String), empty, ops_email_outbox.c.status, func.count())
+        .group_by(ops_email_outbox.c.status),
+        select(literal("deliveries", String), empty, ops_alert_deliveries.c.status,
+               func.count())
+        .group_by(ops_alert_deliveries.c.status),
+        select(literal("runner", String), ops_runners.c.id, empty, literal(1))
+        .where(ops_runners.c.kind == "runner", ops_runners.c.stopped_at.is_(None),
+               ops_runners.c.heartbeat_at >= cutoff),
+    )
 
 
-def read_figures(engine: Engine, settings: Settings, now: datetime) -> Figures:
-    """Everything a scrape reports, from the database (and the live runners' schedules)."""
+def _read(conn: Connection, cutoff: datetime) -> tuple[list[Any], list[Any]]:
+    return list(conn.execute(_per_job())), list(conn.execute(_tallies(cutoff)))
+
+
+class ScheduleCache:
+    """The live runners' schedules, read again only when the set of live runners changes
+    (a runner records its schedules before it registers and never changes them)."""
+
+    def __init__(self) -> None:
+        self._key: frozenset[str] | None = None
+        self._schedules: EffectiveSchedules | None = None
+
+    def get(self, engine: Engine, settings: Settings, now: datetime,
+            alive: frozenset[str]) -> EffectiveSchedules:
+        if self._schedules is None or alive != self._key:
+            self._schedules = live_schedules(engine, settings, now)
+            self._key = alive
+        return self._schedules
+
+
+def read_figures(engine: Engine, settings: Settings, now: datetime,
+                 schedules: ScheduleCache | None = None) -> Figures:
+    """Everything a scrape reports, from the database (and the live runners' schedules).
+
+    Two statements on one connection. On PostgreSQL they run in autocommit: no BEGIN and
+    COMMIT round trips (a scrape need not be one snapshot); SQLite, in process, reads in
+    a transaction like every other reader."""
+    cutoff = now - timedelta(seconds=settings.runner.stale_after)
+    with connection(engine) as conn:
+        if is_sqlite(conn):
+            with conn.begin():
+                per_job, tallies = _read(conn, cutoff)
+        else:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            per_job, tallies = _read(conn, cutoff)
     fig = Figures()
-    job_ids = list(JOB_IDS)
-    with transaction(engine) as conn:
-        for job_id, status, count in conn.execute(
-                select(ops_run_counts.c.job_id, ops_run_counts.c.status, ops_run_counts.c.count)):
-            fig.runs[(job_id, status)] = int(count)
-        for job_id in job_ids:
-            if (at := _last_success(conn, job_id)) is not None:
-                fig.last_success[job_id] = at
-            if (seconds := _last_duration(conn, job_id)) is not None:
-                fig.last_duration[job_id] = seconds
-        fig.running = {j: int(n) for j, n in conn.execute(
-            select(ops_runs.c.job_id, func.count())
-            .where(ops_runs.c.status == RunStatus.RUNNING).group_by(ops_runs.c.job_id))}
-        for row in conn.execute(select(ops_job_state.c.job_id, ops_job_state.c.paused,
-                                       ops_job_state.c.alert_state,
-                                       ops_job_state.c.overdue_since)):
-            fig.paused[row.job_id] = bool(row.paused)
-            fig.failing[row.job_id] = row.alert_state == "failing"
-            fig.overdue[row.job_id] = row.overdue_since is not None
-        fig.outbox = _by_status(conn, ops_email_outbox.c.status)
-        fig.deliveries = _by_status(conn, ops_alert_deliveries.c.status)
-    runners = list_runners(engine, now, settings.runner.stale_after)
-    fig.runners_alive = sum(1 for r in runners if r.alive)
-    schedules = live_schedules(engine, settings, now, runners)
-    for job_id in job_ids:
-        plan = schedules.job(job_id)
+    for row in per_job:
+        job_id = row.job_id
+        if row.last_success is not None:
+            fig.last_success[job_id] = row.last_success
+        if row.started_at is not None and row.finished_at is not None:
+            seconds: float = (row.finished_at - row.started_at).total_seconds()
+            fig.last_duration[job_id] = max(0.0, seconds)
+        fig.running[job_id] = int(row.running or 0)
+        fig.paused[job_id] = bool(row.paused)
+        fig.failing[job_id] = row.alert_state == "failing"
+        fig.overdue[job_id] = row.overdue_since is not None
+    alive: set[str] = set()
+    for kind, key, status, n in tallies:
+        if kind == "runs":
+            fig.runs[(key, status)] = int(n)
+        elif kind == "outbox":
+            fig.outbox[status] = int(n)
+        elif kind == "deliveries":
+            fig.deliveries[status] = int(n)
+        else:
+            alive.add(key)
+    fig.runners_alive = len(alive)
+    plans = (schedules or ScheduleCache()).get(engine, settings, now, frozenset(alive))
+    for job_id in JOB_IDS:
+        plan = plans.job(job_id)
         if plan.enabled:
             upcoming = plan.schedule.next_slots(now, 1)
             if upcoming:
@@ -191,9 +254,11 @@ class MetricsCollector(Collector):
         self.engine = engine
         self.settings = settings
         self.clock = clock
+        self.schedules = ScheduleCache()
 
     def collect(self) -> Iterator[Metric]:
-        yield from families(read_figures(self.engine, self.settings, self.clock()))
+        yield from families(read_figures(self.engine, self.settings, self.clock(),
+                                         self.schedules))
 
 
 def registry(engine: Engine, settings: Settings,
