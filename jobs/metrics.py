@@ -16,15 +16,19 @@ Each family and where it comes from:
   schedule of each enabled job (the local configuration when no runner is alive);
 - storeflow_job_running / _paused / _failing / _overdue{job}: 0 or 1, from ops_runs and
   ops_job_state (alert_state 'failing', overdue_since set);
-- storeflow_outbox_emails{status}, storeflow_alert_deliveries{status}: rows per status;
+- storeflow_outbox_emails{status}, storeflow_alert_deliveries{status}: rows per status
+  (the outbox's `sent` rows, the one figure that grows with the history kept, are counted
+  at most once every SENT_COUNT_TTL seconds; every other status on each scrape);
 - storeflow_runners_alive: runners heartbeating within `stale_after`.
 
 A scrape stays cheap on a long history: every per-job figure is an index lookup (see
-migration 0004), never a scan of ops_runs or ops_run_items.
+migration 0004_n), never a scan of ops_runs or ops_run_items; emails are counted per status
+by index ranges that leave out `sent` (see above).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -52,6 +56,7 @@ from jobs.settings import JOB_IDS, Settings
 from jobs.timeutil import utc_now
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SENT_COUNT_TTL = 60.0  # seconds between two counts of the outbox's sent emails
 FINAL_STATUSES = tuple(str(s) for s in RunStatus if s is not RunStatus.RUNNING)
 # A run that ran: its duration means something (skipped and missed slots never started).
 _DID_NOT_RUN = (str(RunStatus.RUNNING), str(RunStatus.SKIPPED), str(RunStatus.MISSED))
@@ -117,8 +122,12 @@ def _tallies(cutoff: datetime) -> CompoundSelect[Any]:
     return union_all(
         select(literal("runs", String).label("kind"), ops_run_counts.c.job_id.label("key"),
                ops_run_counts.c.status.label("status"), ops_run_counts.c.count.label("n")),
+        # Two index ranges around `sent`: each an index-only scan of the few rows that are
+        # not sent (`<>` would read every sent row too).
         select(literal("outbox", String), empty, ops_email_outbox.c.status, func.count())
-        .group_by(ops_email_outbox.c.status),
+        .where(ops_email_outbox.c.status < _SENT).group_by(ops_email_outbox.c.status),
+        select(literal("outbox", String), empty, ops_email_outbox.c.status, func.count())
+        .where(ops_email_outbox.c.status > _SENT).group_by(ops_email_outbox.c.status),
         select(literal("deliveries", String), empty, ops_alert_deliveries.c.status,
                func.count())
         .group_by(ops_alert_deliveries.c.status),
@@ -128,8 +137,32 @@ def _tallies(cutoff: datetime) -> CompoundSelect[Any]:
     )
 
 
-def _read(conn: Connection, cutoff: datetime) -> tuple[list[Any], list[Any]]:
-    return list(conn.execute(_per_job())), list(conn.execute(_tallies(cutoff)))
+_SENT = "sent"
+
+
+class SentCount:
+    """The number of sent emails in the outbox, counted again at most every `ttl` seconds:
+    with a month of sent email kept, counting them takes tens of milliseconds, the rest of
+    a scrape well under one."""
+
+    def __init__(self, ttl: float = SENT_COUNT_TTL) -> None:
+        self.ttl = ttl
+        self._value: int | None = None
+        self._at = 0.0
+
+    def read(self, conn: Connection) -> int:
+        if self._value is None or time.monotonic() - self._at >= self.ttl:
+            self._value = int(conn.execute(
+                select(func.count()).select_from(ops_email_outbox)
+                .where(ops_email_outbox.c.status == _SENT)).scalar_one())
+            self._at = time.monotonic()
+        return self._value
+
+
+def _read(conn: Connection, cutoff: datetime, sent: SentCount
+          ) -> tuple[list[Any], list[Any], int]:
+    return (list(conn.execute(_per_job())), list(conn.execute(_tallies(cutoff))),
+            sent.read(conn))
 
 
 class ScheduleCache:
@@ -149,21 +182,23 @@ class ScheduleCache:
 
 
 def read_figures(engine: Engine, settings: Settings, now: datetime,
-                 schedules: ScheduleCache | None = None) -> Figures:
+                 schedules: ScheduleCache | None = None, sent: SentCount | None = None,
+                 ) -> Figures:
     """Everything a scrape reports, from the database (and the live runners' schedules).
 
     Two statements on one connection. On PostgreSQL they run in autocommit: no BEGIN and
     COMMIT round trips (a scrape need not be one snapshot); SQLite, in process, reads in
     a transaction like every other reader."""
     cutoff = now - timedelta(seconds=settings.runner.stale_after)
+    sent = sent or SentCount()
     with connection(engine) as conn:
         if is_sqlite(conn):
             with conn.begin():
-                per_job, tallies = _read(conn, cutoff)
+                per_job, tallies, sent_count = _read(conn, cutoff, sent)
         else:
             conn.execution_options(isolation_level="AUTOCOMMIT")
-            per_job, tallies = _read(conn, cutoff)
-    fig = Figures()
+            per_job, tallies, sent_count = _read(conn, cutoff, sent)
+    fig = Figures(outbox={_SENT: sent_count} if sent_count else {})
     for row in per_job:
         job_id = row.job_id
         if row.last_success is not None:
@@ -255,10 +290,11 @@ class MetricsCollector(Collector):
         self.settings = settings
         self.clock = clock
         self.schedules = ScheduleCache()
+        self.sent = SentCount()
 
     def collect(self) -> Iterator[Metric]:
         yield from families(read_figures(self.engine, self.settings, self.clock(),
-                                         self.schedules))
+                                         self.schedules, self.sent))
 
 
 def registry(engine: Engine, settings: Settings,
