@@ -347,7 +347,8 @@ async def _healthz(request: web.Request) -> web.Response:
         status = "unavailable"  # the loop is wedged (or has not ticked yet)
     body: dict[str, Any] = {"status": status, "runner_id": host.runner_id,
                             "last_tick_age_s": None if age is None else round(max(age, 0.0), 3)}
-    if _auth_failure(request.headers.get("Authorization"), request.app[_TOKEN]) is None:
+    token = request.app.get(_TOKEN)  # none on the metrics face: never the details
+    if token is not None and _auth_failure(request.headers.get("Authorization"), token) is None:
         state = await request.app[_HEALTH].check()
         runner: dict[str, Any] = {"id": host.runner_id, "alive": state["alive"],
                                   "stopping": host.stop.is_set()}
@@ -509,7 +510,6 @@ def build_app(state: HttpHost) -> web.Application:
     app[_TOKEN] = token
     # Runs get threads of their own, so a long job never starves /healthz or the runner.
     app[_RUNS] = ThreadPoolExecutor(max_workers=2 * len(JOBS), thread_name_prefix="http-run")
-    app[_HEALTH] = _HealthProbe(state)
     for spec in JOBS.values():
         handler = _trigger_handler(spec.id)
         app.router.add_route("GET", spec.endpoint, handler, name=spec.id)
@@ -525,6 +525,7 @@ def build_app(state: HttpHost) -> web.Application:
 
 def build_metrics_app(state: HttpHost) -> web.Application:
     """The face of `run --metrics`: /metrics and /healthz alone, no token, no trigger."""
+    setattr(web_response, "SERVER_SOFTWARE", SERVER_NAME)  # noqa: B010 (as in build_app)
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors])
     app[_HOST] = state
     _add_monitoring(app, state)

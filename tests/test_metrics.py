@@ -285,7 +285,14 @@ def test_run_metrics_serves_metrics_and_healthz_alone(engine: Engine, db_url: st
                 assert proc.poll() is None, log_path.read_text()
                 assert time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.2)
-            assert json.loads(body)["status"] == "ok"
+            # the contract of /healthz without a token, and nothing more: no token exists here
+            health = json.loads(body)
+            assert set(health) == {"status", "runner_id", "last_tick_age_s"}
+            assert health["status"] == "ok"
+            req = urllib.request.Request(base + "/healthz",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                assert set(json.loads(resp.read())) == set(health)
 
             status, text, headers = get(base + "/metrics")
             assert status == 200 and headers["Content-Type"].startswith("text/plain")

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,7 +33,7 @@ from jobs.registry import JOBS
 from jobs.settings import Overrides, Settings, load_settings
 from jobs.timeutil import utc_now
 from tests.factories import add_tenant
-from tests.test_http import TOKEN, Served, bearer, request
+from tests.test_http import TOKEN, Served, State, bearer, request
 
 SECRET = "c0ffee-ping-secret-4b1d"
 
@@ -152,12 +152,10 @@ def test_a_receiver_that_never_answers_does_not_delay_the_caller(
 
 
 @dataclass
-class PingingState:
-    engine: Engine
-    settings: Settings
-    runner_id: str
-    stop: threading.Event
-    pinger: Pinger
+class PingingState(State):
+    """The test's HTTP host, with the runner's pings."""
+
+    pinger: Pinger = field(default_factory=Pinger)
 
     def ping(self, job_id: str, kind: str, run_id: int | None = None) -> None:
         RunnerState.ping(self, job_id, kind, run_id)  # type: ignore[arg-type]
@@ -168,10 +166,10 @@ def test_http_triggered_runs_ping_start_and_their_outcome(
     base = f"{receiver.url}/{SECRET}"
     jobs = {j: replace(c, ping_url=f"{base}/{j}") for j, c in settings.jobs.items()}
     state = PingingState(engine, replace(settings, cron_token=TOKEN, jobs=jobs), "r-http",
-                         threading.Event(), Pinger())
+                         threading.Event())
     with Presence(engine, "runner", clock=utc_now, interval=1.0) as p:
         state.runner_id = p.id
-        served = Served(state)  # type: ignore[arg-type]
+        served = Served(state)
         try:
             endpoint = JOBS["expiry-checker"].endpoint
             assert request(served.url + endpoint, headers=bearer()).status == 200
