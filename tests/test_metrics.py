@@ -318,3 +318,26 @@ def test_run_metrics_serves_metrics_and_healthz_alone(engine: Engine, db_url: st
     assert listening and listening[0]["port"] == port
     with engine.connect() as c:  # nothing but the slots ran: no trigger got through
         assert {r for r, in c.execute(select(ops_runs.c.trigger))} == {"schedule"}
+
+
+def test_sent_emails_are_counted_again_after_their_ttl(engine: Engine, settings: Settings) -> None:
+    from jobs.metrics import SentCount, read_figures
+
+    def add_email(key: str, status: str) -> None:
+        with engine.begin() as c:
+            c.execute(ops_email_outbox.insert().values(
+                idempotency_key=key, kind="expiry", recipient="a@example.com", subject="s",
+                body_text="t", body_html="h", status=status, created_at=utc_now()))
+
+    add_email("a", "sent")
+    sent = SentCount(ttl=3600)
+    assert read_figures(engine, settings, utc_now(), sent=sent).outbox == {"sent": 1}
+    add_email("b", "sent")
+    add_email("c", "pending")
+    add_email("d", "dead")
+    # within the TTL the sent count stands; every other status is exact at each scrape
+    fig = read_figures(engine, settings, utc_now(), sent=sent)
+    assert fig.outbox == {"sent": 1, "pending": 1, "dead": 1}
+    sent.ttl = 0
+    fig = read_figures(engine, settings, utc_now(), sent=sent)
+    assert fig.outbox == {"sent": 2, "pending": 1, "dead": 1}
