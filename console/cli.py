@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add_parser("run", help="the headless runner: fire every slot exactly once")
     sp.add_argument("--http", metavar="HOST:PORT", help="also serve the seed's HTTP endpoints")
+    sp.add_argument("--metrics", metavar="HOST:PORT",
+                    help="also serve /metrics and /healthz alone (no token, no triggers)")
     sp.add_argument("--log-format", choices=("text", "json"), default="text")
 
     sp = add_parser("jobs", help="jobs, schedules, next runs, last runs")

@@ -1,4 +1,5 @@
-"""The runner's optional HTTP face: the seed's four trigger paths and /healthz.
+"""The runner's optional HTTP face: the seed's four trigger paths, /healthz and /metrics;
+and the metrics face of `run --metrics`, which serves /metrics and /healthz alone.
 
 Teams leaving Vercel Cron keep their URLs, their curl scripts and their token. Every
 trigger goes through `jobs.runs.execute` (trigger `http`), in a worker thread so the
@@ -37,6 +38,10 @@ limit, so a flood of sockets cannot starve the database connections or /healthz.
 
 The token never reaches a log: the access log has no headers and no query string, and
 aiohttp's own error log (which quotes the start of a malformed header line) is redacted.
+
+/metrics needs no token (it holds no tenant data): the Prometheus text format of
+`jobs.metrics`, read from the database at each scrape in a thread of its own; 503 when the
+database does not answer within HEALTH_TIMEOUT, with nothing about the database in the body.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ from console.runlog import FIELDS_ATTR, event_extra
 from jobs.db import first_line
 from jobs.errors import ConfigError, JobRunningError, OpsError, UnreachableError, UsageError
 from jobs.humanize import plural
+from jobs.metrics import CONTENT_TYPE, exposition, registry
 from jobs.presence import runner_alive
 from jobs.records import RunParams, RunReport, RunStatus, Trigger, parse_day
 from jobs.registry import JOBS, check_run
@@ -145,7 +151,8 @@ def check_token(settings: Settings) -> str:
     return token
 
 
-def parse_listen(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+def parse_listen(text: str, default_host: str = "127.0.0.1", flag: str = "--http",
+                 ) -> tuple[str, int]:
     """`HOST:PORT`, `:PORT`, `PORT` or `[::1]:PORT` -> (host, port); UsageError otherwise."""
     raw = text.strip()
     host, sep, port_text = raw.rpartition(":")
@@ -153,7 +160,7 @@ def parse_listen(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
         host, port_text = "", raw
     host = host.strip("[]") or default_host
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError("--http", text, "expected HOST:PORT, e.g. 127.0.0.1:8080")
+        raise ConfigError(flag, text, "expected HOST:PORT, e.g. 127.0.0.1:8080")
     return host, int(port_text)
 
 
@@ -170,7 +177,9 @@ class _Redact(logging.Filter):
         self.secret = secret
 
     def redact(self, text: str) -> str:
-        return _CREDENTIALS.sub(r"\1\2[redacted]", text.replace(self.secret, "[redacted]"))
+        if self.secret:  # the metrics face runs without a token
+            text = text.replace(self.secret, "[redacted]")
+        return _CREDENTIALS.sub(r"\1\2[redacted]", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -197,7 +206,7 @@ class _AccessLogger(AbstractAccessLogger):
     In the runner's log it is an `http-request` event with those as fields."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        level = logging.DEBUG if request.path == "/healthz" else logging.INFO
+        level = logging.DEBUG if request.path in ("/healthz", "/metrics") else logging.INFO
         client, ms = request.remote or "-", round(time * 1000, 1)
         self.logger.log(level, "%s %s %s %s %.1fms", client, request.method, request.path,
                         response.status, ms,
@@ -290,10 +299,28 @@ class _HealthProbe:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+class _MetricsScrape:
+    """Scrapes one at a time in a thread of their own: a slow database never blocks the
+    loop, and a burst of scrapes queues instead of opening a connection each."""
+
+    def __init__(self, host: HttpHost) -> None:
+        self.registry = registry(host.engine, host.settings)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-metrics")
+
+    async def scrape(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(
+            loop.run_in_executor(self.pool, exposition, self.registry), HEALTH_TIMEOUT)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 _HOST = web.AppKey("host", HttpHost)
 _TOKEN = web.AppKey("token", bytes)
 _RUNS = web.AppKey("runs", ThreadPoolExecutor)
 _HEALTH = web.AppKey("health", _HealthProbe)
+_METRICS = web.AppKey("metrics", _MetricsScrape)
 
 
 def _version() -> str:
@@ -320,7 +347,8 @@ async def _healthz(request: web.Request) -> web.Response:
         status = "unavailable"  # the loop is wedged (or has not ticked yet)
     body: dict[str, Any] = {"status": status, "runner_id": host.runner_id,
                             "last_tick_age_s": None if age is None else round(max(age, 0.0), 3)}
-    if _auth_failure(request.headers.get("Authorization"), request.app[_TOKEN]) is None:
+    token = request.app.get(_TOKEN)  # none on the metrics face: never the details
+    if token is not None and _auth_failure(request.headers.get("Authorization"), token) is None:
         state = await request.app[_HEALTH].check()
         runner: dict[str, Any] = {"id": host.runner_id, "alive": state["alive"],
                                   "stopping": host.stop.is_set()}
@@ -333,6 +361,17 @@ async def _healthz(request: web.Request) -> web.Response:
             "timestamp": iso_z(now),
         })
     return _json(200 if status == "ok" else 503, body)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    try:
+        body = await request.app[_METRICS].scrape()
+    except TimeoutError:
+        return _json(503, {"message": "Database unavailable"})
+    except OpsError as exc:  # logged; the body says nothing about the database
+        log.warning("metrics: %s", exc.message)
+        return _json(503, {"message": "Database unavailable"})
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 def _dry_run(request: web.Request) -> bool | None:
@@ -387,15 +426,24 @@ def _run_held(host: HttpHost, job_id: str, client: str, dry_run: bool, now: date
         host.in_flight[run_id] = job_id
         held.append(run_id)
 
+    # The job's dead-man pings, when the host sends them (the runner does): a preview is
+    # not a run, and a refused trigger (409) never starts.
+    ping: Callable[[str, str, int | None], None] | None = (
+        None if dry_run else getattr(host, "ping", None))
     try:
-        return execute(
+        report = execute(
             host.engine, host.settings, job_id, now=now, trigger=Trigger.HTTP,
             started_by=f"http:{client}", runner_id=host.runner_id, dry_run=dry_run,
             params=params, stop=host.stop, on_created=created,
+            on_started=None if ping is None else partial(ping, job_id, "start"),
         )
     finally:
         for run_id in held:
             host.in_flight.pop(run_id, None)
+    if ping is not None:
+        ping(job_id, "success" if report.status is RunStatus.SUCCEEDED else "fail",
+             report.run_id)
+    return report
 
 
 def _trigger_handler(job_id: str) -> Handler:
@@ -462,19 +510,39 @@ def build_app(state: HttpHost) -> web.Application:
     app[_TOKEN] = token
     # Runs get threads of their own, so a long job never starves /healthz or the runner.
     app[_RUNS] = ThreadPoolExecutor(max_workers=2 * len(JOBS), thread_name_prefix="http-run")
-    app[_HEALTH] = _HealthProbe(state)
     for spec in JOBS.values():
         handler = _trigger_handler(spec.id)
         app.router.add_route("GET", spec.endpoint, handler, name=spec.id)
         app.router.add_route("POST", spec.endpoint, handler)
+    _add_monitoring(app, state)
+
+    async def close_runs(app: web.Application) -> None:
+        app[_RUNS].shutdown(wait=False)
+
+    app.on_cleanup.append(close_runs)
+    return app
+
+
+def build_metrics_app(state: HttpHost) -> web.Application:
+    """The face of `run --metrics`: /metrics and /healthz alone, no token, no trigger."""
+    setattr(web_response, "SERVER_SOFTWARE", SERVER_NAME)  # noqa: B010 (as in build_app)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors])
+    app[_HOST] = state
+    _add_monitoring(app, state)
+    return app
+
+
+def _add_monitoring(app: web.Application, state: HttpHost) -> None:
+    app[_HEALTH] = _HealthProbe(state)
+    app[_METRICS] = _MetricsScrape(state)
     app.router.add_get("/healthz", _healthz, name="healthz")
+    app.router.add_get("/metrics", _metrics, name="metrics")
 
     async def close_pools(app: web.Application) -> None:
         app[_HEALTH].close()
-        app[_RUNS].shutdown(wait=False)
+        app[_METRICS].close()
 
     app.on_cleanup.append(close_pools)
-    return app
 
 
 # --- serving ---------------------------------------------------------------------------------
@@ -571,10 +639,12 @@ class HttpServer:
                 logger.removeFilter(self.redact)
 
 
-async def start_http(state: HttpHost, host: str, port: int) -> HttpServer:
+async def start_http(state: HttpHost, host: str, port: int, *,
+                     metrics_only: bool = False) -> HttpServer:
     """Serve the HTTP face on host:port (0 = any free port); ConfigError (exit 2) when
-    no usable token is set or the address cannot be bound."""
-    app = build_app(state)
+    no usable token is set or the address cannot be bound. With `metrics_only`, the face
+    of `run --metrics` (no token needed)."""
+    app = build_metrics_app(state) if metrics_only else build_app(state)
     redact = _Redact(state.settings.cron_token or "")
     for logger in (log, server_log, access_log):
         logger.addFilter(redact)
@@ -593,9 +663,10 @@ async def start_http(state: HttpHost, host: str, port: int) -> HttpServer:
         await runner.cleanup()
         for logger in (log, server_log, access_log):
             logger.removeFilter(redact)
-        raise ConfigError("--http", f"{host}:{port}",
+        raise ConfigError("--metrics" if metrics_only else "--http", f"{host}:{port}",
                           f"cannot listen: {exc.strerror or exc}") from None
     bound = runner.addresses[0][1] if runner.addresses else port
-    log.info("http: serving %s on %s:%s", ", ".join(j.endpoint for j in JOBS.values()),
+    paths = [] if metrics_only else [j.endpoint for j in JOBS.values()]
+    log.info("http: serving %s on %s:%s", ", ".join([*paths, "/healthz", "/metrics"]),
              host, bound)
     return HttpServer(runner, host, bound, redact)

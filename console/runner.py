@@ -31,10 +31,13 @@ Contract with the HTTP face (console/http.py), which runs on the same loop::
 - `clock`: the wall clock (UTC), the one time source of this process;
 - `alive` (bool) and `health()` (a JSON-ready dict) for `/healthz`'s details, and
   `last_loop_at`: `/healthz` is 503 once the loop has not ticked for
-  `[runner] health_tick_age` seconds (the loop wakes at least twice in that time).
+  `[runner] health_tick_age` seconds (the loop wakes at least twice in that time);
+- `ping(job_id, kind, run_id)`: queue the job's dead-man ping (`start` when a real run
+  has started, then `success` or `fail`); returns at once, a no-op without `ping_url`.
 
 `start_http` may raise an OpsError (bad token, port in use): the runner then stops and
-exits with that error's code.
+exits with that error's code. `run --metrics` serves the same face with
+`metrics_only=True`: /metrics and /healthz alone, no token.
 
 The face logs through the standard `logging` module, not through `RunnerState.log`: to
 `storeflow.http`, `storeflow.http.access` (one `http-request` event per request; /healthz
@@ -64,6 +67,7 @@ from console.context import CliContext
 from console.runlog import RunLog, install
 from jobs import alerts, sender
 from jobs.errors import OpsError
+from jobs.pings import Pinger, PingKind, outcome
 from jobs.presence import Presence
 from jobs.records import RunReport, RunStatus, Trigger
 from jobs.redaction import redact
@@ -112,12 +116,18 @@ class RunnerState:
     in_flight: dict[int, str] = field(default_factory=dict)  # run_id -> job_id
     last_loop_at: datetime | None = None
     next_wake: datetime | None = None
+    pinger: Pinger | None = None
 
     @property
     def alive(self) -> bool:
         """Not stopping, and the last heartbeat reached the database."""
         heartbeat_ok = self.presence is None or self.presence.last_error is None
         return not self.stop.is_set() and heartbeat_ok
+
+    def ping(self, job_id: str, kind: PingKind, run_id: int | None = None) -> None:
+        job = self.settings.jobs.get(job_id)
+        if self.pinger is not None and job is not None:
+            self.pinger.ping(job_id, job.ping_url, kind, run_id)
 
     def health(self) -> dict[str, Any]:
         from jobs.timeutil import iso
@@ -331,14 +341,17 @@ class SlotRunner:
                 started_by=st.started_by, trigger=Trigger.SCHEDULE, runner_id=st.runner_id,
                 claimed_run_id=claimed.run_id, scheduled_for=claimed.slot, stop=st.stop,
                 clock=st.clock,
+                on_started=lambda run_id: st.ping(claimed.job_id, "start", run_id),
             )
         except Exception as exc:  # a worker thread must report, not vanish
             reason = exc.message if isinstance(exc, OpsError) else f"{type(exc).__name__}: {exc}"
             self.log.error("run-error", job=claimed.job_id, run_id=claimed.run_id, error=reason)
             self._abandon(claimed, reason)
+            st.ping(claimed.job_id, "fail", claimed.run_id)
             return None
         finally:
             st.in_flight.pop(claimed.run_id, None)
+        st.ping(claimed.job_id, outcome(report.status), claimed.run_id)
         self._log_finished(claimed, report)
         if claimed.attempt == 2:
             self._refire_skipped(claimed)
@@ -446,7 +459,8 @@ def _in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio
 
 
 async def serve(state: RunnerState, core: SlotRunner,
-                http: tuple[str, int] | None = None) -> int:
+                http: tuple[str, int] | None = None,
+                metrics: tuple[str, int] | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code (0 after a clean stop)."""
     loop = asyncio.get_running_loop()
     cfg = state.settings.runner
@@ -472,6 +486,7 @@ async def serve(state: RunnerState, core: SlotRunner,
     runs: set[asyncio.Future[Any]] = set()
     drain: asyncio.Future[None] | None = None
     handle: HttpHandle | None = None
+    metrics_handle: HttpHandle | None = None
     interval = timedelta(seconds=cfg.heartbeat_interval)
     send_interval = timedelta(seconds=state.settings.outbox.send_interval)
     deliverer: alerts.Deliverer | None = None
@@ -488,6 +503,12 @@ async def serve(state: RunnerState, core: SlotRunner,
 
             handle = await start_http(state, http[0], http[1])
             state.log.info("http-listening", host=http[0], port=http[1])
+        if metrics is not None:
+            from console.http import start_http
+
+            metrics_handle = await start_http(state, metrics[0], metrics[1], metrics_only=True)
+            state.log.info("metrics-listening", host=metrics[0],
+                           port=getattr(metrics_handle, "port", metrics[1]))
 
         maintenance_at = state.clock()
         drain_at = state.clock()
@@ -554,9 +575,11 @@ async def serve(state: RunnerState, core: SlotRunner,
                 state.log.warning("shutdown-timeout", running=left,
                                   reason="runs did not stop in time; another runner will "
                                          "mark them interrupted")
-        if handle is not None:
+        for face in (handle, metrics_handle):
+            if face is None:
+                continue
             try:
-                await handle.cleanup()
+                await face.cleanup()
             except Exception as exc:  # shutting down regardless
                 state.log.error("http-cleanup-failed", error=str(exc))
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -586,6 +609,11 @@ def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
 
         http = parse_listen(args.http)  # HOST:PORT, :PORT or PORT (host 127.0.0.1)
         check_token(settings)
+    metrics = None
+    if getattr(args, "metrics", None):
+        from console.http import parse_listen
+
+        metrics = parse_listen(args.metrics, flag="--metrics")
     check_mail_settings(settings)  # SMTP_URL and MAIL_FROM, when SMTP_URL is set
     runlog = RunLog(ctx.stderr, args.log_format)
     engine = ctx.engine  # reachable and migrated, or exit 3
@@ -596,10 +624,11 @@ def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
     # alive without them on record.
     record_schedules(engine, presence.id, settings)
     presence.start()
+    pinger = Pinger() if any(j.ping_url for j in settings.jobs.values()) else None
     state = RunnerState(
         engine=engine, settings=settings, runner_id=presence.id,
         started_by=f"runner@{socket.gethostname()}", log=runlog, clock=clock,
-        started_at=clock(), presence=presence,
+        started_at=clock(), presence=presence, pinger=pinger,
     )
     for job_id in note_schedules(engine, settings, state.started_at):
         runlog.info("schedule-changed", job=job_id,
@@ -612,6 +641,7 @@ def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
         jobs={j: f"{c.schedule.expression} {c.timezone}" for j, c in core.scheduler.jobs.items()},
         disabled=[j for j, c in settings.jobs.items() if not c.enabled],
         http=None if http is None else f"{http[0]}:{http[1]}",
+        metrics=None if metrics is None else f"{metrics[0]}:{metrics[1]}",
     )
     if not settings.smtp_url:  # once, here: the outbox fills up quietly otherwise
         runlog.warning("smtp-not-configured",
@@ -620,11 +650,13 @@ def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
                               "delivers them")
     code = 1
     try:
-        code = asyncio.run(serve(state, core, http))
+        code = asyncio.run(serve(state, core, http, metrics))
         return code
     except OpsError as exc:
         code = int(exc.exit_code)
         raise
     finally:
+        if pinger is not None:
+            pinger.close()  # the outcomes of the last runs, for up to 2 s
         presence.stop()
         runlog.info("runner-stopped", runner_id=presence.id, exit_code=code)

@@ -211,6 +211,8 @@ ops_runs = Table(
     UniqueConstraint("job_id", "scheduled_for", "attempt", name="ops_runs_slot_uq"),
     Index("ops_runs_job_created_idx", "job_id", "id"),
     Index("ops_runs_status_idx", "status"),
+    # /metrics: each job's newest success and its running runs, by lookup (migration 0004_n).
+    Index("ops_runs_job_status_idx", "job_id", "status", "finished_at"),
 )
 
 ops_run_items = Table(

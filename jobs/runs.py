@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from jobs import alerts
@@ -80,12 +80,26 @@ def _run_is_dead(conn: Connection, run_id: int, now: datetime, stale_after: floa
     return not is_alive(row.heartbeat_at, row.stopped_at, now, stale_after)
 
 
-def _interrupt(conn: Connection, run_id: int, now: datetime, reason: str) -> bool:
+# The runs counter (ops_run_counts): bumped in the transaction that writes a final status,
+# once per row actually changed, so pruning history never lowers what /metrics reports.
+_COUNT_RUNS = text(
+    "INSERT INTO ops_run_counts (job_id, status, count) VALUES (:job_id, :status, :n) "
+    "ON CONFLICT (job_id, status) DO UPDATE SET count = ops_run_counts.count + excluded.count"
+)
+
+
+def _count_runs(conn: Connection, job_id: str, status: RunStatus, n: int = 1) -> None:
+    if n > 0:
+        conn.execute(_COUNT_RUNS, {"job_id": job_id, "status": str(status), "n": n})
+
+
+def _interrupt(conn: Connection, job_id: str, run_id: int, now: datetime, reason: str) -> bool:
     res = conn.execute(
         update(ops_runs)
         .where(ops_runs.c.id == run_id, ops_runs.c.status == RunStatus.RUNNING)
         .values(status=RunStatus.INTERRUPTED, finished_at=now, error=reason)
     )
+    _count_runs(conn, job_id, RunStatus.INTERRUPTED, res.rowcount)
     return bool(res.rowcount)
 
 
@@ -106,7 +120,7 @@ def _try_lock(conn: Connection, job_id: str, run_id: int, now: datetime,
     if holder is None:  # released between our two statements
         return _try_lock(conn, job_id, run_id, now, stale_after, owner)
     if _run_is_dead(conn, holder, now, stale_after, owner):
-        _interrupt(conn, holder, now, "its process stopped heartbeating")
+        _interrupt(conn, job_id, holder, now, "its process stopped heartbeating")
         took = conn.execute(
             update(ops_job_state)
             .where(ops_job_state.c.job_id == job_id, ops_job_state.c.active_run_id == holder)
@@ -193,6 +207,7 @@ def claim_slot(engine: Engine, settings: Settings, job_id: str, scheduled_for: d
                         error=_skipped_reason(holder),
                     )
                 )
+                _count_runs(conn, job_id, RunStatus.SKIPPED)
                 return Claim(None, "skipped", holder)
         if on_claimed is not None:
             on_claimed(run_id)
@@ -217,15 +232,17 @@ def record_missed(engine: Engine, job_id: str, slots: list[datetime], *, runner_
     ]
     with transaction(engine) as conn:
         n = insert_ignore(conn, ops_runs, rows, ["job_id", "scheduled_for", "attempt"])
+        _count_runs(conn, job_id, RunStatus.MISSED, n)
     if n:
         alerts.slots_missed(engine, settings, job_id, slots)
     return n
 
 
-def _stale_runs(now: datetime, stale_after: float) -> Select[int]:
-    """`running` runs whose process stopped heartbeating (or stopped, or vanished)."""
+def _stale_runs(now: datetime, stale_after: float) -> Select[int, str]:
+    """`running` runs (id, job id) whose process stopped heartbeating (or stopped, or
+    vanished)."""
     return (
-        select(ops_runs.c.id)
+        select(ops_runs.c.id, ops_runs.c.job_id)
         .select_from(ops_runs.outerjoin(ops_runners, ops_runners.c.id == ops_runs.c.runner_id))
         .where(
             ops_runs.c.status == RunStatus.RUNNING,
@@ -257,8 +274,8 @@ def recover_stale_runs(engine: Engine, now: datetime, stale_after: float, *,
         dead = dead.where(ops_runs.c.runner_id != spare)
     recovered: list[int] = []
     with transaction(engine) as conn:
-        for run_id in conn.execute(dead).scalars().all():
-            if _interrupt(conn, run_id, now, "its process stopped heartbeating"):
+        for run_id, job_id in conn.execute(dead).all():
+            if _interrupt(conn, job_id, run_id, now, "its process stopped heartbeating"):
                 recovered.append(run_id)
                 conn.execute(
                     update(ops_job_state).where(ops_job_state.c.active_run_id == run_id)
@@ -279,6 +296,7 @@ def abandon_run(engine: Engine, job_id: str, run_id: int, now: datetime, reason:
             .where(ops_runs.c.id == run_id, ops_runs.c.status == RunStatus.RUNNING)
             .values(status=RunStatus.FAILED, finished_at=now, error=reason)
         ).rowcount
+        _count_runs(conn, job_id, RunStatus.FAILED, changed)
         _release_lock(conn, job_id, run_id)
     if changed:
         alerts.run_ended(engine, settings, run_id, now=now)
@@ -302,7 +320,8 @@ def release_orphaned_runs(engine: Engine, runner_id: str, live: Container[int],
         for run_id, job_id in conn.execute(q).all():
             if run_id in live:
                 continue
-            if _interrupt(conn, run_id, now, "its worker ended without recording an outcome"):
+            if _interrupt(conn, job_id, run_id, now,
+                          "its worker ended without recording an outcome"):
                 _release_lock(conn, job_id, run_id)
                 released.append(run_id)
     for run_id in released:
@@ -483,6 +502,7 @@ def _finish(engine: Engine, job_id: str, run_id: int, sink: ItemSink, status: Ru
                         processed=len(sink.items), errors=sink.errors, error=error,
                     )
                 ).rowcount
+                _count_runs(conn, job_id, status, written)
                 _release_lock(conn, job_id, run_id)
             if not written:
                 # Another runner took this run for dead (a long database outage) and may

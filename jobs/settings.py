@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
 
 from jobs.db import default_sqlite_path
 from jobs.errors import ConfigError, OpsError
@@ -38,6 +39,7 @@ class JobConfig:
     batch_size: int = 5_000
     alerts: bool = True  # False: the job's state is kept, but it raises no alert events
     overdue_after: timedelta | None = None  # None: [alerts] overdue_after
+    ping_url: str | None = None  # a secret: logs show its scheme and host only
 
     @property
     def timezone(self) -> str:
@@ -160,8 +162,9 @@ def _days(source: str, key: str, value: object, *, minimum: int) -> tuple[int, .
 #   count           a whole number of at least `minimum`
 #   days            one or more whole numbers of days, each at least `minimum`
 #   text            anything; read by people only
+#   url             an http:// or https:// URL, or "" for none; a secret, never quoted
 KeyType = Literal["cron", "timezone", "flag", "choice", "duration", "seconds", "count", "days",
-                  "text"]
+                  "text", "url"]
 
 
 @dataclass(frozen=True)
@@ -219,8 +222,28 @@ class JobKey:
                 return _days(source, where, value, minimum=self.minimum)
             case "text":
                 return value
+            case "url":
+                return _url(source, where, value)
             case "cron" | "timezone":
                 raise AssertionError(f"{self.name} is read with the schedule")
+
+
+def _url(source: str, key: str, value: object) -> str | None:
+    """An http(s) URL, or None for "" (none). The message never quotes the value: a ping
+    URL's path is its credential."""
+    if value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(source, key, "expected a URL string")
+    try:
+        parts = urlsplit(value.strip())
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(source, key, "expected an http:// or https:// URL")
+    return value.strip()
 
 
 JOB_KEYS: dict[str, JobKey] = {
@@ -267,6 +290,10 @@ JOB_KEYS: dict[str, JobKey] = {
         JobKey("overdue_after", "duration", None,
                "how long past its period without a success before `job_overdue`",
                shown="`[alerts] overdue_after` (1h)"),
+        JobKey("ping_url", "url", None,
+               "dead-man pings for the job (see [Metrics and pings](#metrics-and-pings)); a "
+               "secret, logged as scheme and host only",
+               shown="none"),
     )
 }
 
