@@ -376,7 +376,7 @@ def test_a_runner_with_malformed_mail_settings_refuses_to_start(
         says: str) -> None:
     """Not a runner that starts and logs an error at every drain: exit 2 at once, one
     line naming the variable and the reason, the password masked, nothing registered."""
-    done = cli({**env, **extra_env}, tmp_path, "run")
+    done = cli({**env, **extra_env}, "run", cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("storeflow-ops: "), done.stderr
