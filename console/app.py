@@ -39,7 +39,7 @@ from console.messages import (
 from console.screens.base import OpsScreen
 from console.screens.confirm import ConfirmScreen
 from console.screens.jobs import JobsScreen
-from console.session import CacheFactory, Clock, Session
+from console.session import CacheFactory, Session
 from console.widgets.run_progress import RunProgress
 from console.widgets.status_bar import StatusInfo
 from jobs.cache import Cache
@@ -50,7 +50,7 @@ from jobs.records import RunParams, RunStatus, Trigger
 from jobs.registry import JOBS, check_run
 from jobs.runs import execute, set_paused
 from jobs.settings import Settings
-from jobs.timeutil import utc_now
+from jobs.timeutil import Clock, utc_now
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine

@@ -88,9 +88,8 @@ from jobs.runs import (
 from jobs.scheduler import JobFacts, Scheduler, SlotPlan, should_retry
 from jobs.sender import check_mail_settings
 from jobs.settings import Settings
-from jobs.timeutil import utc_now
+from jobs.timeutil import Clock, utc_now
 
-Clock = Callable[[], datetime]
 P = ParamSpec("P")
 T = TypeVar("T")
 

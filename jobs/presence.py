@@ -12,7 +12,6 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,8 +20,7 @@ from sqlalchemy.engine import Engine
 
 from jobs.db import ops_runners, transaction
 from jobs.errors import OpsError
-
-Clock = Callable[[], datetime]
+from jobs.timeutil import Clock
 
 
 def is_alive(heartbeat_at: datetime, stopped_at: datetime | None, now: datetime,

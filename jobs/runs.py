@@ -47,10 +47,9 @@ from jobs.records import (
 )
 from jobs.registry import check_reference_time, check_run, get_job
 from jobs.settings import JOB_IDS, Settings
-from jobs.timeutil import utc_now
+from jobs.timeutil import Clock, utc_now
 
 log = logging.getLogger("storeflow.runs")
-Clock = Callable[[], datetime]
 
 
 # --- locks and staleness ---------------------------------------------------------------------
