@@ -34,7 +34,6 @@ from jobs.runner_schedules import EffectiveSchedules
 from jobs.tenants import find_tenant
 from jobs.timeutil import iso, parse_timestamp, utc_now
 
-ANALYTICS_JOB = "analytics-aggregate"
 ANALYTICS_DAYS = 14
 
 # --- small helpers for human output ---------------------------------------------------------
@@ -295,7 +294,7 @@ def cmd_show(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def cmd_analytics(ctx: CliContext, args: argparse.Namespace) -> int:
-    from jobs.analytics import cache_key, last_days, read_days
+    from jobs.analytics import cache_key, last_days, latest_day, read_days
 
     the_date = _parse_date("--date", args.date)
     tenant = find_tenant(ctx.engine, args.tenant)
@@ -303,9 +302,7 @@ def cmd_analytics(ctx: CliContext, args: argparse.Namespace) -> int:
     if the_date is not None:
         days = [the_date]
     else:
-        tz = ctx.settings.job(ANALYTICS_JOB).schedule.timezone
-        today = utc_now().astimezone(tz).date()
-        days = last_days(today - timedelta(days=1), ANALYTICS_DAYS)
+        days = last_days(latest_day(ctx.settings, utc_now()), ANALYTICS_DAYS)
     cache = ctx.cache()
     values = read_days(cache, tenant_id, days)
     if ctx.json:
