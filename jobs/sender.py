@@ -72,6 +72,7 @@ from jobs.errors import ConfigError, UnreachableError, UsageError
 from jobs.humanize import plural
 from jobs.redaction import redact
 from jobs.settings import OutboxConfig, Settings
+from jobs.text import one_line, parse_flag
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,6 @@ POLICY = SMTP.clone(cte_type="7bit", header_factory=_HeaderClasses())
 
 Security = Literal["plain", "starttls", "ssl"]
 _DEFAULT_PORT: dict[Security, int] = {"plain": 25, "starttls": 587, "ssl": 465}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 # --- configuration --------------------------------------------------------------------------
@@ -155,12 +154,13 @@ def parse_smtp_url(url: str) -> SmtpConfig:
     timeout = 30.0
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "starttls":
-            if value.lower() in _TRUE:
+            flag = parse_flag(value)
+            if flag is None:
+                raise bad(f"starttls={value!r}: expected 1 or 0")
+            if flag:
                 if security == "ssl":
                     raise bad("smtps:// is already TLS; drop ?starttls=1")
                 security = "starttls"
-            elif value.lower() not in _FALSE:
-                raise bad(f"starttls={value!r}: expected 1 or 0")
         elif key == "timeout":
             try:
                 timeout = float(value)
@@ -209,10 +209,6 @@ def check_mail_settings(settings: Settings) -> SmtpConfig | None:
 # --- messages -------------------------------------------------------------------------------
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def message_id(idempotency_key: str) -> str:
     """The same key always gives the same Message-ID, so a resent copy is recognisable."""
     digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
@@ -237,12 +233,12 @@ def build_message(row: Claimed, *, mail_from: str, date: datetime) -> EmailMessa
     slipped a CR or LF past jobs.outbox is folded here rather than raising and losing
     the email."""
     msg = EmailMessage(policy=POLICY)
-    msg["From"] = _one_line(mail_from)
-    msg["To"] = _one_line(row.recipient)
-    msg["Subject"] = _one_line(row.subject)
+    msg["From"] = one_line(mail_from)
+    msg["To"] = one_line(row.recipient)
+    msg["Subject"] = one_line(row.subject)
     msg["Date"] = format_datetime(date)
     msg["Message-ID"] = message_id(row.idempotency_key)
-    msg["X-StoreFlow-Idempotency-Key"] = _one_line(row.idempotency_key)
+    msg["X-StoreFlow-Idempotency-Key"] = one_line(row.idempotency_key)
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies, please
     msg.set_content(row.body_text)
     msg.add_alternative(row.body_html, subtype="html")
@@ -462,13 +458,13 @@ def _answer(exc: smtplib.SMTPResponseException) -> str:
     text = exc.smtp_error
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    return _one_line(f"{exc.smtp_code} {text}")
+    return one_line(f"{exc.smtp_code} {text}")
 
 
 def _os_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
-    return _one_line(str(exc)) or type(exc).__name__
+    return one_line(str(exc)) or type(exc).__name__
 
 
 Outcome = tuple[Literal["sent", "temporary", "permanent", "broken"], str | None]
@@ -482,11 +478,11 @@ def _send_one(conn: smtplib.SMTP, msg: EmailMessage, envelope_from: str,
         return "sent", None
     except smtplib.SMTPRecipientsRefused as exc:
         code, text = next(iter(exc.recipients.values()))
-        answer = _one_line(f"{code} {text.decode('utf-8', 'replace')}")
+        answer = one_line(f"{code} {text.decode('utf-8', 'replace')}")
         return ("permanent" if 500 <= code < 600 else "temporary"), answer
     except smtplib.SMTPNotSupportedError as exc:
         # e.g. a non-ASCII address and a server without SMTPUTF8: resending will not help.
-        return "permanent", _one_line(str(exc))
+        return "permanent", one_line(str(exc))
     except smtplib.SMTPServerDisconnected as exc:
         return "broken", f"connection lost: {_os_reason(exc)}"
     except smtplib.SMTPResponseException as exc:
