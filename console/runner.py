@@ -148,7 +148,7 @@ class HttpHandle(Protocol):
 
 
 @dataclass(frozen=True)
-class Claimed:
+class ClaimedRun:
     """A run this runner claimed and must execute."""
 
     run_id: int
@@ -159,7 +159,7 @@ class Claimed:
 
 @dataclass(frozen=True)
 class Tick:
-    claims: list[Claimed]
+    claims: list[ClaimedRun]
     errors: int = 0
 
 
@@ -216,13 +216,13 @@ class SlotRunner:
         self._hold(claims)
         return Tick(claims, errors)
 
-    def _hold(self, claims: list[Claimed]) -> None:
+    def _hold(self, claims: list[ClaimedRun]) -> None:
         # In flight from the claim on, not from when a worker thread starts: the orphan
         # sweep must never take a claimed run that is about to start for abandoned.
         for c in claims:
             self.state.in_flight[c.run_id] = c.job_id
 
-    def _apply(self, plan: SlotPlan, now: datetime) -> Claimed | None:
+    def _apply(self, plan: SlotPlan, now: datetime) -> ClaimedRun | None:
         st, job = self.state, self.state.settings.job(plan.job_id)
         if plan.missed:
             self._record_missed(plan.job_id, list(plan.missed), now,
@@ -246,7 +246,7 @@ class SlotRunner:
             assert claim.run_id is not None
             self.log.info("slot-claimed", job=plan.job_id, slot=plan.fire, run_id=claim.run_id,
                           late_s=round(late, 3))
-            return Claimed(claim.run_id, plan.job_id, plan.fire)
+            return ClaimedRun(claim.run_id, plan.job_id, plan.fire)
         if claim.status == "skipped":
             self.log.info("slot-skipped", job=plan.job_id, slot=plan.fire,
                           reason=f"run {claim.holder_run_id} is still running "
@@ -266,7 +266,7 @@ class SlotRunner:
             self.log.warning("slots-missed", job=job_id, count=n, first=slots[0],
                              last=slots[-1], reason=reason)
 
-    def recover(self, now: datetime) -> list[Claimed]:
+    def recover(self, now: datetime) -> list[ClaimedRun]:
         """Interrupt the runs of runners that stopped heartbeating and this runner's own
         orphans; claim the single retry of each job's newest slot if it was interrupted
         (a dead runner, or one stopped by SIGTERM) and is still wanted."""
@@ -288,7 +288,7 @@ class SlotRunner:
         if not candidates:
             return []
         facts = self.facts()
-        claims: list[Claimed] = []
+        claims: list[ClaimedRun] = []
         for run in candidates:
             if run.run_id in self._settled:
                 continue
@@ -310,14 +310,14 @@ class SlotRunner:
                 assert claim.run_id is not None
                 self.log.info("retry-claimed", job=run.job_id, slot=run.scheduled_for,
                               run_id=claim.run_id, attempt=2, interrupted_run=run.run_id)
-                claims.append(Claimed(claim.run_id, run.job_id, run.scheduled_for, 2))
+                claims.append(ClaimedRun(claim.run_id, run.job_id, run.scheduled_for, 2))
             else:
                 self.log.info(f"retry-{claim.status}", job=run.job_id, slot=run.scheduled_for,
                               attempt=2)
         self._hold(claims)
         return claims
 
-    def maintain(self, now: datetime) -> list[Claimed]:
+    def maintain(self, now: datetime) -> list[ClaimedRun]:
         """The periodic tick: recover stale runs, retry their slots, look for overdue jobs."""
         claims = self.recover(now)
         try:
@@ -328,7 +328,7 @@ class SlotRunner:
             self.log.error("overdue-check-failed", error=reason)
         return claims
 
-    def run(self, claimed: Claimed) -> RunReport | None:
+    def run(self, claimed: ClaimedRun) -> RunReport | None:
         """Execute a claimed run through the one run path; never raises."""
         st = self.state
         st.in_flight[claimed.run_id] = claimed.job_id
@@ -356,16 +356,16 @@ class SlotRunner:
             self._refire_skipped(claimed)
         return report
 
-    def _refire_skipped(self, retried: Claimed) -> None:
+    def _refire_skipped(self, retried: ClaimedRun) -> None:
         """After a retry, fire once the newest slot that was `skipped` behind it (or behind
         the run it retried): that slot passed while its job was locked, and without this
         it would be lost (an outage's newest slot, e.g. the next day's analytics)."""
         st = self.state
-        held: list[Claimed] = []
+        held: list[ClaimedRun] = []
 
         def hold(run_id: int) -> None:
             assert slot is not None
-            held.append(Claimed(run_id, retried.job_id, slot, 2))
+            held.append(ClaimedRun(run_id, retried.job_id, slot, 2))
             self._hold(held)
 
         try:
@@ -388,9 +388,9 @@ class SlotRunner:
             return
         self.log.info("slot-refired", job=retried.job_id, slot=slot, run_id=claim.run_id,
                       attempt=2, reason=f"it was skipped while the retry of {retried.slot} ran")
-        self.run(Claimed(claim.run_id, retried.job_id, slot, 2))
+        self.run(ClaimedRun(claim.run_id, retried.job_id, slot, 2))
 
-    def _log_finished(self, claimed: Claimed, report: RunReport) -> None:
+    def _log_finished(self, claimed: ClaimedRun, report: RunReport) -> None:
         level = {RunStatus.SUCCEEDED: "info", RunStatus.FAILED: "error"}.get(
             report.status, "warning")
         self.log.event(
@@ -402,7 +402,7 @@ class SlotRunner:
             summary=dict(report.summary), error=report.error,
         )
 
-    def _abandon(self, claimed: Claimed, reason: str) -> None:
+    def _abandon(self, claimed: ClaimedRun, reason: str) -> None:
         """Mark a run that raised failed and free its lock; if even that cannot be
         written, the orphan sweep of a later tick does it."""
         try:
@@ -516,7 +516,7 @@ async def serve(state: RunnerState, core: SlotRunner,
         while not state.stop.is_set():
             now = state.clock()
             state.last_loop_at = now
-            claims: list[Claimed] = []
+            claims: list[ClaimedRun] = []
             errors = 0
             try:
                 maintained = now >= maintenance_at

@@ -216,7 +216,7 @@ def message_id(idempotency_key: str) -> str:
 
 
 @dataclass(frozen=True)
-class Claimed:
+class ClaimedEmail:
     """An outbox row in the hands of this sender."""
 
     id: int
@@ -228,7 +228,7 @@ class Claimed:
     attempts: int
 
 
-def build_message(row: Claimed, *, mail_from: str, date: datetime) -> EmailMessage:
+def build_message(row: ClaimedEmail, *, mail_from: str, date: datetime) -> EmailMessage:
     """multipart/alternative, text then HTML. Every header value is one line: data that
     slipped a CR or LF past jobs.outbox is folded here rather than raising and losing
     the email."""
@@ -356,7 +356,7 @@ def _lease_for(cfg: OutboxConfig) -> timedelta:
 
 
 def _claim(engine: Engine, *, sender_id: str, due: datetime, at: datetime, lease: timedelta,
-           size: int, after_id: int) -> list[Claimed]:
+           size: int, after_id: int) -> list[ClaimedEmail]:
     t = ops_email_outbox
     with transaction(engine) as conn:
         q = (
@@ -373,7 +373,7 @@ def _claim(engine: Engine, *, sender_id: str, due: datetime, at: datetime, lease
         )
         if not is_sqlite(conn):
             q = q.with_for_update(skip_locked=True)
-        rows = [Claimed(*r) for r in conn.execute(q)]
+        rows = [ClaimedEmail(*r) for r in conn.execute(q)]
         if rows:
             conn.execute(
                 update(t)
@@ -580,7 +580,7 @@ class _Marks:
         t = ops_email_outbox
         return and_(t.c.id.in_(ids), t.c.status == "pending", t.c.claimed_by == self.sender_id)
 
-    def _write(self, row: Claimed, values: dict[str, Any]) -> bool:
+    def _write(self, row: ClaimedEmail, values: dict[str, Any]) -> bool:
         """Apply `values` if the row is still ours; False when another sender took it."""
         assert self.conn is not None
         t = ops_email_outbox
@@ -593,7 +593,7 @@ class _Marks:
                     "took it); its outcome here is not recorded", row.id, row.recipient)
         return False
 
-    def renew(self, row: Claimed) -> bool:
+    def renew(self, row: ClaimedEmail) -> bool:
         """Extend the lease of the row about to be sent: True if it is still ours to send.
 
         Checked in the database right before the send, so a row claimed by another
@@ -609,7 +609,7 @@ class _Marks:
                  row.id)
         return False
 
-    def sent(self, row: Claimed) -> None:
+    def sent(self, row: ClaimedEmail) -> None:
         t = ops_email_outbox
         # Counted even if the mark finds the row taken: the message did go out.
         self._write(row, {"status": "sent", "sent_at": self.clock(),
@@ -617,7 +617,7 @@ class _Marks:
                           "attempts": t.c.attempts + 1})
         self.tally.sent += 1
 
-    def permanent(self, row: Claimed, answer: str) -> None:
+    def permanent(self, row: ClaimedEmail, answer: str) -> None:
         t = ops_email_outbox
         if not self._write(row, {"status": "failed", "last_error": answer,
                                  "attempts": t.c.attempts + 1}):
@@ -625,7 +625,7 @@ class _Marks:
         log.warning("email %d to %s rejected: %s", row.id, row.recipient, answer)
         self.tally.failed += 1
 
-    def temporary(self, row: Claimed, reason: str) -> None:
+    def temporary(self, row: ClaimedEmail, reason: str) -> None:
         attempts = row.attempts + 1
         values: dict[str, Any] = {"attempts": attempts, "last_error": reason}
         if attempts >= self.cfg.max_attempts:
@@ -642,7 +642,7 @@ class _Marks:
         else:
             self.tally.retried += 1
 
-    def release(self, rows: Sequence[Claimed]) -> None:
+    def release(self, rows: Sequence[ClaimedEmail]) -> None:
         """Hand rows back untried: no attempt counted, claimable again at once."""
         if not rows or self.conn is None or self.conn.invalidated:
             return
@@ -652,7 +652,7 @@ class _Marks:
                               .values(claimed_by=None, claimed_until=None))
 
 
-def _send_batch(engine: Engine, smtp: SmtpConfig, cfg: OutboxConfig, batch: Sequence[Claimed],
+def _send_batch(engine: Engine, smtp: SmtpConfig, cfg: OutboxConfig, batch: Sequence[ClaimedEmail],
                 *, sender_id: str, lease: timedelta, envelope_from: str, mail_from: str,
                 clock: Callable[[], datetime],
                 pacer: _Pacer, jitter: Callable[[], float], tally: _Tally,
