@@ -7,7 +7,7 @@ same slots and claims them through `jobs.runs.claim_slot`; the unique (job, slot
 attempt) row makes each slot run exactly once however many runners share the database.
 
 The decisions (which slots fire, which are missed, which interrupted runs are retried)
-are pure and live in `jobs.scheduler`; `SlotRunner` applies them to the database and can
+are pure and live in `jobs.slots`; `SlotRunner` applies them to the database and can
 be driven synchronously with an injected clock; `serve` is the loop around it.
 
 Contract with the HTTP face (console/http.py), which runs on the same loop::
@@ -85,9 +85,9 @@ from jobs.runs import (
     release_orphaned_runs,
     skipped_behind,
 )
-from jobs.scheduler import JobFacts, Scheduler, SlotPlan, should_retry
 from jobs.sender import check_mail_settings
 from jobs.settings import Settings
+from jobs.slots import JobFacts, Scheduler, SlotPlan, should_retry
 from jobs.timeutil import Clock, utc_now
 
 P = ParamSpec("P")

@@ -21,9 +21,9 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from jobs.cron import CronError, CronSchedule
 from jobs.db import ops_runner_schedules, transaction
 from jobs.presence import RunnerInfo, list_runners
-from jobs.schedule import CronError, CronSchedule
 from jobs.settings import JOB_IDS, JobConfig, Settings
 
 ScheduleSource = Literal["runner", "local"]

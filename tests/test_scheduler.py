@@ -23,13 +23,13 @@ from sqlalchemy.engine import Engine
 from console.runlog import RunLog
 from console.runner import ClaimedRun, RunnerState, SlotRunner, Tick, serve
 from jobs import runs
+from jobs.cron import CronSchedule
 from jobs.db import _platform_ok as jobs_platform_ok
 from jobs.db import ops_runners, ops_runs, transaction
 from jobs.presence import Presence
 from jobs.records import RunStatus, Trigger
-from jobs.schedule import CronSchedule
-from jobs.scheduler import JobFacts, Scheduler, plan_job, recent_slots
 from jobs.settings import JobConfig, Settings
+from jobs.slots import JobFacts, Scheduler, plan_job, recent_slots
 from tests.factories import add_tenant
 
 JOB = "expiry-checker"
