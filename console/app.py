@@ -46,7 +46,7 @@ from jobs.cache import Cache
 from jobs.errors import OpsError, UsageError
 from jobs.overview import load_overview
 from jobs.presence import Presence
-from jobs.records import RunParams, RunStatus, Trigger
+from jobs.records import RunnerKind, RunParams, RunStatus, Trigger
 from jobs.registry import JOBS, check_run
 from jobs.runs import execute, set_paused
 from jobs.settings import Settings
@@ -249,7 +249,7 @@ class OpsApp(App[int]):
             if not purpose.dry_run:
                 # Registered while it runs, so a console that dies mid-run has its run
                 # marked interrupted by whoever sees it stop heartbeating.
-                presence = Presence(engine, "console", session.clock,
+                presence = Presence(engine, RunnerKind.CONSOLE, session.clock,
                                     interval=session.settings.runner.heartbeat_interval).start()
             report = execute(
                 engine, session.settings, purpose.job_id, now=session.clock(),

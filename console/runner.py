@@ -64,12 +64,12 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 from sqlalchemy.engine import Engine
 
 from console.context import CliContext
-from console.runlog import RunLog, install
+from console.runlog import Level, RunLog, install
 from jobs import alerts, sender
 from jobs.errors import OpsError
 from jobs.pings import Pinger, PingKind, outcome
 from jobs.presence import Presence
-from jobs.records import RunReport, RunStatus, Trigger
+from jobs.records import ClaimStatus, RunnerKind, RunReport, RunStatus, Trigger
 from jobs.redaction import redact
 from jobs.runner_schedules import record_schedules
 from jobs.runs import (
@@ -94,6 +94,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 ERROR_BACKOFF_MAX = 30.0  # seconds between attempts while the database is down
+# A finished run's log level: failed is an error; partial, interrupted and the rest warn.
+_FINISHED_LEVELS: dict[RunStatus, Level] = {RunStatus.SUCCEEDED: "info", RunStatus.FAILED: "error"}
 
 
 # --- what the faces share ----------------------------------------------------------------------
@@ -242,12 +244,12 @@ class SlotRunner:
         claim = claim_slot(st.engine, st.settings, plan.job_id, plan.fire,
                            runner_id=st.runner_id, started_by=st.started_by, clock=st.clock)
         late = (st.clock() - plan.fire).total_seconds()
-        if claim.status == "claimed":
+        if claim.status is ClaimStatus.CLAIMED:
             assert claim.run_id is not None
             self.log.info("slot-claimed", job=plan.job_id, slot=plan.fire, run_id=claim.run_id,
                           late_s=round(late, 3))
             return ClaimedRun(claim.run_id, plan.job_id, plan.fire)
-        if claim.status == "skipped":
+        if claim.status is ClaimStatus.SKIPPED:
             self.log.info("slot-skipped", job=plan.job_id, slot=plan.fire,
                           reason=f"run {claim.holder_run_id} is still running "
                                  "(concurrency = forbid)")
@@ -306,7 +308,7 @@ class SlotRunner:
             claim = claim_slot(st.engine, st.settings, run.job_id, run.scheduled_for,
                                runner_id=st.runner_id, started_by=st.started_by,
                                clock=st.clock, attempt=2)
-            if claim.status == "claimed":
+            if claim.status is ClaimStatus.CLAIMED:
                 assert claim.run_id is not None
                 self.log.info("retry-claimed", job=run.job_id, slot=run.scheduled_for,
                               run_id=claim.run_id, attempt=2, interrupted_run=run.run_id)
@@ -384,17 +386,15 @@ class SlotRunner:
                 st.in_flight.pop(c.run_id, None)
             self.log.error("refire-failed", job=retried.job_id, error=exc.message)
             return
-        if claim.status != "claimed" or claim.run_id is None:
+        if claim.status is not ClaimStatus.CLAIMED or claim.run_id is None:
             return
         self.log.info("slot-refired", job=retried.job_id, slot=slot, run_id=claim.run_id,
                       attempt=2, reason=f"it was skipped while the retry of {retried.slot} ran")
         self.run(ClaimedRun(claim.run_id, retried.job_id, slot, 2))
 
     def _log_finished(self, claimed: ClaimedRun, report: RunReport) -> None:
-        level = {RunStatus.SUCCEEDED: "info", RunStatus.FAILED: "error"}.get(
-            report.status, "warning")
         self.log.event(
-            "run-finished", level,  # type: ignore[arg-type]
+            "run-finished", _FINISHED_LEVELS.get(report.status, "warning"),
             job=claimed.job_id, run_id=claimed.run_id, slot=claimed.slot,
             status=str(report.status), processed=report.processed,
             errors=len(report.errors),
@@ -618,7 +618,7 @@ def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
     engine = ctx.engine  # reachable and migrated, or exit 3
     install(runlog)
     clock = utc_now
-    presence = Presence(engine, "runner", clock, settings.runner.heartbeat_interval)
+    presence = Presence(engine, RunnerKind.RUNNER, clock, settings.runner.heartbeat_interval)
     # Before it registers: the faces show a live runner's schedules, so it never looks
     # alive without them on record.
     record_schedules(engine, presence.id, settings)
