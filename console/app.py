@@ -39,18 +39,18 @@ from console.messages import (
 from console.screens.base import OpsScreen
 from console.screens.confirm import ConfirmScreen
 from console.screens.jobs import JobsScreen
-from console.session import CacheFactory, Clock, Session
+from console.session import CacheFactory, Session
 from console.widgets.run_progress import RunProgress
 from console.widgets.status_bar import StatusInfo
 from jobs.cache import Cache
 from jobs.errors import OpsError, UsageError
 from jobs.overview import load_overview
 from jobs.presence import Presence
-from jobs.records import RunParams, RunStatus, Trigger
+from jobs.records import RunnerKind, RunParams, RunStatus, Trigger
 from jobs.registry import JOBS, check_run
 from jobs.runs import execute, set_paused
 from jobs.settings import Settings
-from jobs.timeutil import utc_now
+from jobs.timeutil import Clock, utc_now
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -249,7 +249,7 @@ class OpsApp(App[int]):
             if not purpose.dry_run:
                 # Registered while it runs, so a console that dies mid-run has its run
                 # marked interrupted by whoever sees it stop heartbeating.
-                presence = Presence(engine, "console", session.clock,
+                presence = Presence(engine, RunnerKind.CONSOLE, session.clock,
                                     interval=session.settings.runner.heartbeat_interval).start()
             report = execute(
                 engine, session.settings, purpose.job_id, now=session.clock(),

@@ -27,14 +27,13 @@ from jobs.errors import ExitCode, UsageError
 from jobs.humanize import ago, amount, compact, duration, item_note, number, plural, span, stamp
 from jobs.overview import STALE_REASON, Overview, load_overview
 from jobs.presence import Presence, who_am_i
-from jobs.records import ItemStatus, Progress, RunParams, RunRecord, RunReport, parse_day
+from jobs.records import ItemStatus, Progress, RunnerKind, RunParams, RunRecord, RunReport, parse_day
 from jobs.redaction import redact
 from jobs.registry import check_run, get_job
 from jobs.runner_schedules import EffectiveSchedules
 from jobs.tenants import find_tenant
 from jobs.timeutil import iso, parse_timestamp, utc_now
 
-ANALYTICS_JOB = "analytics-aggregate"
 ANALYTICS_DAYS = 14
 
 # --- small helpers for human output ---------------------------------------------------------
@@ -76,7 +75,7 @@ def _warn_schedules(ctx: CliContext, schedules: EffectiveSchedules) -> None:
         ctx.err(f"storeflow-ops: warning: {line}")
 
 
-def _overview(ctx: CliContext, kinds: tuple[str, ...] = ("runner",)) -> Overview:
+def _overview(ctx: CliContext, kinds: tuple[RunnerKind, ...] = (RunnerKind.RUNNER,)) -> Overview:
     """The jobs as the console shows them, without what only its screen needs (the recent
     runs, the outbox's counts) and without the cache, which is never opened here. At the
     real time, whatever --now says: it decides which runners are alive now, and how long
@@ -210,7 +209,7 @@ def cmd_trigger(ctx: CliContext, args: argparse.Namespace) -> int:
     else:
         # Registered while the run lasts, so a killed CLI leaves a run that a runner or the
         # next trigger recognises as dead (its heartbeat stops) and recovers.
-        presence = Presence(engine, "cli", clock=utc_now,
+        presence = Presence(engine, RunnerKind.CLI, clock=utc_now,
                             interval=ctx.settings.runner.heartbeat_interval)
         with presence:
             report = execute(presence.id)
@@ -295,7 +294,7 @@ def cmd_show(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def cmd_analytics(ctx: CliContext, args: argparse.Namespace) -> int:
-    from jobs.analytics import cache_key, last_days, read_days
+    from jobs.analytics import cache_key, last_days, latest_day, read_days
 
     the_date = _parse_date("--date", args.date)
     tenant = find_tenant(ctx.engine, args.tenant)
@@ -303,9 +302,7 @@ def cmd_analytics(ctx: CliContext, args: argparse.Namespace) -> int:
     if the_date is not None:
         days = [the_date]
     else:
-        tz = ctx.settings.job(ANALYTICS_JOB).schedule.timezone
-        today = utc_now().astimezone(tz).date()
-        days = last_days(today - timedelta(days=1), ANALYTICS_DAYS)
+        days = last_days(latest_day(ctx.settings, utc_now()), ANALYTICS_DAYS)
     cache = ctx.cache()
     values = read_days(cache, tenant_id, days)
     if ctx.json:
@@ -385,7 +382,7 @@ def cmd_resume(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
-    overview = _overview(ctx, ("runner", "console", "cli"))
+    overview = _overview(ctx, tuple(RunnerKind))
     processes, now = overview.runners, overview.loaded_at
     jobs = [
         {"job": view.job_id, "enabled": view.enabled,

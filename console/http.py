@@ -78,6 +78,7 @@ from jobs.records import RunParams, RunReport, RunStatus, Trigger, parse_day
 from jobs.registry import JOBS, check_run
 from jobs.runs import execute
 from jobs.settings import Settings
+from jobs.text import parse_flag
 from jobs.timeutil import iso_z, utc_now
 
 log = logging.getLogger("storeflow.http")
@@ -96,9 +97,6 @@ BACKLOG = 1024  # a burst of health checks queues instead of waiting for SYN ret
 ACCEPT_BATCH = 16  # connections accepted at once, before the limit is applied to them
 SERVER_NAME = "storeflow-ops"
 TOKEN_ENV = "CRON_SECRET_TOKEN"
-
-_TRUE = {"1", "true", "yes"}
-_FALSE = {"", "0", "false", "no"}
 
 
 class HttpHost(Protocol):
@@ -375,10 +373,7 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 def _dry_run(request: web.Request) -> bool | None:
-    value = request.query.get("dry_run", "").strip().lower()
-    if value in _TRUE:
-        return True
-    return False if value in _FALSE else None
+    return parse_flag(request.query.get("dry_run", "").strip())
 
 
 # The query parameters a trigger takes: the CLI's `--date`, `--from` and `--to`, and

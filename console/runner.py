@@ -7,7 +7,7 @@ same slots and claims them through `jobs.runs.claim_slot`; the unique (job, slot
 attempt) row makes each slot run exactly once however many runners share the database.
 
 The decisions (which slots fire, which are missed, which interrupted runs are retried)
-are pure and live in `jobs.scheduler`; `SlotRunner` applies them to the database and can
+are pure and live in `jobs.slots`; `SlotRunner` applies them to the database and can
 be driven synchronously with an injected clock; `serve` is the loop around it.
 
 Contract with the HTTP face (console/http.py), which runs on the same loop::
@@ -64,12 +64,12 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 from sqlalchemy.engine import Engine
 
 from console.context import CliContext
-from console.runlog import RunLog, install
+from console.runlog import Level, RunLog, install
 from jobs import alerts, sender
 from jobs.errors import OpsError
 from jobs.pings import Pinger, PingKind, outcome
 from jobs.presence import Presence
-from jobs.records import RunReport, RunStatus, Trigger
+from jobs.records import ClaimStatus, RunnerKind, RunReport, RunStatus, Trigger
 from jobs.redaction import redact
 from jobs.runner_schedules import record_schedules
 from jobs.runs import (
@@ -85,16 +85,17 @@ from jobs.runs import (
     release_orphaned_runs,
     skipped_behind,
 )
-from jobs.scheduler import JobFacts, Scheduler, SlotPlan, should_retry
 from jobs.sender import check_mail_settings
 from jobs.settings import Settings
-from jobs.timeutil import utc_now
+from jobs.slots import JobFacts, Scheduler, SlotPlan, should_retry
+from jobs.timeutil import Clock, utc_now
 
-Clock = Callable[[], datetime]
 P = ParamSpec("P")
 T = TypeVar("T")
 
 ERROR_BACKOFF_MAX = 30.0  # seconds between attempts while the database is down
+# A finished run's log level: failed is an error; partial, interrupted and the rest warn.
+_FINISHED_LEVELS: dict[RunStatus, Level] = {RunStatus.SUCCEEDED: "info", RunStatus.FAILED: "error"}
 
 
 # --- what the faces share ----------------------------------------------------------------------
@@ -149,7 +150,7 @@ class HttpHandle(Protocol):
 
 
 @dataclass(frozen=True)
-class Claimed:
+class ClaimedRun:
     """A run this runner claimed and must execute."""
 
     run_id: int
@@ -160,7 +161,7 @@ class Claimed:
 
 @dataclass(frozen=True)
 class Tick:
-    claims: list[Claimed]
+    claims: list[ClaimedRun]
     errors: int = 0
 
 
@@ -217,13 +218,13 @@ class SlotRunner:
         self._hold(claims)
         return Tick(claims, errors)
 
-    def _hold(self, claims: list[Claimed]) -> None:
+    def _hold(self, claims: list[ClaimedRun]) -> None:
         # In flight from the claim on, not from when a worker thread starts: the orphan
         # sweep must never take a claimed run that is about to start for abandoned.
         for c in claims:
             self.state.in_flight[c.run_id] = c.job_id
 
-    def _apply(self, plan: SlotPlan, now: datetime) -> Claimed | None:
+    def _apply(self, plan: SlotPlan, now: datetime) -> ClaimedRun | None:
         st, job = self.state, self.state.settings.job(plan.job_id)
         if plan.missed:
             self._record_missed(plan.job_id, list(plan.missed), now,
@@ -243,12 +244,12 @@ class SlotRunner:
         claim = claim_slot(st.engine, st.settings, plan.job_id, plan.fire,
                            runner_id=st.runner_id, started_by=st.started_by, clock=st.clock)
         late = (st.clock() - plan.fire).total_seconds()
-        if claim.status == "claimed":
+        if claim.status is ClaimStatus.CLAIMED:
             assert claim.run_id is not None
             self.log.info("slot-claimed", job=plan.job_id, slot=plan.fire, run_id=claim.run_id,
                           late_s=round(late, 3))
-            return Claimed(claim.run_id, plan.job_id, plan.fire)
-        if claim.status == "skipped":
+            return ClaimedRun(claim.run_id, plan.job_id, plan.fire)
+        if claim.status is ClaimStatus.SKIPPED:
             self.log.info("slot-skipped", job=plan.job_id, slot=plan.fire,
                           reason=f"run {claim.holder_run_id} is still running "
                                  "(concurrency = forbid)")
@@ -267,7 +268,7 @@ class SlotRunner:
             self.log.warning("slots-missed", job=job_id, count=n, first=slots[0],
                              last=slots[-1], reason=reason)
 
-    def recover(self, now: datetime) -> list[Claimed]:
+    def recover(self, now: datetime) -> list[ClaimedRun]:
         """Interrupt the runs of runners that stopped heartbeating and this runner's own
         orphans; claim the single retry of each job's newest slot if it was interrupted
         (a dead runner, or one stopped by SIGTERM) and is still wanted."""
@@ -289,7 +290,7 @@ class SlotRunner:
         if not candidates:
             return []
         facts = self.facts()
-        claims: list[Claimed] = []
+        claims: list[ClaimedRun] = []
         for run in candidates:
             if run.run_id in self._settled:
                 continue
@@ -307,18 +308,18 @@ class SlotRunner:
             claim = claim_slot(st.engine, st.settings, run.job_id, run.scheduled_for,
                                runner_id=st.runner_id, started_by=st.started_by,
                                clock=st.clock, attempt=2)
-            if claim.status == "claimed":
+            if claim.status is ClaimStatus.CLAIMED:
                 assert claim.run_id is not None
                 self.log.info("retry-claimed", job=run.job_id, slot=run.scheduled_for,
                               run_id=claim.run_id, attempt=2, interrupted_run=run.run_id)
-                claims.append(Claimed(claim.run_id, run.job_id, run.scheduled_for, 2))
+                claims.append(ClaimedRun(claim.run_id, run.job_id, run.scheduled_for, 2))
             else:
                 self.log.info(f"retry-{claim.status}", job=run.job_id, slot=run.scheduled_for,
                               attempt=2)
         self._hold(claims)
         return claims
 
-    def maintain(self, now: datetime) -> list[Claimed]:
+    def maintain(self, now: datetime) -> list[ClaimedRun]:
         """The periodic tick: recover stale runs, retry their slots, look for overdue jobs."""
         claims = self.recover(now)
         try:
@@ -329,7 +330,7 @@ class SlotRunner:
             self.log.error("overdue-check-failed", error=reason)
         return claims
 
-    def run(self, claimed: Claimed) -> RunReport | None:
+    def run(self, claimed: ClaimedRun) -> RunReport | None:
         """Execute a claimed run through the one run path; never raises."""
         st = self.state
         st.in_flight[claimed.run_id] = claimed.job_id
@@ -357,16 +358,16 @@ class SlotRunner:
             self._refire_skipped(claimed)
         return report
 
-    def _refire_skipped(self, retried: Claimed) -> None:
+    def _refire_skipped(self, retried: ClaimedRun) -> None:
         """After a retry, fire once the newest slot that was `skipped` behind it (or behind
         the run it retried): that slot passed while its job was locked, and without this
         it would be lost (an outage's newest slot, e.g. the next day's analytics)."""
         st = self.state
-        held: list[Claimed] = []
+        held: list[ClaimedRun] = []
 
         def hold(run_id: int) -> None:
             assert slot is not None
-            held.append(Claimed(run_id, retried.job_id, slot, 2))
+            held.append(ClaimedRun(run_id, retried.job_id, slot, 2))
             self._hold(held)
 
         try:
@@ -385,17 +386,15 @@ class SlotRunner:
                 st.in_flight.pop(c.run_id, None)
             self.log.error("refire-failed", job=retried.job_id, error=exc.message)
             return
-        if claim.status != "claimed" or claim.run_id is None:
+        if claim.status is not ClaimStatus.CLAIMED or claim.run_id is None:
             return
         self.log.info("slot-refired", job=retried.job_id, slot=slot, run_id=claim.run_id,
                       attempt=2, reason=f"it was skipped while the retry of {retried.slot} ran")
-        self.run(Claimed(claim.run_id, retried.job_id, slot, 2))
+        self.run(ClaimedRun(claim.run_id, retried.job_id, slot, 2))
 
-    def _log_finished(self, claimed: Claimed, report: RunReport) -> None:
-        level = {RunStatus.SUCCEEDED: "info", RunStatus.FAILED: "error"}.get(
-            report.status, "warning")
+    def _log_finished(self, claimed: ClaimedRun, report: RunReport) -> None:
         self.log.event(
-            "run-finished", level,  # type: ignore[arg-type]
+            "run-finished", _FINISHED_LEVELS.get(report.status, "warning"),
             job=claimed.job_id, run_id=claimed.run_id, slot=claimed.slot,
             status=str(report.status), processed=report.processed,
             errors=len(report.errors),
@@ -403,7 +402,7 @@ class SlotRunner:
             summary=dict(report.summary), error=report.error,
         )
 
-    def _abandon(self, claimed: Claimed, reason: str) -> None:
+    def _abandon(self, claimed: ClaimedRun, reason: str) -> None:
         """Mark a run that raised failed and free its lock; if even that cannot be
         written, the orphan sweep of a later tick does it."""
         try:
@@ -517,7 +516,7 @@ async def serve(state: RunnerState, core: SlotRunner,
         while not state.stop.is_set():
             now = state.clock()
             state.last_loop_at = now
-            claims: list[Claimed] = []
+            claims: list[ClaimedRun] = []
             errors = 0
             try:
                 maintained = now >= maintenance_at
@@ -619,7 +618,7 @@ def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
     engine = ctx.engine  # reachable and migrated, or exit 3
     install(runlog)
     clock = utc_now
-    presence = Presence(engine, "runner", clock, settings.runner.heartbeat_interval)
+    presence = Presence(engine, RunnerKind.RUNNER, clock, settings.runner.heartbeat_interval)
     # Before it registers: the faces show a live runner's schedules, so it never looks
     # alive without them on record.
     record_schedules(engine, presence.id, settings)

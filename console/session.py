@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from sqlalchemy.engine import Engine
 
@@ -16,9 +15,8 @@ from jobs.errors import OpsError
 from jobs.presence import who_am_i
 from jobs.redaction import redact
 from jobs.settings import Settings
-from jobs.timeutil import utc_now
+from jobs.timeutil import Clock, utc_now
 
-Clock = Callable[[], datetime]
 CacheFactory = Callable[[Engine], Cache]
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from console.context import CliContext
+from jobs.cron import CronError, CronSchedule
 from jobs.errors import ConfigError, ExitCode
 from jobs.humanize import plural
 from jobs.registry import job_for_endpoint
-from jobs.schedule import CronError, CronSchedule
 
 VERCEL_TZ = "UTC"  # Vercel Cron has no timezone setting: every schedule is UTC
 

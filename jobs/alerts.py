@@ -76,10 +76,9 @@ from jobs.errors import OpsError
 from jobs.records import RunStatus, Trigger
 from jobs.redaction import origin
 from jobs.settings import AlertsConfig, Settings
-from jobs.timeutil import iso, iso_z, utc_now
+from jobs.timeutil import Clock, iso, iso_z, utc_now
 
 log = logging.getLogger("storeflow.alerts")
-Clock = Callable[[], datetime]
 T = TypeVar("T")
 
 FAILING_STATUSES = frozenset({"failed", "partial", "timed_out", "missed"})

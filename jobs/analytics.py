@@ -30,8 +30,10 @@ from jobs.context import RunContext
 from jobs.db import customers, is_sqlite, order_products, orders, tenants, transaction, ts
 from jobs.errors import UsageError
 from jobs.records import ItemResult, ItemStatus, RunParams
+from jobs.settings import Settings
 from jobs.timeutil import iso_z
 
+JOB_ID = "analytics-aggregate"
 CHUNK = 1_000  # keys per cache write; also how often a stop request is honoured
 MAX_RANGE_DAYS = 366
 _CENT = Decimal("0.01")
@@ -68,7 +70,17 @@ def days_for(params: RunParams, now: datetime, tz: ZoneInfo) -> list[date]:
             )
         _not_after(today, "--to", params.date_to, tz)
         return [params.date_from + timedelta(days=i) for i in range(count)]
-    return [today - timedelta(days=1)]
+    return [yesterday(now, tz)]
+
+
+def yesterday(now: datetime, tz: ZoneInfo) -> date:
+    """The day before `now`'s own in `tz`: the day a run without dates aggregates."""
+    return now.astimezone(tz).date() - timedelta(days=1)
+
+
+def latest_day(settings: Settings, now: datetime) -> date:
+    """Yesterday in the job's timezone: the newest day the faces show by default."""
+    return yesterday(now, settings.job(JOB_ID).schedule.timezone)
 
 
 def _not_after(today: date, flag: str, day: date, tz: ZoneInfo) -> None:
@@ -295,6 +307,7 @@ def last_days(until: date, count: int) -> list[date]:
 
 __all__ = [
     "DAY_PLAN_SETTINGS",
+    "JOB_ID",
     "DayValue",
     "cache_key",
     "cents",
@@ -302,8 +315,10 @@ __all__ = [
     "day_statement",
     "days_for",
     "last_days",
+    "latest_day",
     "money",
     "plan_for_a_day",
     "read_days",
     "run",
+    "yesterday",
 ]

@@ -22,7 +22,8 @@ from jobs.db import insert_ignore, ops_cache, transaction
 from jobs.errors import CacheRefusedError, UnreachableError, UsageError
 from jobs.redaction import redact
 
-Clock = Callable[[], float]
+# Seconds since the epoch (`time.time`): what the embedded cache measures expiry with.
+EpochClock = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ class RedisCache:
 class TableCache:
     """The embedded cache: the ops_cache table, expiry checked on read and swept on write."""
 
-    def __init__(self, engine: Engine, clock: Clock = time.time) -> None:
+    def __init__(self, engine: Engine, clock: EpochClock = time.time) -> None:
         self.engine = engine
         self.clock = clock
 

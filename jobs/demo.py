@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import func, inspect, select, update
 from sqlalchemy.engine import Engine
 
-from jobs import runs
+from jobs import analytics, runs
 from jobs.cache import TableCache
 from jobs.db import (
     cart_items,
@@ -355,13 +355,13 @@ def _simulate_history(rng: random.Random, engine: Engine, settings: Settings,
     events.sort()
 
     # An operator backfilled two weeks of analytics just before the week began.
-    tz = settings.job("analytics-aggregate").schedule.timezone
+    tz = settings.job(analytics.JOB_ID).schedule.timezone
     local_today = now.astimezone(tz).date()
     backfill_at = since - timedelta(hours=2)
     runs.execute(
-        engine, settings, "analytics-aggregate", now=backfill_at, started_by=OPERATOR,
+        engine, settings, analytics.JOB_ID, now=backfill_at, started_by=OPERATOR,
         params=RunParams(date_from=local_today - timedelta(days=ANALYTICS_BACKFILL_DAYS),
-                         date_to=(backfill_at.astimezone(tz).date() - timedelta(days=1))),
+                         date_to=analytics.yesterday(backfill_at, tz)),
         cache=cache, clock=_clock(backfill_at, rng.uniform(1, 4)),
     )
 

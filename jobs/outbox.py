@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from jobs.db import insert_ignore, ops_email_outbox, transaction
 from jobs.errors import InvalidRecipientError
+from jobs.text import one_line
 
 KINDS = ("subscription_expired", "subscription_suspended", "renewal_reminder", "payment_due")
 ALERT_KIND = "alert"  # an alert event to an operator (jobs.alerts), not a tenant email
@@ -78,11 +79,6 @@ _env = Environment(
 )
 
 
-def _one_line(text: str) -> str:
-    # Subjects become headers: no CR, LF or other line breaks from tenant data may reach them.
-    return " ".join(text.split())
-
-
 def check_recipient(address: str) -> str:
     """The normalised address, or InvalidRecipientError with the reason."""
     try:
@@ -96,7 +92,8 @@ def render(kind: str, *, idempotency_key: str, tenant_id: str | None, recipient:
     if kind not in KINDS and kind != ALERT_KIND:
         raise ValueError(f"unknown email kind {kind!r}")
     to = check_recipient(recipient)
-    subject = _one_line(_env.get_template(f"{kind}.subject.txt").render(**context))
+    # Subjects become headers: no CR, LF or other line breaks from tenant data may reach them.
+    subject = one_line(_env.get_template(f"{kind}.subject.txt").render(**context))
     text = _env.get_template(f"{kind}.txt").render(**context)
     html = _env.get_template(f"{kind}.html").render(subject=subject, **context)
     return Email(idempotency_key, tenant_id, kind, to, subject, text, html)

@@ -16,7 +16,7 @@ from jobs import outbox, runs
 from jobs.cache import Cache
 from jobs.errors import OpsError
 from jobs.presence import RunnerInfo, list_runners
-from jobs.records import RunRecord
+from jobs.records import RunnerKind, RunRecord
 from jobs.runner_schedules import EffectiveSchedules, JobSchedule, live_schedules
 from jobs.runs import JobState
 from jobs.settings import JOB_IDS, Settings
@@ -87,7 +87,7 @@ class Overview:
     @property
     def alive_runners(self) -> tuple[RunnerInfo, ...]:
         """The live runners (the CLI and the console fire no slots)."""
-        return tuple(r for r in self.runners if r.alive and r.kind == "runner")
+        return tuple(r for r in self.runners if r.alive and r.kind is RunnerKind.RUNNER)
 
     @property
     def runner_alive(self) -> bool:
@@ -103,7 +103,7 @@ class Overview:
 
 
 def load_overview(engine: Engine, settings: Settings, cache: Cache | None, now: datetime, *,
-                  kinds: tuple[str, ...] = ("runner",), recent: int = RECENT,
+                  kinds: tuple[RunnerKind, ...] = (RunnerKind.RUNNER,), recent: int = RECENT,
                   with_outbox: bool = True) -> Overview:
     """Everything at `now` (the real time: liveness is judged on it). `cache` is pinged
     when given; `kinds` of processes are listed (`status` shows the CLI's and the

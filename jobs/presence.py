@@ -12,7 +12,6 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,8 +20,8 @@ from sqlalchemy.engine import Engine
 
 from jobs.db import ops_runners, transaction
 from jobs.errors import OpsError
-
-Clock = Callable[[], datetime]
+from jobs.records import RunnerKind
+from jobs.timeutil import Clock
 
 
 def is_alive(heartbeat_at: datetime, stopped_at: datetime | None, now: datetime,
@@ -51,7 +50,7 @@ def who_am_i() -> str:
 @dataclass(frozen=True)
 class RunnerInfo:
     id: str
-    kind: str
+    kind: RunnerKind
     host: str
     pid: int
     started_at: datetime
@@ -64,7 +63,7 @@ class RunnerInfo:
 
         return {
             "id": self.id,
-            "kind": self.kind,
+            "kind": str(self.kind),
             "host": self.host,
             "pid": self.pid,
             "started_at": iso(self.started_at),
@@ -77,7 +76,8 @@ class RunnerInfo:
 class Presence:
     """A registered process with a heartbeat thread."""
 
-    def __init__(self, engine: Engine, kind: str, clock: Clock, interval: float = 5.0) -> None:
+    def __init__(self, engine: Engine, kind: RunnerKind, clock: Clock,
+                 interval: float = 5.0) -> None:
         self.engine = engine
         self.kind = kind
         self.clock = clock
@@ -94,7 +94,7 @@ class Presence:
         with transaction(self.engine) as conn:
             conn.execute(
                 ops_runners.insert().values(
-                    id=self.id, kind=self.kind, host=socket.gethostname(), pid=os.getpid(),
+                    id=self.id, kind=str(self.kind), host=socket.gethostname(), pid=os.getpid(),
                     started_at=now, heartbeat_at=now,
                 )
             )
@@ -141,7 +141,8 @@ class Presence:
 
 
 def list_runners(engine: Engine, now: datetime, stale_after: float,
-                 kinds: tuple[str, ...] = ("runner",), include_stopped: bool = False,
+                 kinds: tuple[RunnerKind, ...] = (RunnerKind.RUNNER,),
+                 include_stopped: bool = False,
                  ) -> list[RunnerInfo]:
     q = select(ops_runners).where(ops_runners.c.kind.in_(kinds)).order_by(
         ops_runners.c.started_at.desc()
@@ -152,7 +153,7 @@ def list_runners(engine: Engine, now: datetime, stale_after: float,
         rows = conn.execute(q).all()
     return [
         RunnerInfo(
-            id=r.id, kind=r.kind, host=r.host, pid=r.pid, started_at=r.started_at,
+            id=r.id, kind=RunnerKind(r.kind), host=r.host, pid=r.pid, started_at=r.started_at,
             heartbeat_at=r.heartbeat_at, stopped_at=r.stopped_at,
             alive=is_alive(r.heartbeat_at, r.stopped_at, now, stale_after),
         )

@@ -39,6 +39,22 @@ class ItemStatus(StrEnum):
     SKIPPED = "skipped"
 
 
+class ClaimStatus(StrEnum):
+    """The outcome of claiming a slot (`jobs.runs.claim_slot`)."""
+
+    CLAIMED = "claimed"  # ours to run
+    TAKEN = "taken"  # another runner claimed it first
+    SKIPPED = "skipped"  # recorded as skipped: the job's previous run still holds its lock
+
+
+class RunnerKind(StrEnum):
+    """What kind of process a row of ops_runners is (`jobs.presence`)."""
+
+    RUNNER = "runner"  # `storeflow-ops run`: fires slots
+    CLI = "cli"  # a CLI command running a job
+    CONSOLE = "console"  # the console while it runs a job
+
+
 @dataclass(frozen=True)
 class ItemResult:
     """What a job did (or would do, in a preview) to one tenant or one group of rows."""

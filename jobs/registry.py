@@ -35,7 +35,7 @@ def check_reference_time(now: datetime, clock_now: datetime, dry_run: bool) -> N
 
 def _no_params(job: JobConfig, params: RunParams, now: datetime) -> None:
     if params != RunParams():
-        raise UsageError(f"--date, --from and --to apply to analytics-aggregate only, not {job.job_id}")
+        raise UsageError(f"--date, --from and --to apply to {analytics.JOB_ID} only, not {job.job_id}")
 
 
 def _analytics_params(job: JobConfig, params: RunParams, now: datetime) -> None:
@@ -66,7 +66,7 @@ JOBS: dict[str, JobSpec] = {
             "/api/admin/subscriptions/payment-reminders", reminders.run,
         ),
         JobSpec(
-            "analytics-aggregate", "Daily analytics",
+            analytics.JOB_ID, "Daily analytics",
             "Aggregates yesterday's orders, revenue, new customers and products sold per tenant",
             "/api/admin/analytics/aggregate", analytics.run,
             _analytics_params,

@@ -21,9 +21,10 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from jobs.cron import CronError, CronSchedule
 from jobs.db import ops_runner_schedules, transaction
 from jobs.presence import RunnerInfo, list_runners
-from jobs.schedule import CronError, CronSchedule
+from jobs.records import RunnerKind
 from jobs.settings import JOB_IDS, JobConfig, Settings
 
 ScheduleSource = Literal["runner", "local"]
@@ -169,7 +170,7 @@ def live_schedules(engine: Engine, settings: Settings, now: datetime,
     local = {job_id: JobSchedule.of(settings.job(job_id)) for job_id in JOB_IDS}
     if runners is None:
         runners = list_runners(engine, now, settings.runner.stale_after)
-    alive = [r for r in runners if r.alive and r.kind == "runner"]
+    alive = [r for r in runners if r.alive and r.kind is RunnerKind.RUNNER]
     recorded: dict[str, dict[str, JobSchedule]] = {}
     sources: dict[str, str] = {}
     if alive:

@@ -37,6 +37,7 @@ from jobs.db import (
 from jobs.errors import ExitCode, JobRunningError, OpsError
 from jobs.presence import is_alive, silent_or_stopped
 from jobs.records import (
+    ClaimStatus,
     ItemResult,
     ItemStatus,
     RunParams,
@@ -47,10 +48,9 @@ from jobs.records import (
 )
 from jobs.registry import check_reference_time, check_run, get_job
 from jobs.settings import JOB_IDS, Settings
-from jobs.timeutil import utc_now
+from jobs.timeutil import Clock, utc_now
 
 log = logging.getLogger("storeflow.runs")
-Clock = Callable[[], datetime]
 
 
 # --- locks and staleness ---------------------------------------------------------------------
@@ -176,7 +176,7 @@ class Claim:
     """The outcome of claiming a slot."""
 
     run_id: int | None  # the run to execute; None when not ours to run
-    status: str  # "claimed" | "taken" (another runner has it) | "skipped" (overlap)
+    status: ClaimStatus
     holder_run_id: int | None = None
 
 
@@ -196,7 +196,7 @@ def claim_slot(engine: Engine, settings: Settings, job_id: str, scheduled_for: d
             created=now, params=RunParams(), scheduled_for=scheduled_for, attempt=attempt,
         )
         if run_id is None:
-            return Claim(None, "taken")
+            return Claim(None, ClaimStatus.TAKEN)
         if job.concurrency == "forbid":
             holder = _try_lock(conn, job_id, run_id, now, settings.runner.stale_after,
                                runner_id)
@@ -208,10 +208,10 @@ def claim_slot(engine: Engine, settings: Settings, job_id: str, scheduled_for: d
                     )
                 )
                 _count_runs(conn, job_id, RunStatus.SKIPPED)
-                return Claim(None, "skipped", holder)
+                return Claim(None, ClaimStatus.SKIPPED, holder)
         if on_claimed is not None:
             on_claimed(run_id)
-    return Claim(run_id, "claimed")
+    return Claim(run_id, ClaimStatus.CLAIMED)
 
 
 def record_missed(engine: Engine, job_id: str, slots: list[datetime], *, runner_id: str,

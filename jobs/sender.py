@@ -72,6 +72,7 @@ from jobs.errors import ConfigError, UnreachableError, UsageError
 from jobs.humanize import plural
 from jobs.redaction import redact
 from jobs.settings import OutboxConfig, Settings
+from jobs.text import one_line, parse_flag
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,6 @@ POLICY = SMTP.clone(cte_type="7bit", header_factory=_HeaderClasses())
 
 Security = Literal["plain", "starttls", "ssl"]
 _DEFAULT_PORT: dict[Security, int] = {"plain": 25, "starttls": 587, "ssl": 465}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 # --- configuration --------------------------------------------------------------------------
@@ -155,12 +154,13 @@ def parse_smtp_url(url: str) -> SmtpConfig:
     timeout = 30.0
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "starttls":
-            if value.lower() in _TRUE:
+            flag = parse_flag(value)
+            if flag is None:
+                raise bad(f"starttls={value!r}: expected 1 or 0")
+            if flag:
                 if security == "ssl":
                     raise bad("smtps:// is already TLS; drop ?starttls=1")
                 security = "starttls"
-            elif value.lower() not in _FALSE:
-                raise bad(f"starttls={value!r}: expected 1 or 0")
         elif key == "timeout":
             try:
                 timeout = float(value)
@@ -209,10 +209,6 @@ def check_mail_settings(settings: Settings) -> SmtpConfig | None:
 # --- messages -------------------------------------------------------------------------------
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def message_id(idempotency_key: str) -> str:
     """The same key always gives the same Message-ID, so a resent copy is recognisable."""
     digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
@@ -220,7 +216,7 @@ def message_id(idempotency_key: str) -> str:
 
 
 @dataclass(frozen=True)
-class Claimed:
+class ClaimedEmail:
     """An outbox row in the hands of this sender."""
 
     id: int
@@ -232,17 +228,17 @@ class Claimed:
     attempts: int
 
 
-def build_message(row: Claimed, *, mail_from: str, date: datetime) -> EmailMessage:
+def build_message(row: ClaimedEmail, *, mail_from: str, date: datetime) -> EmailMessage:
     """multipart/alternative, text then HTML. Every header value is one line: data that
     slipped a CR or LF past jobs.outbox is folded here rather than raising and losing
     the email."""
     msg = EmailMessage(policy=POLICY)
-    msg["From"] = _one_line(mail_from)
-    msg["To"] = _one_line(row.recipient)
-    msg["Subject"] = _one_line(row.subject)
+    msg["From"] = one_line(mail_from)
+    msg["To"] = one_line(row.recipient)
+    msg["Subject"] = one_line(row.subject)
     msg["Date"] = format_datetime(date)
     msg["Message-ID"] = message_id(row.idempotency_key)
-    msg["X-StoreFlow-Idempotency-Key"] = _one_line(row.idempotency_key)
+    msg["X-StoreFlow-Idempotency-Key"] = one_line(row.idempotency_key)
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies, please
     msg.set_content(row.body_text)
     msg.add_alternative(row.body_html, subtype="html")
@@ -360,7 +356,7 @@ def _lease_for(cfg: OutboxConfig) -> timedelta:
 
 
 def _claim(engine: Engine, *, sender_id: str, due: datetime, at: datetime, lease: timedelta,
-           size: int, after_id: int) -> list[Claimed]:
+           size: int, after_id: int) -> list[ClaimedEmail]:
     t = ops_email_outbox
     with transaction(engine) as conn:
         q = (
@@ -377,7 +373,7 @@ def _claim(engine: Engine, *, sender_id: str, due: datetime, at: datetime, lease
         )
         if not is_sqlite(conn):
             q = q.with_for_update(skip_locked=True)
-        rows = [Claimed(*r) for r in conn.execute(q)]
+        rows = [ClaimedEmail(*r) for r in conn.execute(q)]
         if rows:
             conn.execute(
                 update(t)
@@ -462,13 +458,13 @@ def _answer(exc: smtplib.SMTPResponseException) -> str:
     text = exc.smtp_error
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    return _one_line(f"{exc.smtp_code} {text}")
+    return one_line(f"{exc.smtp_code} {text}")
 
 
 def _os_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
-    return _one_line(str(exc)) or type(exc).__name__
+    return one_line(str(exc)) or type(exc).__name__
 
 
 Outcome = tuple[Literal["sent", "temporary", "permanent", "broken"], str | None]
@@ -482,11 +478,11 @@ def _send_one(conn: smtplib.SMTP, msg: EmailMessage, envelope_from: str,
         return "sent", None
     except smtplib.SMTPRecipientsRefused as exc:
         code, text = next(iter(exc.recipients.values()))
-        answer = _one_line(f"{code} {text.decode('utf-8', 'replace')}")
+        answer = one_line(f"{code} {text.decode('utf-8', 'replace')}")
         return ("permanent" if 500 <= code < 600 else "temporary"), answer
     except smtplib.SMTPNotSupportedError as exc:
         # e.g. a non-ASCII address and a server without SMTPUTF8: resending will not help.
-        return "permanent", _one_line(str(exc))
+        return "permanent", one_line(str(exc))
     except smtplib.SMTPServerDisconnected as exc:
         return "broken", f"connection lost: {_os_reason(exc)}"
     except smtplib.SMTPResponseException as exc:
@@ -584,7 +580,7 @@ class _Marks:
         t = ops_email_outbox
         return and_(t.c.id.in_(ids), t.c.status == "pending", t.c.claimed_by == self.sender_id)
 
-    def _write(self, row: Claimed, values: dict[str, Any]) -> bool:
+    def _write(self, row: ClaimedEmail, values: dict[str, Any]) -> bool:
         """Apply `values` if the row is still ours; False when another sender took it."""
         assert self.conn is not None
         t = ops_email_outbox
@@ -597,7 +593,7 @@ class _Marks:
                     "took it); its outcome here is not recorded", row.id, row.recipient)
         return False
 
-    def renew(self, row: Claimed) -> bool:
+    def renew(self, row: ClaimedEmail) -> bool:
         """Extend the lease of the row about to be sent: True if it is still ours to send.
 
         Checked in the database right before the send, so a row claimed by another
@@ -613,7 +609,7 @@ class _Marks:
                  row.id)
         return False
 
-    def sent(self, row: Claimed) -> None:
+    def sent(self, row: ClaimedEmail) -> None:
         t = ops_email_outbox
         # Counted even if the mark finds the row taken: the message did go out.
         self._write(row, {"status": "sent", "sent_at": self.clock(),
@@ -621,7 +617,7 @@ class _Marks:
                           "attempts": t.c.attempts + 1})
         self.tally.sent += 1
 
-    def permanent(self, row: Claimed, answer: str) -> None:
+    def permanent(self, row: ClaimedEmail, answer: str) -> None:
         t = ops_email_outbox
         if not self._write(row, {"status": "failed", "last_error": answer,
                                  "attempts": t.c.attempts + 1}):
@@ -629,7 +625,7 @@ class _Marks:
         log.warning("email %d to %s rejected: %s", row.id, row.recipient, answer)
         self.tally.failed += 1
 
-    def temporary(self, row: Claimed, reason: str) -> None:
+    def temporary(self, row: ClaimedEmail, reason: str) -> None:
         attempts = row.attempts + 1
         values: dict[str, Any] = {"attempts": attempts, "last_error": reason}
         if attempts >= self.cfg.max_attempts:
@@ -646,7 +642,7 @@ class _Marks:
         else:
             self.tally.retried += 1
 
-    def release(self, rows: Sequence[Claimed]) -> None:
+    def release(self, rows: Sequence[ClaimedEmail]) -> None:
         """Hand rows back untried: no attempt counted, claimable again at once."""
         if not rows or self.conn is None or self.conn.invalidated:
             return
@@ -656,7 +652,7 @@ class _Marks:
                               .values(claimed_by=None, claimed_until=None))
 
 
-def _send_batch(engine: Engine, smtp: SmtpConfig, cfg: OutboxConfig, batch: Sequence[Claimed],
+def _send_batch(engine: Engine, smtp: SmtpConfig, cfg: OutboxConfig, batch: Sequence[ClaimedEmail],
                 *, sender_id: str, lease: timedelta, envelope_from: str, mail_from: str,
                 clock: Callable[[], datetime],
                 pacer: _Pacer, jitter: Callable[[], float], tally: _Tally,

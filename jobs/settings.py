@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
+from jobs.cron import CronError, CronSchedule
 from jobs.db import default_sqlite_path
 from jobs.errors import ConfigError, OpsError
-from jobs.schedule import CronError, CronSchedule
 
 JOB_IDS = ("expiry-checker", "payment-reminders", "analytics-aggregate", "cleanup")
 DEFAULTS_FILE = Path(__file__).with_name("default_schedules.toml")

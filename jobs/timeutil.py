@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+
+# What reads the wall clock: `utc_now`, or a fixed or simulated time in tests and demos.
+Clock = Callable[[], datetime]
 
 
 def utc_now() -> datetime:

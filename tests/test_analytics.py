@@ -24,10 +24,10 @@ from sqlalchemy.engine import Engine
 from jobs import runs
 from jobs.analytics import DayValue, cache_key, day_bounds, days_for, read_days
 from jobs.cache import Cache, RedisCache
+from jobs.cron import CronSchedule
 from jobs.db import ops_run_items, ops_runs
 from jobs.errors import CacheRefusedError, ExitCode, UsageError
 from jobs.records import ItemStatus, RunParams, RunReport, RunStatus
-from jobs.schedule import CronSchedule
 from jobs.settings import Settings
 from tests.conftest import _unavailable
 from tests.factories import add_customer, add_order, add_product, add_tenant

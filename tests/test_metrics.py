@@ -224,8 +224,8 @@ def test_every_runner_reports_the_same_figures(engine: Engine, settings: Setting
     first = exposition(registry(engine, settings, clock=lambda: fixed))
     # Another process with another configuration: the figures come from the database and
     # the live runner's recorded schedules, not from the scraper's own settings.
+    from jobs.cron import CronSchedule
     from jobs.runner_schedules import record_schedules
-    from jobs.schedule import CronSchedule
 
     record_schedules(engine, presence.id, settings)
     other = replace(settings, jobs={

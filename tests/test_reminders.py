@@ -12,11 +12,11 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from jobs import runs
+from jobs.cron import CronSchedule
 from jobs.db import ops_email_outbox, ops_runs, tenants
 from jobs.errors import ExitCode
 from jobs.humanize import long_date
 from jobs.records import ItemStatus, Progress, RunReport, RunStatus
-from jobs.schedule import CronSchedule
 from jobs.settings import Settings
 from tests.factories import add_tenant
 

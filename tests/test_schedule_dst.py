@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from jobs.schedule import CronError, CronSchedule
+from jobs.cron import CronError, CronSchedule
 
 LONDON = "Europe/London"
 NEW_YORK = "America/New_York"

@@ -21,15 +21,15 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from console.runlog import RunLog
-from console.runner import Claimed, RunnerState, SlotRunner, Tick, serve
+from console.runner import ClaimedRun, RunnerState, SlotRunner, Tick, serve
 from jobs import runs
+from jobs.cron import CronSchedule
 from jobs.db import _platform_ok as jobs_platform_ok
 from jobs.db import ops_runners, ops_runs, transaction
 from jobs.presence import Presence
 from jobs.records import RunStatus, Trigger
-from jobs.schedule import CronSchedule
-from jobs.scheduler import JobFacts, Scheduler, plan_job, recent_slots
 from jobs.settings import JobConfig, Settings
+from jobs.slots import JobFacts, Scheduler, plan_job, recent_slots
 from tests.factories import add_tenant
 
 JOB = "expiry-checker"
@@ -83,7 +83,7 @@ class Harness:
             scheduler = Scheduler(settings.jobs, start, cap=scheduler_cap)
         self.runner = SlotRunner(state, scheduler)
 
-    def tick(self, at: datetime, *, all_jobs: bool = False, run: bool = True) -> list[Claimed]:
+    def tick(self, at: datetime, *, all_jobs: bool = False, run: bool = True) -> list[ClaimedRun]:
         self.clock.set(at)
         claims = self.runner.tick(at, all_jobs=all_jobs).claims
         if run:
@@ -604,7 +604,7 @@ class _OnePass(SlotRunner):
 
     recoveries = 0
 
-    def recover(self, now: datetime) -> list[Claimed]:
+    def recover(self, now: datetime) -> list[ClaimedRun]:
         self.recoveries += 1
         return super().recover(now)
 

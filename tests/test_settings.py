@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.schedule import CronSchedule
+from jobs.cron import CronSchedule
 from jobs.settings import (
     DEFAULTS_FILE,
     JOB_IDS,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.schedule import CronSchedule
+from jobs.cron import CronSchedule
 from jobs.settings import JOB_IDS, JOB_KEYS, JobConfig, JobKey, load_settings
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -27,7 +27,6 @@ from jobs.analytics import DayValue
 from jobs.records import RunParams, RunReport
 from jobs.tenants import TenantRef, get_tenant, search_tenants
 
-JOB = "analytics-aggregate"
 DEFAULT_DAYS = 14
 COLUMNS = (("Day", "day", 14), ("Orders", "orders", 7), ("Revenue", "revenue", 11),
            ("New cust.", "new", 9), ("Sold", "sold", 7), ("TTL left", "ttl", 9))
@@ -87,8 +86,7 @@ class AnalyticsScreen(OpsScreen):
             self.query_one("#tenant-search", Input).focus()
 
     def _yesterday(self) -> date:
-        tz = self.session.settings.job(JOB).schedule.timezone
-        return self.session.clock().astimezone(tz).date() - timedelta(days=1)
+        return analytics.latest_day(self.session.settings, self.session.clock())
 
     # --- choosing a tenant -------------------------------------------------------------------
 
@@ -251,7 +249,7 @@ class AnalyticsScreen(OpsScreen):
             self.notify("Choose a tenant and a day first.", severity="warning", markup=False)
             return
         self.ops.request_trigger(
-            JOB, RunParams(date=day),
+            analytics.JOB_ID, RunParams(date=day),
             question=f"Recompute analytics for {day.isoformat()}?",
             detail=(f"The job aggregates {day.isoformat()} for every tenant, not only "
                     f"{self.tenant.name} (it works a day at a time), and overwrites their "
@@ -260,7 +258,7 @@ class AnalyticsScreen(OpsScreen):
         )
 
     def on_job_finished(self, purpose: RunPurpose, report: RunReport) -> None:
-        if purpose.job_id == JOB and not report.dry_run:
+        if purpose.job_id == analytics.JOB_ID and not report.dry_run:
             self.action_reload()
 
     @on(DataTable.RowHighlighted, "#days")

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from jobs.cron import CronSchedule
 from jobs.records import RunRecord, RunStatus, Trigger
-from jobs.schedule import CronSchedule
 from jobs.settings import JobConfig
 
 MISSED_CAP = 1_000  # newest missed slots recorded after an outage; older ones are only counted
