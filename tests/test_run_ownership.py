@@ -35,7 +35,8 @@ pytestmark = pytest.mark.slow
 
 JOB = "expiry-checker"
 TICKING = "cleanup"  # fires every second, so the runner ticks (and sweeps) every second
-N_SLOW = 2_000
+# Long enough to outlast three one-second ticks on a quiet machine (2,000 took 2.3 s).
+N_SLOW = 6_000
 
 
 def write_config(path: Path, schedules: dict[str, str]) -> Path:
@@ -164,7 +165,7 @@ def test_a_slow_http_run_outlives_the_runners_ticks_and_holds_its_lock(
                 break
             seen_ticks = ticks_during(engine, as_utc(run.started_at), now)
             time.sleep(0.2)
-        out, _ = client.communicate(timeout=120)
+        out, _ = client.communicate(timeout=300)
     status, body = json.loads(out)
     assert runner.stop() == 0
 
@@ -203,11 +204,14 @@ def test_a_slow_cli_run_racing_slots_of_its_job_keeps_its_lock(
     wait_until("the runner firing slots", lambda: len(runs_of(engine, JOB)) >= 2, 60)
 
     manual: subprocess.Popen[str] | None = None
+    # Files, not pipes: the test reads the output only at the end, and a run's progress
+    # lines and report would fill a pipe and block the CLI before it exits.
+    out_file, err_file = tmp_path / "manual.out", tmp_path / "manual.err"
     while manual is None:  # the CLI's start must not collide with a slot in flight
-        proc = subprocess.Popen(
-            [EXE, "trigger", JOB, "--now", later.isoformat(),
-             "--json"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
+        with out_file.open("w") as out_w, err_file.open("w") as err_w:
+            proc = subprocess.Popen(
+                [EXE, "trigger", JOB, "--now", later.isoformat(), "--json"], env=env,
+                cwd=tmp_path, stdout=out_w, stderr=err_w, text=True)
         found = wait_until("the CLI run in progress, or refused",
                            lambda p=proc: p.poll() is not None
                            or running_with_progress(engine, JOB), 60)
@@ -225,7 +229,8 @@ def test_a_slow_cli_run_racing_slots_of_its_job_keeps_its_lock(
                          if r.status == "skipped" and r.error == f"previous run {run.id} "
                                                                   "was still running")
         time.sleep(0.2)
-    out, err = manual.communicate(timeout=120)
+    manual.wait(timeout=300)
+    out, err = out_file.read_text(), err_file.read_text()
     assert runner.stop() == 0
 
     assert manual.returncode == 0, err
