@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
@@ -29,7 +29,6 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
-    Select,
     String,
     Table,
     Text,
@@ -594,30 +593,6 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str],
                     if row[i] is not None:
                         row[i] = dump(row[i]).decode()
             copy.write_row(row)
-
-
-def stream_rows(conn: Connection, stmt: Select[Any], size: int
-                ) -> Generator[Sequence[Any], None, None]:
-    """The rows of `stmt`, fetched `size` at a time, as one plain query (PostgreSQL only).
-
-    SQLAlchemy streams through a server-side cursor, and PostgreSQL never runs a cursor's
-    query with parallel workers; a plain query read in chunks (libpq's chunked-rows mode)
-    keeps them. For cleanup's anti-joins over millions of rows that is the difference
-    between 5 s and under 2 s (bench/jobs_bench.py). Closing the iterator early cancels
-    the query."""
-    import psycopg
-
-    compiled = stmt.compile(dialect=conn.dialect)
-    if "POSTCOMPILE" in compiled.string:
-        raise ValueError("stream_rows takes no expanding IN lists or literal_execute parameters")
-    params = {}
-    for name, value in compiled.params.items():
-        process = compiled.binds[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-        params[name] = process(value) if process else value
-    # Chunks need libpq 17 (psycopg's binary wheels carry it); older ones get row by row.
-    chunk = size if psycopg.pq.version() >= 170000 else 1
-    with _driver_cursor(conn, compiled.string, params) as cursor:
-        yield from cursor.stream(compiled.string, params, size=chunk)
 
 
 def _is_connect_error(exc: OperationalError) -> bool:
