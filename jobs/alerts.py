@@ -283,7 +283,9 @@ def run_ended(engine: Engine, settings: Settings | None, run_id: int, *,
         log.error("alert state of run %s not updated: %s", run_id, reason)
         return None
     if event is not None:
-        log.warning("%s raised by run %s", event, run_id)
+        # An expected event, not a problem of this process: the runner's log shows it (it
+        # logs at info), while a CLI command or the demo's simulated history stays quiet.
+        log.info("%s raised by run %s", event, run_id)
     return event
 
 
