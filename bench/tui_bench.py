@@ -3,7 +3,7 @@
     python bench/tui_bench.py [--runs 7] [--items 10000] [--out bench/results-tui.txt]
 
 1. First screen: a fresh Python process per run (so imports count) opens the console on
-   the demo database; timed from before `import console.app` to (a) the jobs screen with
+   the demo database; timed from before `import console.tui.app` to (a) the jobs screen with
    its four rows mounted and (b) its data shown (last runs, runner state read).
 2. Run detail: a run with --items items inserted directly; timed from `open_run` to the
    screen showing the run's summary and the first page of items; then the errors-only
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import asyncio, json, sys, time
 t0 = time.perf_counter()
-from console.app import OpsApp
+from console.tui.app import OpsApp
 from jobs.settings import Overrides, load_settings
 t_import = time.perf_counter() - t0
 
@@ -41,7 +41,7 @@ async def main():
     settings = load_settings(Overrides(database_url=sys.argv[1]), env={})
     app = OpsApp(settings, refresh_seconds=0)
     async with app.run_test(size=(120, 36)) as pilot:
-        from console.screens.jobs import JobsScreen
+        from console.tui.screens.jobs import JobsScreen
         mounted = None
         while True:
             screens = [s for s in app.screen_stack if isinstance(s, JobsScreen)]
@@ -98,9 +98,9 @@ def add_big_run(url: str, items: int) -> int:
 async def run_detail(url: str, run_id: int, runs: int) -> tuple[list[float], list[float]]:
     from textual.widgets import DataTable
 
-    from console.app import OpsApp
-    from console.screens.run_detail import RunDetailScreen
-    from console.widgets.items_view import ItemsView
+    from console.tui.app import OpsApp
+    from console.tui.screens.run_detail import RunDetailScreen
+    from console.tui.widgets.items_view import ItemsView
     from jobs.settings import Overrides, load_settings
 
     settings = load_settings(Overrides(database_url=url), env={})
@@ -171,7 +171,7 @@ def main() -> int:
         f"(built in {built:.1f} s); medians of {args.runs} runs",
         "",
         "first screen (fresh process, imports included)",
-        f"  import console.app            {med([f['import'] for f in firsts])} "
+        f"  import console.tui.app            {med([f['import'] for f in firsts])} "
         f"{spread([f['import'] for f in firsts])}",
         f"  jobs screen mounted           {med([f['mounted'] for f in firsts])} "
         f"{spread([f['mounted'] for f in firsts])}",

@@ -21,7 +21,7 @@ from jobs.settings import JOB_IDS, Overrides, load_settings
 
 # command -> "module:function"; imported on demand so `storeflow-ops jobs` never pays for Textual.
 HANDLERS: dict[str, str] = {
-    "tui": "console.app:cmd_tui",
+    "tui": "console.tui.app:cmd_tui",
     "demo": "console.commands:cmd_demo",
     "run": "console.runner:cmd_run",
     "jobs": "console.commands:cmd_jobs",

@@ -479,6 +479,6 @@ def cmd_demo(ctx: CliContext, args: argparse.Namespace) -> int:
     ctx.out(f"  try: DATABASE_URL={url} storeflow-ops jobs")
     if args.no_tui:
         return ExitCode.OK
-    from console.app import run_app  # Textual, loaded only when the console opens
+    from console.tui.app import run_app  # Textual, loaded only when the console opens
 
     return int(run_app(settings, read_only=bool(args.read_only)))

@@ -14,7 +14,7 @@ from typing import Any
 
 from textual.pilot import Pilot
 
-from console.app import OpsApp
+from console.tui.app import OpsApp
 from jobs.cache import TableCache
 from jobs.db import make_engine
 from jobs.demo import build_demo

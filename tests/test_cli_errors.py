@@ -254,7 +254,7 @@ def test_json_refusal_of_a_running_job_names_the_run(engine: Engine, env: dict[s
 
 async def test_the_console_says_when_the_database_has_no_platform_tables(
         db_url: str, tmp_path: Path) -> None:
-    from console.app import OpsApp
+    from console.tui.app import OpsApp
     from jobs.migrate import upgrade
     from jobs.settings import Overrides, load_settings
 

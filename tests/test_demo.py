@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-import console.app
 import console.cli
+import console.tui.app
 from console.commands import cmd_demo
 from console.context import CliContext
 from jobs.settings import Overrides, load_settings
@@ -26,7 +26,7 @@ def test_demo_opens_the_console_on_the_database_it_built(
         return 0
 
     monkeypatch.setattr(console.cli, "require_terminal", lambda instead: None)
-    monkeypatch.setattr(console.app, "run_app", run_app)
+    monkeypatch.setattr(console.tui.app, "run_app", run_app)
     path = tmp_path / "demo.sqlite3"
     settings = load_settings(Overrides(), env={"HOME": str(tmp_path)}, cwd=tmp_path)
     err = io.StringIO()

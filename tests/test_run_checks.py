@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from console.cli import main
-from console.screens.jobs import JobsScreen
+from console.tui.screens.jobs import JobsScreen
 from jobs import runs
 from jobs.db import ops_runs
 from jobs.errors import UsageError

@@ -21,17 +21,17 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Static
 
-from console.app import OpsApp
 from console.formatting import clip
-from console.screens.analytics import AnalyticsScreen
-from console.screens.confirm import ConfirmScreen
-from console.screens.help import HelpScreen
-from console.screens.history import HistoryScreen
-from console.screens.jobs import JobsScreen
-from console.screens.outbox import OutboxScreen
-from console.screens.preview import PreviewScreen
-from console.screens.run_detail import RunDetailScreen
-from console.widgets.items_view import PAGE
+from console.tui.app import OpsApp
+from console.tui.screens.analytics import AnalyticsScreen
+from console.tui.screens.confirm import ConfirmScreen
+from console.tui.screens.help import HelpScreen
+from console.tui.screens.history import HistoryScreen
+from console.tui.screens.jobs import JobsScreen
+from console.tui.screens.outbox import OutboxScreen
+from console.tui.screens.preview import PreviewScreen
+from console.tui.screens.run_detail import RunDetailScreen
+from console.tui.widgets.items_view import PAGE
 from jobs.analytics import cache_key
 from jobs.cache import RedisCache, TableCache
 from jobs.db import (
@@ -286,8 +286,8 @@ async def test_preview_writes_nothing_then_run_for_real_asks_again(
 
 
 async def test_progress_bar_follows_the_run(engine: Engine, settings: Settings) -> None:
-    from console.messages import RunProgressed, RunPurpose
-    from console.widgets.run_progress import RunProgress
+    from console.tui.messages import RunProgressed, RunPurpose
+    from console.tui.widgets.run_progress import RunProgress
     from jobs.records import Progress
 
     app = make_app(settings, engine)

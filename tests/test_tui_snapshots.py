@@ -15,7 +15,7 @@ from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from textual.pilot import Pilot
 
-from console.app import OpsApp
+from console.tui.app import OpsApp
 from jobs.analytics import cache_key
 from jobs.cache import TableCache
 from jobs.db import (

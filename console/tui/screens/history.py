@@ -12,10 +12,10 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
 from console.formatting import compact, duration, plural, stamp, status_text
-from console.messages import HistoryLoaded
-from console.screens.base import OpsScreen
-from console.widgets.status_bar import StatusBar
-from console.widgets.tables import RowTable
+from console.tui.messages import HistoryLoaded
+from console.tui.screens.base import OpsScreen
+from console.tui.widgets.status_bar import StatusBar
+from console.tui.widgets.tables import RowTable
 from jobs import runs
 from jobs.records import RunRecord
 from jobs.registry import JOBS

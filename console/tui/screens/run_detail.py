@@ -12,10 +12,10 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Header, Input, Static
 
 from console.formatting import append_outcome, duration, stamp, status_text
-from console.messages import RunLoaded
-from console.screens.base import OpsScreen
-from console.widgets.items_view import ItemsView, StoredItems
-from console.widgets.status_bar import StatusBar
+from console.tui.messages import RunLoaded
+from console.tui.screens.base import OpsScreen
+from console.tui.widgets.items_view import ItemsView, StoredItems
+from console.tui.widgets.status_bar import StatusBar
 from jobs import runs
 from jobs.records import RunRecord
 

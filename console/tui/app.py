@@ -23,9 +23,9 @@ from textual.reactive import var
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from console.commands_palette import Entry, OpsCommands
 from console.formatting import plural
-from console.messages import (
+from console.tui.commands_palette import Entry, OpsCommands
+from console.tui.messages import (
     Connected,
     ConnectionFailed,
     JobsRefreshed,
@@ -36,12 +36,12 @@ from console.messages import (
     RunPurpose,
     RunStarted,
 )
-from console.screens.base import OpsScreen
-from console.screens.confirm import ConfirmScreen
-from console.screens.jobs import JobsScreen
-from console.session import CacheFactory, Session
-from console.widgets.run_progress import RunProgress
-from console.widgets.status_bar import StatusInfo
+from console.tui.screens.base import OpsScreen
+from console.tui.screens.confirm import ConfirmScreen
+from console.tui.screens.jobs import JobsScreen
+from console.tui.session import CacheFactory, Session
+from console.tui.widgets.run_progress import RunProgress
+from console.tui.widgets.status_bar import StatusInfo
 from jobs.cache import Cache
 from jobs.errors import OpsError, UsageError
 from jobs.overview import load_overview
@@ -286,8 +286,8 @@ class OpsApp(App[int]):
         self.refresh_data()
 
     def on_run_finished(self, event: RunFinished) -> None:
-        from console.screens.preview import PreviewScreen
-        from console.screens.run_detail import RunDetailScreen
+        from console.tui.screens.preview import PreviewScreen
+        from console.tui.screens.run_detail import RunDetailScreen
 
         report, purpose = event.report, event.purpose
         n, errors = report.processed, len(report.errors)
@@ -376,22 +376,22 @@ class OpsApp(App[int]):
         self.push_screen(screen)
 
     def open_history(self, job_id: str) -> None:
-        from console.screens.history import HistoryScreen
+        from console.tui.screens.history import HistoryScreen
 
         self._push_view(HistoryScreen(job_id))
 
     def open_outbox(self) -> None:
-        from console.screens.outbox import OutboxScreen
+        from console.tui.screens.outbox import OutboxScreen
 
         self._push_view(OutboxScreen())
 
     def open_analytics(self, tenant_id: str | None = None) -> None:
-        from console.screens.analytics import AnalyticsScreen
+        from console.tui.screens.analytics import AnalyticsScreen
 
         self._push_view(AnalyticsScreen(tenant_id))
 
     def open_run(self, run_id: int) -> None:
-        from console.screens.run_detail import RunDetailScreen
+        from console.tui.screens.run_detail import RunDetailScreen
 
         self.push_screen(RunDetailScreen(run_id))
 
@@ -400,7 +400,7 @@ class OpsApp(App[int]):
             self.pop_screen()
 
     def action_help(self) -> None:
-        from console.screens.help import HelpScreen
+        from console.tui.screens.help import HelpScreen
 
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())

@@ -15,9 +15,9 @@ from textual.reactive import var
 from textual.widgets import DataTable, Input, Label, Static
 
 from console.formatting import clip, item_note, status_text
-from console.messages import ItemsLoaded
-from console.session import Session
-from console.widgets.tables import FitTable
+from console.tui.messages import ItemsLoaded
+from console.tui.session import Session
+from console.tui.widgets.tables import FitTable
 from jobs import runs
 from jobs.records import ItemResult, ItemStatus
 

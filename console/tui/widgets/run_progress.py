@@ -7,7 +7,7 @@ from textual.containers import Horizontal
 from textual.widgets import Label, ProgressBar
 
 from console.formatting import plural
-from console.messages import RunPurpose
+from console.tui.messages import RunPurpose
 from jobs.records import Progress
 
 

@@ -13,16 +13,16 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
-from console.screens.analytics import AnalyticsScreen
-from console.screens.base import WRITING_ACTIONS
-from console.screens.history import HistoryScreen
-from console.screens.jobs import JobsScreen
-from console.screens.outbox import OutboxScreen
-from console.screens.preview import PreviewScreen
-from console.screens.run_detail import RunDetailScreen
+from console.tui.screens.analytics import AnalyticsScreen
+from console.tui.screens.base import WRITING_ACTIONS
+from console.tui.screens.history import HistoryScreen
+from console.tui.screens.jobs import JobsScreen
+from console.tui.screens.outbox import OutboxScreen
+from console.tui.screens.preview import PreviewScreen
+from console.tui.screens.run_detail import RunDetailScreen
 
 if TYPE_CHECKING:
-    from console.app import OpsApp
+    from console.tui.app import OpsApp
 
 SECTIONS: tuple[tuple[str, type[object]], ...] = (
     ("Jobs (the first screen)", JobsScreen),

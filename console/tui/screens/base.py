@@ -9,10 +9,10 @@ from textual import events, on
 from textual.screen import Screen
 from textual.worker import Worker
 
-from console.session import Session
+from console.tui.session import Session
 
 if TYPE_CHECKING:
-    from console.app import OpsApp
+    from console.tui.app import OpsApp
 
 # Every action that writes to the database or the cache; --read-only hides and refuses them.
 WRITING_ACTIONS = frozenset({"run_now", "run_for_real", "pause", "resume", "retry", "recompute",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, cast
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 if TYPE_CHECKING:
-    from console.app import OpsApp
+    from console.tui.app import OpsApp
 
 Entry = tuple[str, str, Callable[[], object]]  # title, help, what it does
 

@@ -11,9 +11,9 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Header, Input, Static
 
 from console.formatting import append_outcome, plural, stamp
-from console.screens.base import OpsScreen
-from console.widgets.items_view import ItemsView, ReportItems
-from console.widgets.status_bar import StatusBar
+from console.tui.screens.base import OpsScreen
+from console.tui.widgets.items_view import ItemsView, ReportItems
+from console.tui.widgets.status_bar import StatusBar
 from jobs.records import RunReport
 from jobs.registry import JOBS
 

@@ -16,12 +16,12 @@ from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from console.formatting import amount, number, plural, span, status_text
-from console.messages import AnalyticsLoaded, RunPurpose, TenantsFound
-from console.screens.base import OpsScreen
-from console.widgets.bar_chart import Bar, BarChart
-from console.widgets.run_progress import RunProgress
-from console.widgets.status_bar import StatusBar
-from console.widgets.tables import RowTable
+from console.tui.messages import AnalyticsLoaded, RunPurpose, TenantsFound
+from console.tui.screens.base import OpsScreen
+from console.tui.widgets.bar_chart import Bar, BarChart
+from console.tui.widgets.run_progress import RunProgress
+from console.tui.widgets.status_bar import StatusBar
+from console.tui.widgets.tables import RowTable
 from jobs import analytics
 from jobs.analytics import DayValue
 from jobs.records import RunParams, RunReport

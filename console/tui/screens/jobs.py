@@ -14,11 +14,11 @@ from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
 from console.formatting import ago, clip, clock_time, countdown, duration, state_text, status_text
-from console.screens.base import OpsScreen
-from console.screens.history import run_row
-from console.widgets.run_progress import RunProgress
-from console.widgets.status_bar import StatusBar
-from console.widgets.tables import RowTable
+from console.tui.screens.base import OpsScreen
+from console.tui.screens.history import run_row
+from console.tui.widgets.run_progress import RunProgress
+from console.tui.widgets.status_bar import StatusBar
+from console.tui.widgets.tables import RowTable
 from jobs.overview import STALE_REASON, Overview, schedule_state
 from jobs.records import RunRecord
 from jobs.registry import JOBS

@@ -14,10 +14,10 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Label, Select, Static
 
 from console.formatting import ago, clip, stamp, status_text
-from console.messages import EmailsRetried, OutboxLoaded
-from console.screens.base import OpsScreen
-from console.widgets.status_bar import StatusBar
-from console.widgets.tables import FitTable
+from console.tui.messages import EmailsRetried, OutboxLoaded
+from console.tui.screens.base import OpsScreen
+from console.tui.widgets.status_bar import StatusBar
+from console.tui.widgets.tables import FitTable
 from jobs import outbox
 from jobs.outbox import OutboxEntry
 

@@ -1,0 +1,1 @@
+"""The terminal console: the Textual app, its screens, widgets and styles."""
