@@ -298,6 +298,7 @@ ops_job_state = Table(
     Column("paused", Boolean, nullable=False, server_default="0"),
     Column("paused_at", UTCDateTime, nullable=True),
     Column("paused_by", Text, nullable=True),
+    Column("paused_reason", Text, nullable=True),
     Column("resumed_at", UTCDateTime, nullable=True),
     # The run holding the job's overlap lock; NULL when idle.
     Column("active_run_id", Id, nullable=True),
@@ -359,6 +360,24 @@ ops_alert_deliveries = Table(
     Column("claimed_until", UTCDateTime, nullable=True),
     UniqueConstraint("alert_id", "target", name="ops_alert_deliveries_uq"),
     Index("ops_alert_deliveries_due_idx", "status", "next_attempt_at"),
+)
+
+
+# Who changed what: one row per action that changes something (trigger, pause, resume,
+# email retry, analytics recompute, prune, config reload), written in the same
+# transaction as the change it records, so neither exists without the other.
+ops_audit = Table(
+    "ops_audit",
+    ops,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", Text, nullable=False),  # user@host, a client address, or runner:<id>
+    Column("action", String(32), nullable=False),
+    Column("job_id", String(64), nullable=True),
+    Column("run_id", Id, nullable=True),
+    Column("detail", Text, nullable=True),
+    Column("reason", Text, nullable=True),
+    Index("ops_audit_at_idx", "at"),
 )
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Select, and_, func, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
-from jobs import alerts
+from jobs import alerts, audit
 from jobs.cache import Cache, open_cache
 from jobs.context import ItemSink, ProgressCallback, RunContext
 from jobs.db import (
@@ -622,15 +622,17 @@ def running_runs(engine: Engine, job_id: str | None = None) -> list[RunRecord]:
 # --- pause / resume ------------------------------------------------------------------------
 
 
-def set_paused(engine: Engine, job_id: str, paused: bool, *, by: str, now: datetime) -> bool:
+def set_paused(engine: Engine, job_id: str, paused: bool, *, by: str, now: datetime,
+               reason: str | None = None) -> bool:
     """Pause or resume; returns whether the state changed. Resuming records `resumed_at`,
-    from which the runner counts slots, so no burst of old slots follows."""
+    from which the runner counts slots, so no burst of old slots follows. A change is
+    audited in its own transaction; a pause of a paused job changes and records nothing."""
     get_job(job_id)
     with transaction(engine) as conn:
         _ensure_state(conn, job_id)
         values: dict[str, Any] = {"paused": paused}
         if paused:
-            values.update(paused_at=now, paused_by=by)
+            values.update(paused_at=now, paused_by=by, paused_reason=reason or None)
         else:
             values.update(resumed_at=now)
         res = conn.execute(
@@ -638,7 +640,11 @@ def set_paused(engine: Engine, job_id: str, paused: bool, *, by: str, now: datet
             .where(ops_job_state.c.job_id == job_id, ops_job_state.c.paused == (not paused))
             .values(**values)
         )
-        return bool(res.rowcount)
+        changed = bool(res.rowcount)
+        if changed:
+            audit.record(conn, at=now, actor=by, job=job_id, reason=reason,
+                         action=audit.AuditAction.PAUSE if paused else audit.AuditAction.RESUME)
+        return changed
 
 
 @dataclass(frozen=True)
@@ -650,6 +656,7 @@ class JobState:
     resumed_at: datetime | None
     active_run_id: int | None
     schedule_since: datetime | None = None
+    paused_reason: str | None = None
 
     @property
     def counts_from(self) -> datetime | None:
@@ -664,7 +671,7 @@ def job_states(engine: Engine) -> dict[str, JobState]:
         rows = conn.execute(select(ops_job_state)).all()
     out = {
         r.job_id: JobState(r.job_id, bool(r.paused), r.paused_at, r.paused_by, r.resumed_at,
-                           r.active_run_id, r.schedule_since)
+                           r.active_run_id, r.schedule_since, r.paused_reason)
         for r in rows
     }
     for job_id in JOB_IDS:
