@@ -212,3 +212,31 @@ def test_the_check_lets_a_face_hold_an_engine_and_call_jobs() -> None:
               "from jobs.tenants import find_tenant\n"
               "rows = runs.history\n")
     assert sql_in_face(source, "console/example.py") == []
+
+
+# --- Textual lives in console/tui/ only ------------------------------------------------------
+
+
+def textual_imports(source: str, filename: str) -> list[str]:
+    """`file:line` for each import of textual in the source, inside functions too."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                 else [])
+        if any(n == "textual" or n.startswith("textual.") for n in names):
+            found.append(f"{filename}:{node.lineno}")
+    return found
+
+
+def test_textual_is_imported_only_by_the_tui_package() -> None:
+    """The CLI, runner and HTTP faces run on servers with no terminal: they reach the
+    console only through console.tui, never Textual directly."""
+    tui = CONSOLE / "tui"
+    outside = [p for p in console_files() if tui not in p.parents]
+    assert {"cli.py", "runner.py", "http.py"} <= {p.name for p in outside}
+    found = [hit for p in outside
+             for hit in textual_imports(p.read_text(encoding="utf-8"), p.name)]
+    assert found == []
+    assert textual_imports("def f():\n    from textual.app import App\n", "x.py") == ["x.py:2"]
+    assert textual_imports("import textual\n", "y.py") == ["y.py:1"]
