@@ -62,6 +62,9 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # A listener that stops reading fills its queue (a few datagrams); the
+                # scheduling loop must not block on it: the message is dropped instead.
+                self._sock.setblocking(False)
             self._sock.sendto(("\n".join(lines) + "\n").encode(), target)
         except OSError as exc:
             self.last_error = f"{self.address}: {exc.strerror or exc}"
