@@ -574,6 +574,7 @@ async def serve(state: RunnerState, core: SlotRunner,
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    hup_before = signal.getsignal(signal.SIGHUP)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     notifier = state.notifier
 
@@ -696,9 +697,9 @@ async def serve(state: RunnerState, core: SlotRunner,
                 state.log.error("http-cleanup-failed", error=str(exc))
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        # A reload asked for while shutting down has nothing left to reload; SIGHUP's
-        # default action would end the process before it records its runs.
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # Back to cmd_run's handler (a flag nobody reads any more): SIGHUP's default action
+        # would end the process before it has recorded its runs and deregistered.
+        signal.signal(signal.SIGHUP, hup_before)
     return 0
 
 
