@@ -6,6 +6,10 @@ thread, so the loop keeps sleeping and serving while jobs run. Every runner comp
 same slots and claims them through `jobs.runs.claim_slot`; the unique (job, slot,
 attempt) row makes each slot run exactly once however many runners share the database.
 
+SIGHUP reloads the configuration (`SlotRunner.reload`, from the loop: the handler only
+sets a flag), and under systemd the loop reports through `console.sd_notify` (READY,
+WATCHDOG, RELOADING, STOPPING).
+
 The decisions (which slots fire, which are missed, which interrupted runs are retried)
 are pure and live in `jobs.slots`; `SlotRunner` applies them to the database and can
 be driven synchronously with an injected clock; `serve` is the loop around it.
@@ -18,7 +22,9 @@ Contract with the HTTP face (console/http.py), which runs on the same loop::
 
 `RunnerState` gives the face what it needs and nothing it could break:
 
-- `engine`, `settings`: the runner's database and settings;
+- `engine`, `settings`: the runner's database and settings. A reload (SIGHUP) replaces
+  `settings` whole, between two passes of the loop: read `state.settings` when a request
+  needs it rather than keeping a copy (`[runner]` and the environment never change);
 - `runner_id`: this process's ops_runners id; pass it as `runner_id=` to `runs.execute`
   so an HTTP run is recovered by another runner if this process dies;
 - `started_by`: `runner@host` (HTTP runs record the client address instead);
