@@ -393,9 +393,9 @@ class SlotRunner:
             detail += f" (needs a restart: {', '.join(f'[{n}]' for n in restart)})"
         try:
             record_reload(st.engine, st.runner_id, new, now, detail=detail)
-        except OpsError as exc:
-            self.log.error("reload-failed", file=new.source, error=exc.message,
-                           kept=old.source)
+        except Exception as exc:  # not applied: what runs must be what is on record
+            reason = exc.message if isinstance(exc, OpsError) else f"{type(exc).__name__}: {exc}"
+            self.log.error("reload-failed", file=new.source, error=reason, kept=old.source)
             return None
         self.scheduler = self._rescheduled(new, changes, now)
         st.settings = new

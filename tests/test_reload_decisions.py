@@ -9,10 +9,14 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
+from jobs import runs
 from jobs.audit import AuditAction, recent
 from jobs.config_diff import diff_settings
+from jobs.db import ops_job_state, ops_runner_schedules
+from jobs.runner_schedules import record_schedules
 from jobs.settings import Overrides, Settings, load_settings
 from tests.test_scheduler import JOB, Harness, harness, harnesses, job_settings, slot_rows, utc
 
@@ -105,3 +109,28 @@ def test_the_diff_names_secret_keys_without_quoting_them(settings: Settings) -> 
     assert changes.jobs == {"cleanup": ["batch_size", "ping_url"]}
     assert changes.describe() == "cleanup: batch_size 5000 -> 100, ping_url changed"
     assert diff_settings(settings, settings).describe() == "no changes"
+
+
+def test_a_reload_that_cannot_be_recorded_is_not_applied(
+        engine: Engine, settings: Settings, harnesses: list[Harness]) -> None:
+    """The schedules on record, the schedule change and the audit entry are one
+    transaction: when the entry cannot be written, none is, and nothing changes."""
+    daily = job_settings(settings, "@daily")
+    h = harness(harnesses, engine, daily, utc(2026, 11, 28, 12, 3))
+    record_schedules(engine, h.runner.state.runner_id, daily)
+    runs.note_schedules(engine, daily, utc(2026, 11, 28, 12, 3))
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE ops_audit"))
+
+    reload_to(h, job_settings(settings, "@hourly"), utc(2026, 11, 28, 12, 4))
+
+    assert h.runner.state.settings is daily
+    assert h.runner.scheduler.jobs[JOB].schedule.expression == "@daily"
+    failed = h.events("reload-failed")
+    assert len(failed) == 1 and "ops_audit" in failed[0]["error"]
+    with engine.connect() as conn:
+        recorded = conn.execute(select(ops_runner_schedules.c.schedule).where(
+            ops_runner_schedules.c.job_id == JOB)).scalars().all()
+        key = conn.execute(select(ops_job_state.c.schedule_key).where(
+            ops_job_state.c.job_id == JOB)).scalar_one()
+    assert recorded == ["@daily"] and key == "@daily UTC"
