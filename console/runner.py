@@ -6,6 +6,10 @@ thread, so the loop keeps sleeping and serving while jobs run. Every runner comp
 same slots and claims them through `jobs.runs.claim_slot`; the unique (job, slot,
 attempt) row makes each slot run exactly once however many runners share the database.
 
+SIGHUP reloads the configuration (`SlotRunner.reload`, from the loop: the handler only
+sets a flag), and under systemd the loop reports through `console.sd_notify` (READY,
+WATCHDOG, RELOADING, STOPPING).
+
 The decisions (which slots fire, which are missed, which interrupted runs are retried)
 are pure and live in `jobs.slots`; `SlotRunner` applies them to the database and can
 be driven synchronously with an injected clock; `serve` is the loop around it.
@@ -18,7 +22,9 @@ Contract with the HTTP face (console/http.py), which runs on the same loop::
 
 `RunnerState` gives the face what it needs and nothing it could break:
 
-- `engine`, `settings`: the runner's database and settings;
+- `engine`, `settings`: the runner's database and settings. A reload (SIGHUP) replaces
+  `settings` whole, between two passes of the loop: read `state.settings` when a request
+  needs it rather than keeping a copy (`[runner]` and the environment never change);
 - `runner_id`: this process's ops_runners id; pass it as `runner_id=` to `runs.execute`
   so an HTTP run is recovered by another runner if this process dies;
 - `started_by`: `runner@host` (HTTP runs record the client address instead);
@@ -57,7 +63,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar
 
@@ -65,13 +71,16 @@ from sqlalchemy.engine import Engine
 
 from console.context import CliContext
 from console.runlog import Level, RunLog, install
+from console.sd_notify import Notifier
 from jobs import alerts, sender
-from jobs.errors import OpsError
+from jobs.config_diff import ConfigChanges, diff_settings
+from jobs.errors import ConfigError, OpsError
+from jobs.humanize import plural
 from jobs.pings import Pinger, PingKind, outcome
 from jobs.presence import Presence
 from jobs.records import ClaimStatus, RunnerKind, RunReport, RunStatus, Trigger
 from jobs.redaction import redact
-from jobs.runner_schedules import record_schedules
+from jobs.runner_schedules import record_reload, record_schedules
 from jobs.runs import (
     abandon_run,
     claim_slot,
@@ -86,7 +95,7 @@ from jobs.runs import (
     skipped_behind,
 )
 from jobs.sender import check_mail_settings
-from jobs.settings import Settings
+from jobs.settings import Overrides, Settings, load_settings
 from jobs.slots import JobFacts, Scheduler, SlotPlan, should_retry
 from jobs.timeutil import Clock, utc_now
 
@@ -94,11 +103,28 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 ERROR_BACKOFF_MAX = 30.0  # seconds between attempts while the database is down
+# Sections a reload reads but does not apply: the heartbeat and the alert deliverer are
+# set up once, at start. A change to them is logged as needing a restart.
+RESTART_SECTIONS = ("runner", "alerts")
 # A finished run's log level: failed is an error; partial, interrupted and the rest warn.
 _FINISHED_LEVELS: dict[RunStatus, Level] = {RunStatus.SUCCEEDED: "info", RunStatus.FAILED: "error"}
 
 
 # --- what the faces share ----------------------------------------------------------------------
+
+
+class ReloadRequest:
+    """Set by SIGHUP, taken by the loop: the signal handler does nothing else."""
+
+    def __init__(self) -> None:
+        self.wanted = False
+
+    def ask(self) -> None:
+        self.wanted = True
+
+    def take(self) -> bool:
+        wanted, self.wanted = self.wanted, False
+        return wanted
 
 
 @dataclass
@@ -118,6 +144,11 @@ class RunnerState:
     last_loop_at: datetime | None = None
     next_wake: datetime | None = None
     pinger: Pinger | None = None
+    notifier: Notifier = field(default_factory=lambda: Notifier(None))
+    reload: ReloadRequest = field(default_factory=ReloadRequest)
+    # Reads the configuration again as the runner first read it (same flags, same
+    # environment); None: this runner cannot reload.
+    load_settings: Callable[[], Settings] | None = None
 
     @property
     def alive(self) -> bool:
@@ -330,6 +361,69 @@ class SlotRunner:
             self.log.error("overdue-check-failed", error=reason)
         return claims
 
+    def reload(self, now: datetime) -> ConfigChanges | None:
+        """Read the configuration again; apply it from the next slot if it is valid.
+
+        A bad file is refused with one line naming the file, the key and the reason, and
+        the configuration in force stays. A good one is recorded (the schedules the faces
+        show, each changed schedule counted from `now`, the audit entry) before it is
+        applied, so what is on record is what runs. Returns the changes, or None when
+        nothing was applied. Never raises: the loop must outlive a bad file.
+        """
+        st = self.state
+        if st.load_settings is None:
+            return None
+        old = st.settings
+        try:
+            new = st.load_settings()
+        except ConfigError as exc:
+            self.log.error("reload-refused", file=exc.source, key=exc.key or None,
+                           reason=exc.reason, kept=old.source)
+            return None
+        except Exception as exc:  # whatever it is, the configuration in force stays
+            reason = exc.message if isinstance(exc, OpsError) else f"{type(exc).__name__}: {exc}"
+            self.log.error("reload-refused", file=old.source, key=None, reason=reason,
+                           kept=old.source)
+            return None
+        changes = diff_settings(old, new)
+        restart = [name for name in changes.sections if name in RESTART_SECTIONS]
+        new = replace(new, **{name: getattr(old, name) for name in RESTART_SECTIONS})
+        detail = f"{new.source}: {changes.describe()}"
+        if restart:
+            detail += f" (needs a restart: {', '.join(f'[{n}]' for n in restart)})"
+        try:
+            record_reload(st.engine, st.runner_id, new, now, detail=detail)
+        except Exception as exc:  # not applied: what runs must be what is on record
+            reason = exc.message if isinstance(exc, OpsError) else f"{type(exc).__name__}: {exc}"
+            self.log.error("reload-failed", file=new.source, error=reason, kept=old.source)
+            return None
+        self.scheduler = self._rescheduled(new, changes, now)
+        st.settings = new
+        if st.pinger is None and any(j.ping_url for j in new.jobs.values()):
+            st.pinger = Pinger()
+        self.log.event(
+            "config-reloaded", "warning" if restart else "info", file=new.source,
+            changed=changes.jobs, sections=list(changes.sections), detail=changes.describe(),
+            jobs={j: f"{c.schedule.expression} {c.timezone}"
+                  for j, c in self.scheduler.jobs.items()},
+            restart_needed=restart or None,
+        )
+        return changes
+
+    def _rescheduled(self, new: Settings, changes: ConfigChanges, now: datetime) -> Scheduler:
+        """A scheduler for the new configuration that carries each job's cursor over. A job
+        whose schedule changed, or that was just enabled, counts from `now`: the slots its
+        new schedule would have had before are nobody's misfires."""
+        old = self.scheduler
+        fresh = Scheduler(new.jobs, old.started_at, old.cap)
+        for job_id in fresh.job_ids:
+            cursor = old.cursor(job_id)
+            if changes.schedule_changed(job_id) or changes.enabled_now(job_id):
+                cursor = now if cursor is None else max(cursor, now)
+            if cursor is not None:
+                fresh.advance(job_id, cursor)
+        return fresh
+
     def run(self, claimed: ClaimedRun) -> RunReport | None:
         """Execute a claimed run through the one run path; never raises."""
         st = self.state
@@ -460,7 +554,8 @@ def _in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio
 async def serve(state: RunnerState, core: SlotRunner,
                 http: tuple[str, int] | None = None,
                 metrics: tuple[str, int] | None = None) -> int:
-    """Run until SIGTERM/SIGINT; returns the exit code (0 after a clean stop)."""
+    """Run until SIGTERM/SIGINT; returns the exit code (0 after a clean stop). SIGHUP
+    reloads the configuration between two passes of the loop."""
     loop = asyncio.get_running_loop()
     cfg = state.settings.runner
     wake = asyncio.Event()
@@ -479,15 +574,21 @@ async def serve(state: RunnerState, core: SlotRunner,
         state.stop.set()  # jobs see it between two tenants; no new claims after this
         wake.set()
 
+    def on_hup() -> None:
+        state.reload.ask()
+        wake.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    hup_before = signal.getsignal(signal.SIGHUP)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    notifier = state.notifier
 
     runs: set[asyncio.Future[Any]] = set()
     drain: asyncio.Future[None] | None = None
     handle: HttpHandle | None = None
     metrics_handle: HttpHandle | None = None
     interval = timedelta(seconds=cfg.heartbeat_interval)
-    send_interval = timedelta(seconds=state.settings.outbox.send_interval)
     deliverer: alerts.Deliverer | None = None
     if alerts.targets(state.settings.alerts):
         # A thread of its own, not a turn of this loop: a target that takes its whole
@@ -512,8 +613,16 @@ async def serve(state: RunnerState, core: SlotRunner,
         maintenance_at = state.clock()
         drain_at = state.clock()
         startup = True
+        ready = False  # READY=1 sent: after the first pass, whatever its outcome
         failures = 0
         while not state.stop.is_set():
+            notifier.watchdog()
+            # Between two passes, never during one: a pass plans with one configuration.
+            # Not before the first pass either: READY=1 comes before any RELOADING=1.
+            if ready and state.reload.take():
+                notifier.reloading("reloading the configuration")
+                await _in_thread(core.reload, state.clock())
+                notifier.ready(_scheduling(core))
             now = state.clock()
             state.last_loop_at = now
             claims: list[ClaimedRun] = []
@@ -536,12 +645,19 @@ async def serve(state: RunnerState, core: SlotRunner,
             except Exception as exc:  # the loop must outlive a bad tick
                 errors = 1
                 state.log.error("tick-failed", error=f"{type(exc).__name__}: {exc}")
+            if not ready:
+                ready = True
+                if notifier.ready(_scheduling(core)):
+                    state.log.info("systemd-notified", state="READY=1",
+                                   watchdog_s=notifier.watchdog_interval)
+                elif notifier.last_error:
+                    state.log.warning("systemd-notify-failed", error=notifier.last_error)
             for claimed in claims:
                 fut = _in_thread(core.run, claimed)
                 runs.add(fut)
                 fut.add_done_callback(runs.discard)
             if now >= drain_at and (drain is None or drain.done()):
-                drain_at = now + send_interval
+                drain_at = now + timedelta(seconds=state.settings.outbox.send_interval)
                 drain = _in_thread(_drain_logged, core, now)
 
             failures = failures + 1 if errors else 0
@@ -552,8 +668,11 @@ async def serve(state: RunnerState, core: SlotRunner,
             delay = (deadline - now).total_seconds()
             if failures:  # the database is down: do not spin on it
                 delay = min(ERROR_BACKOFF_MAX, 0.5 * 2 ** min(failures, 8))
-            # Tick often enough for /healthz to tell a sleeping loop from a wedged one.
+            # Tick often enough for /healthz to tell a sleeping loop from a wedged one, and
+            # for systemd's watchdog (every half of WatchdogSec) to see that it ticks.
             delay = min(delay, cfg.health_tick_age / 2)
+            if notifier.watchdog_interval is not None:
+                delay = min(delay, notifier.watchdog_interval)
             wake.clear()
             if state.stop.is_set():
                 break
@@ -561,6 +680,7 @@ async def serve(state: RunnerState, core: SlotRunner,
                 await asyncio.wait_for(wake.wait(), timeout=max(0.0, delay))
     finally:
         state.stop.set()
+        notifier.stopping("stopping: finishing the runs in hand")
         pending = {f for f in runs if not f.done()}
         if drain is not None and not drain.done():
             pending.add(drain)
@@ -581,9 +701,18 @@ async def serve(state: RunnerState, core: SlotRunner,
                 await face.cleanup()
             except Exception as exc:  # shutting down regardless
                 state.log.error("http-cleanup-failed", error=str(exc))
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        # Back to cmd_run's handler (a flag nobody reads any more): SIGHUP's default action
+        # would end the process before it has recorded its runs and deregistered.
+        signal.signal(signal.SIGHUP, hup_before)
     return 0
+
+
+def _scheduling(core: SlotRunner) -> str:
+    """systemd's STATUS= line while scheduling."""
+    jobs = core.scheduler.job_ids
+    return f"scheduling {plural(len(jobs), 'job')}" + (f": {', '.join(jobs)}" if jobs else "")
 
 
 def _drain_logged(core: SlotRunner, now: datetime) -> None:
@@ -600,6 +729,12 @@ def _drain_logged(core: SlotRunner, now: datetime) -> None:
 
 def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
     settings = ctx.settings
+    # From the first moment: SIGHUP's default action ends the process, and a reload asked
+    # for during start-up (the migration check can take a while) is done once serving.
+    reload = ReloadRequest()
+    signal.signal(signal.SIGHUP, lambda _sig, _frame: reload.ask())
+    overrides = Overrides(getattr(args, "config", None), getattr(args, "database_url", None),
+                          getattr(args, "cache_url", None))
     http = None
     # All before the database is touched: a runner that cannot serve what it was asked to
     # serve, or send the mail it drains, should fail at once, with nothing registered.
@@ -627,7 +762,8 @@ def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
     state = RunnerState(
         engine=engine, settings=settings, runner_id=presence.id,
         started_by=f"runner@{socket.gethostname()}", log=runlog, clock=clock,
-        started_at=clock(), presence=presence, pinger=pinger,
+        started_at=clock(), presence=presence, pinger=pinger, notifier=Notifier.from_env(),
+        reload=reload, load_settings=lambda: load_settings(overrides),
     )
     for job_id in note_schedules(engine, settings, state.started_at):
         runlog.info("schedule-changed", job=job_id,
@@ -655,7 +791,8 @@ def cmd_run(ctx: CliContext, args: argparse.Namespace) -> int:
         code = int(exc.exit_code)
         raise
     finally:
-        if pinger is not None:
-            pinger.close()  # the outcomes of the last runs, for up to 2 s
+        if state.pinger is not None:  # a reload may have started one
+            state.pinger.close()  # the outcomes of the last runs, for up to 2 s
         presence.stop()
+        state.notifier.close()
         runlog.info("runner-stopped", runner_id=presence.id, exit_code=code)

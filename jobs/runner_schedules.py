@@ -18,13 +18,15 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
+from jobs.audit import AuditAction, record
 from jobs.cron import CronError, CronSchedule
 from jobs.db import ops_runner_schedules, transaction
 from jobs.presence import RunnerInfo, list_runners
 from jobs.records import RunnerKind
+from jobs.runs import note_schedules_on
 from jobs.settings import JOB_IDS, JobConfig, Settings
 
 ScheduleSource = Literal["runner", "local"]
@@ -74,17 +76,36 @@ class JobSchedule:
         return f"{self.expression} {self.timezone}" if self.enabled else "disabled"
 
 
-def record_schedules(engine: Engine, runner_id: str, settings: Settings) -> None:
-    """What the runner `runner_id` plans with; called before it registers, so a runner
-    that looks alive always has its schedules on record."""
-    rows = [
+def _rows(runner_id: str, settings: Settings) -> list[dict[str, Any]]:
+    return [
         {"runner_id": runner_id, "job_id": job_id, "schedule": job.schedule.expression,
          "timezone": job.timezone, "enabled": job.enabled, "config_digest": config_digest(job),
          "config_source": settings.source}
         for job_id, job in settings.jobs.items()
     ]
+
+
+def record_schedules(engine: Engine, runner_id: str, settings: Settings) -> None:
+    """What the runner `runner_id` plans with; called before it registers, so a runner
+    that looks alive always has its schedules on record."""
     with transaction(engine) as conn:
-        conn.execute(ops_runner_schedules.insert(), rows)
+        conn.execute(ops_runner_schedules.insert(), _rows(runner_id, settings))
+
+
+def record_reload(engine: Engine, runner_id: str, settings: Settings, now: datetime, *,
+                  detail: str) -> list[str]:
+    """A runner's reloaded configuration, in one transaction: the schedules it now plans
+    with (for the faces), each job's schedule change (counting restarts at `now`, as at a
+    start) and the audit entry, so none is on record without the others. Returns the jobs
+    whose schedule changed."""
+    with transaction(engine) as conn:
+        changed = note_schedules_on(conn, settings, now)
+        conn.execute(delete(ops_runner_schedules)
+                     .where(ops_runner_schedules.c.runner_id == runner_id))
+        conn.execute(ops_runner_schedules.insert(), _rows(runner_id, settings))
+        record(conn, at=now, actor=f"runner:{runner_id}", action=AuditAction.RELOAD,
+               detail=detail)
+    return changed
 
 
 @dataclass(frozen=True)
@@ -209,5 +230,6 @@ __all__ = [
     "ScheduleSource",
     "config_digest",
     "live_schedules",
+    "record_reload",
     "record_schedules",
 ]

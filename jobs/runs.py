@@ -683,23 +683,29 @@ def note_schedules(engine: Engine, settings: Settings, now: datetime) -> list[st
     """Record each job's schedule; returns the jobs whose schedule changed since the last
     runner planned them. Their counting restarts at `now`: going from daily to every
     minute must not turn the hours since the last daily run into a thousand missed slots."""
-    changed: list[str] = []
     with transaction(engine) as conn:
-        for job_id, job in settings.jobs.items():
-            key = f"{job.schedule.expression} {job.timezone}"
-            _ensure_state(conn, job_id)
-            # The first schedule ever noted is not a change: misfires of a runner that was
-            # down keep firing as before.
-            conn.execute(
-                update(ops_job_state)
-                .where(ops_job_state.c.job_id == job_id, ops_job_state.c.schedule_key.is_(None))
-                .values(schedule_key=key)
-            )
-            res = conn.execute(
-                update(ops_job_state)
-                .where(ops_job_state.c.job_id == job_id, ops_job_state.c.schedule_key != key)
-                .values(schedule_key=key, schedule_since=now)
-            )
-            if res.rowcount:
-                changed.append(job_id)
+        return note_schedules_on(conn, settings, now)
+
+
+def note_schedules_on(conn: Connection, settings: Settings, now: datetime) -> list[str]:
+    """`note_schedules` inside the caller's transaction (a reload commits it together with
+    its audit entry)."""
+    changed: list[str] = []
+    for job_id, job in settings.jobs.items():
+        key = f"{job.schedule.expression} {job.timezone}"
+        _ensure_state(conn, job_id)
+        # The first schedule ever noted is not a change: misfires of a runner that was
+        # down keep firing as before.
+        conn.execute(
+            update(ops_job_state)
+            .where(ops_job_state.c.job_id == job_id, ops_job_state.c.schedule_key.is_(None))
+            .values(schedule_key=key)
+        )
+        res = conn.execute(
+            update(ops_job_state)
+            .where(ops_job_state.c.job_id == job_id, ops_job_state.c.schedule_key != key)
+            .values(schedule_key=key, schedule_since=now)
+        )
+        if res.rowcount:
+            changed.append(job_id)
     return changed

@@ -7,9 +7,10 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCANNED = ["README.md", "pyproject.toml", "schedules.toml", ".ci", "bench", "console", "docs",
-           "jobs", "tests"]
-TEXT = {".py", ".md", ".sql", ".toml", ".txt", ".json", ".tcss", ".html", ".svg", ".sh", ""}
+SCANNED = ["README.md", "pyproject.toml", "schedules.toml", ".ci", "bench", "console", "deploy",
+           "docs", "jobs", "tests"]
+TEXT = {".py", ".md", ".sql", ".toml", ".txt", ".json", ".tcss", ".html", ".svg", ".sh", "",
+        ".service"}
 OUTSIDE = [
     (re.compile(r"\bSPEC\b"), "a specification the repo does not hold"),
     (re.compile(r"/work/|\.\./shared\b"), "a path outside the repo"),
