@@ -300,10 +300,12 @@ class OpsApp(App[int]):
                     else "warning" if errors or report.status is RunStatus.INTERRUPTED
                     else "information")
         run = f"run #{report.run_id}" if report.run_id else "preview"
-        text = f"{report.message}: {n:,} processed, {plural(errors, 'error')} ({run})"
+        # Which run in the title, so the usual notification is two lines high.
+        text = f"{report.message}: {n:,} processed, {plural(errors, 'error')}"
         if report.error:
             text += f"\n{report.error}"
-        self.notify(text, title=purpose.job_id, severity=severity, timeout=8, markup=False)
+        self.notify(text, title=f"{purpose.job_id} · {run}", severity=severity, timeout=8,
+                    markup=False)
         for screen in self.screen_stack:
             reload = getattr(screen, "on_job_finished", None)
             if reload is not None:
