@@ -20,6 +20,7 @@ from console.formatting import (
     clock_time,
     countdown,
     duration,
+    span,
     stamp,
     state_text,
     status_text,
@@ -361,13 +362,15 @@ def state_cell(view: JobView, now: datetime, width: int) -> Text:
     failing = state.failing_since
     overdue = state.overdue_since if view.state == "active" else None
     words: tuple[str, ...] = ()
-    if failing is not None and overdue is not None:
-        words = (f"failing since {ago(failing, now)} · overdue", f"failing since {ago(failing, now)}",
-                 "failing, overdue", "failing")
-    elif failing is not None:
-        words = (f"failing since {ago(failing, now)}", "failing")
+    if failing is not None:
+        words = (f"failing since {ago(failing, now)}", f"failing {span(now - failing)}",
+                 "failing")
+        if overdue is not None:
+            words = (f"{words[0]} · overdue", f"{words[1]} · overdue", *words[1:2],
+                     "failing, overdue", "failing")
     elif overdue is not None:
-        words = (f"overdue since {ago(overdue, now)}", "overdue")
+        words = (f"overdue since {ago(overdue, now)}", f"overdue {span(now - overdue)}",
+                 "overdue")
     text = state_text(view.state)
     if words:
         chosen = next((w for w in words if len(w) <= width), words[-1])
