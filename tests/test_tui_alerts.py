@@ -115,7 +115,7 @@ async def test_jobs_screen_shows_alert_state_and_the_strip_lists_what_needs_atte
         assert cell(jobs, "cleanup", "state") == "active\noverdue since 30m 00s ago"
         assert cell(jobs, "payment-reminders", "state") == "paused"  # no overdue while paused
         detail = text(app.screen.query_one("#job-detail", Static))
-        assert "Failing since 2026-11-28 07:00:00 UTC (3h 00m ago)" in detail
+        assert "Failing since 2026-11-28 07:00:00 UTC (3h 00m ago)" in detail.split("\n")
         assert strip_lines(app) == [
             "expiry-checker failing since 3h 00m ago · last run #1 partial, 2 errors",
             "cleanup overdue since 30m 00s ago: no successful run within its period",
@@ -142,10 +142,12 @@ async def test_jobs_screen_shows_alert_state_and_the_strip_lists_what_needs_atte
         assert cell(jobs, "expiry-checker", "state") == "active"
 
 
-async def test_a_long_pending_alert_is_a_line_and_a_fresh_one_is_not(
+async def test_a_long_pending_alert_is_a_line_and_a_fresh_one_or_an_old_dead_one_is_not(
         engine: Engine, settings: Settings) -> None:
     add_alert(engine, "job_failing", "cleanup", None,
               [webhook("pending", 0)], at=NOW - timedelta(minutes=3))
+    add_alert(engine, "job_failing", "expiry-checker", None,
+              [webhook("dead", 8, "HTTP 503")], at=NOW - timedelta(days=2))  # history now
     app = make_app(settings, engine)
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)

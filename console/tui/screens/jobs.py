@@ -255,14 +255,17 @@ class JobsScreen(OpsScreen):
         if self.overview is not None:
             now = self.session.clock()
             state = self.overview.states[job_id]
+            # One line, so the pause and the last run below it still fit at 30 rows.
+            alert = []
             if state.failing_since is not None:
-                text.append(f"\nFailing since {stamp(state.failing_since)} UTC "
-                            f"({ago(state.failing_since, now)}): alerted once, "
-                            "until a run succeeds", style="red")
-            if state.overdue_since is not None:
-                text.append(f"\nOverdue since {stamp(state.overdue_since)} UTC "
-                            f"({ago(state.overdue_since, now)}): no successful run within "
-                            "its period", style="yellow")
+                alert.append(f"failing since {stamp(state.failing_since)} UTC "
+                             f"({ago(state.failing_since, now)})")
+            if state.overdue_since is not None and not state.paused:
+                alert.append(f"overdue since {ago(state.overdue_since, now)}")
+            if alert:
+                line = " · ".join(alert)
+                text.append(f"\n{line[:1].upper()}{line[1:]}",
+                            style="red" if state.failing_since is not None else "yellow")
             if state.paused:
                 why = f": {state.paused_reason}" if state.paused_reason else ""
                 text.append(f"\nPaused {ago(state.paused_at, now)} by {state.paused_by or '?'}"
