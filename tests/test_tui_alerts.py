@@ -292,9 +292,10 @@ async def test_no_to_run_for_real_keeps_the_preview_open(
         await settle(app, pilot)
         assert isinstance(screen_of(app), PreviewScreen)
         assert count(engine, ops_runs) == 0
-        await pilot.press("escape")
+        await pilot.press("t", "y")  # yes: the preview gives way to the run
         await settle(app, pilot)
-        assert isinstance(screen_of(app), JobsScreen)
+        assert [type(s) for s in app.screen_stack[1:]] == [JobsScreen, RunDetailScreen]
+        assert count(engine, ops_runs) == 1
 
 
 async def test_the_last_run_cell_keeps_its_error_count_at_100_columns(
