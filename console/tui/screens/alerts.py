@@ -9,7 +9,7 @@ read-only mode)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import ClassVar
 
@@ -77,7 +77,7 @@ class AlertsScreen(OpsScreen):
         if not found:
             return Text("No alert targets: set [alerts] webhooks or emails in schedules.toml "
                         "(events are still recorded here).", style="bold yellow")
-        return Text.assemble(("Targets ", "dim"), ", ".join(t.label for t in found),
+        return Text.assemble(("Targets ", "dim"), ", ".join(numbered(t.label for t in found)),
                              ("  delivered by the runners", "dim"))
 
     # --- loading -------------------------------------------------------------------------
@@ -185,6 +185,18 @@ class AlertsScreen(OpsScreen):
         self.reload()
 
 
+def numbered(labels: Iterable[str]) -> list[str]:
+    """Labels with `#1`, `#2` after those shown more than once: two webhooks on one host
+    have the same label (their paths, which tell them apart, are secret)."""
+    labels = list(labels)
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(f"{label} #{seen[label]}" if labels.count(label) > 1 else label)
+    return out
+
+
 def delivered_cell(deliveries: Sequence[Delivery]) -> Text:
     """`2/2 sent`; what is not sent yet after it: `1/3 sent · 1 dead`, `0/1 sent · 1 wait`."""
     if not deliveries:
@@ -224,10 +236,10 @@ def alert_detail(r: AlertRecord, now: datetime) -> Group:
     table.add_column("Tries", justify="right", no_wrap=True)
     table.add_column("Next attempt", no_wrap=True)
     table.add_column("Last error", ratio=1)
-    for d in r.deliveries:
+    for d, label in zip(r.deliveries, numbered(d.target for d in r.deliveries), strict=True):
         following = ("—" if d.status != "pending" or d.next_attempt_at is None
                      else countdown(d.next_attempt_at, now))
-        table.add_row(terminal_safe(d.target), d.kind, status_text(d.status), str(d.attempts),
+        table.add_row(terminal_safe(label), d.kind, status_text(d.status), str(d.attempts),
                       following, Text(terminal_safe(d.last_error or "—"),
                                       style="red" if d.last_error else "dim"))
     if not r.deliveries:
