@@ -227,8 +227,8 @@ async def test_alerts_screen_lists_alerts_with_deliveries_and_opens_the_run(
         await settle(app, pilot)
         shown = _rendered(app.screen.query_one("#alert-detail", Static))
         assert "expiry-checker is failing: run 1 ended partial" in shown
-        for words in ("https://hooks.example.com #1", "https://hooks.example.com #2", "sent", "HTTP 503", "in 4m 00s",
-                      "ops@example.com", "dead", "invalid recipient"):
+        for words in ("https://hooks.example.com #1", "https://hooks.example.com #2", "sent",
+                      "HTTP 503", "in 4m 00s", "ops@example.com", "dead", "invalid recipient"):
             assert words in shown, words
         assert "secret" not in shown and "s3cr3t" not in shown  # labels only, never a path
         await pilot.press("enter")
