@@ -59,7 +59,7 @@ from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from jobs.db import (
@@ -725,6 +725,7 @@ class Delivery:
     status: str
     attempts: int
     last_error: str | None
+    next_attempt_at: datetime | None = None  # while pending
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "status": self.status, "attempts": self.attempts,
@@ -755,10 +756,47 @@ def list_alerts(engine: Engine, *, limit: int = 50) -> list[AlertRecord]:
         by_alert: dict[int, list[Delivery]] = {}
         if ids:
             for r in conn.execute(select(d.alert_id, d.target_label, d.kind, d.status,
-                                         d.attempts, d.last_error)
+                                         d.attempts, d.last_error, d.next_attempt_at)
                                   .where(d.alert_id.in_(ids)).order_by(d.id)):
                 by_alert.setdefault(r.alert_id, []).append(
-                    Delivery(r.target_label, r.kind, r.status, r.attempts, r.last_error))
+                    Delivery(r.target_label, r.kind, r.status, r.attempts, r.last_error,
+                             r.next_attempt_at if r.status == "pending" else None))
     return [AlertRecord(r.id, r.event, r.job_id, r.run_id, r.at,
                         str((r.payload or {}).get("text", "")), tuple(by_alert.get(r.id, ())))
             for r in alerts]
+
+
+# Deliveries that need a person: `dead` ones of events raised within UNDELIVERED_WINDOW
+# (older ones are history, still listed by `alerts`), and `pending` ones older than
+# PENDING_TOO_LONG (no runner delivers them, or the target keeps failing).
+UNDELIVERED_WINDOW = timedelta(days=1)
+PENDING_TOO_LONG = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Undelivered:
+    dead: int = 0
+    waiting: int = 0  # pending for longer than PENDING_TOO_LONG
+    oldest: datetime | None = None  # when the oldest of these events was raised
+
+    @property
+    def total(self) -> int:
+        return self.dead + self.waiting
+
+
+def undelivered(engine: Engine, now: datetime) -> Undelivered:
+    """The alert deliveries that did not reach their target (one query: the jobs screen
+    reads it on every refresh)."""
+    a, d = ops_alerts.c, ops_alert_deliveries.c
+    q = (
+        select(d.status, func.count(), func.min(a.at))
+        .select_from(ops_alert_deliveries.join(ops_alerts, a.id == d.alert_id))
+        .where(or_(and_(d.status == "dead", a.at >= now - UNDELIVERED_WINDOW),
+                   and_(d.status == "pending", a.at < now - PENDING_TOO_LONG)))
+        .group_by(d.status)
+    )
+    with transaction(engine) as conn:
+        rows = conn.execute(q).all()
+    counts = {str(r[0]): int(r[1]) for r in rows}
+    oldest = min((r[2] for r in rows if r[2] is not None), default=None)
+    return Undelivered(counts.get("dead", 0), counts.get("pending", 0), oldest)

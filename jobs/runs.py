@@ -657,6 +657,10 @@ class JobState:
     active_run_id: int | None
     schedule_since: datetime | None = None
     paused_reason: str | None = None
+    # Alert state (jobs.alerts): set while the job is failing, and while an overdue
+    # episode is open.
+    failing_since: datetime | None = None
+    overdue_since: datetime | None = None
 
     @property
     def counts_from(self) -> datetime | None:
@@ -671,7 +675,9 @@ def job_states(engine: Engine) -> dict[str, JobState]:
         rows = conn.execute(select(ops_job_state)).all()
     out = {
         r.job_id: JobState(r.job_id, bool(r.paused), r.paused_at, r.paused_by, r.resumed_at,
-                           r.active_run_id, r.schedule_since, r.paused_reason)
+                           r.active_run_id, r.schedule_since, r.paused_reason,
+                           r.failing_since if r.alert_state == "failing" else None,
+                           r.overdue_since)
         for r in rows
     }
     for job_id in JOB_IDS:

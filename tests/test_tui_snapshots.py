@@ -20,7 +20,10 @@ from jobs.analytics import cache_key
 from jobs.cache import TableCache
 from jobs.db import (
     make_engine,
+    ops_alert_deliveries,
+    ops_alerts,
     ops_email_outbox,
+    ops_job_state,
     ops_run_items,
     ops_runners,
     ops_runs,
@@ -168,3 +171,59 @@ def test_analytics_screen(snap_compare: Any, snap_app: Callable[..., OpsApp]) ->
 
 def test_outbox_screen(snap_compare: Any, snap_app: Callable[..., OpsApp]) -> None:
     assert snap_compare(snap_app(), terminal_size=SIZE, run_before=_then("o", "down", "down"))
+
+
+def _seed_alerts(engine: Engine) -> None:
+    """expiry-checker failing since its partial run, cleanup overdue, analytics paused with
+    a reason, and two alerts whose deliveries did not all arrive."""
+    def hook(host: str, status: str, attempts: int, error: str | None) -> dict[str, Any]:
+        return {"kind": "webhook", "target": f"https://{host}/services/T0/B0/s3cr3t",
+                "target_label": f"https://{host}", "status": status, "attempts": attempts,
+                "last_error": error, "next_attempt_at": NOW + timedelta(seconds=40),
+                "sent_at": NOW if status == "sent" else None}
+
+    email = {"kind": "email", "target": "ops@example.com", "target_label": "ops@example.com",
+             "status": "sent", "attempts": 1, "last_error": None, "next_attempt_at": None,
+             "sent_at": NOW}
+    alerts = [
+        ("job_failing", "expiry-checker", 4, NOW.replace(hour=0, minute=0, second=3),
+         "expiry-checker is failing: run 4 ended partial with 1 failed item "
+         "(0b6f2c1e-5d7a-4c3e-9f10-000000000003: invalid recipient 'crooked@mail,co')",
+         [hook("hooks.slack.com", "sent", 1, None),
+          hook("alerts.example.net", "pending", 6, "HTTP 503"), email]),
+        ("job_overdue", "cleanup", 2, NOW - timedelta(hours=2),
+         "cleanup is overdue: no successful run since 2026-11-15T02:00:00Z",
+         [hook("hooks.slack.com", "sent", 1, None),
+          hook("alerts.example.net", "dead", 1, "HTTP 404"), email]),
+    ]
+    with engine.begin() as c:
+        for i, (event, job, run, at, words, deliveries) in enumerate(alerts, start=1):
+            c.execute(insert(ops_alerts).values(
+                id=i, key=f"{event}:{job}:{run}", event=event, job_id=job, run_id=run, at=at,
+                payload={"event": event, "text": words}))
+            c.execute(insert(ops_alert_deliveries), [{"alert_id": i, **d} for d in deliveries])
+        for state in [
+            {"job_id": "expiry-checker", "paused": False, "alert_state": "failing",
+             "failing_since": NOW.replace(hour=0, minute=0, second=3)},
+            {"job_id": "cleanup", "paused": False, "overdue_since": NOW - timedelta(hours=2)},
+            {"job_id": "analytics-aggregate", "paused": True, "paused_by": "ana@ops-1",
+             "paused_at": NOW - timedelta(hours=1),
+             "paused_reason": "moving the cache to the new Redis tonight"},
+        ]:
+            c.execute(insert(ops_job_state).values(**state))
+
+
+def _with_alerts(make: Callable[..., OpsApp], **kw: Any) -> OpsApp:
+    app = make(**kw)
+    assert app.session.engine is not None
+    _seed_alerts(app.session.engine)
+    return app
+
+
+def test_jobs_screen_attention_strip(snap_compare: Any, snap_app: Callable[..., OpsApp]) -> None:
+    assert snap_compare(_with_alerts(snap_app), terminal_size=SIZE, run_before=_then())
+
+
+def test_alerts_screen(snap_compare: Any, snap_app: Callable[..., OpsApp]) -> None:
+    assert snap_compare(_with_alerts(snap_app, read_only=True), terminal_size=SIZE,
+                        run_before=_then("l", "down"))

@@ -144,7 +144,7 @@ class OpsApp(App[int]):
         try:
             engine = self.session.db()
             overview = load_overview(engine, self.session.settings, self.session.cache(),
-                                     self.session.clock())
+                                     self.session.clock(), with_alerts=True)
         except OpsError as exc:
             self.post_message(RefreshFailed(exc.message))
             return
@@ -187,7 +187,10 @@ class OpsApp(App[int]):
 
     def request_trigger(self, job_id: str, params: RunParams | None = None, *,
                         question: str | None = None, detail: str | None = None,
-                        yes: str = "Run now", open_result: bool = True) -> None:
+                        yes: str = "Run now", open_result: bool = True,
+                        on_yes: Callable[[], object] | None = None) -> None:
+        """Ask, then run `job_id`; `on_yes` runs first when the answer is yes (the preview
+        closes itself then, and stays open on a no)."""
         if self._refuse_write("run a job"):
             return
         if not self._can_start():
@@ -203,6 +206,8 @@ class OpsApp(App[int]):
 
         def answered(yes: bool | None) -> None:
             if yes:
+                if on_yes is not None:
+                    on_yes()
                 self._start_run(RunPurpose(job_id, False, f"Running {job_id}", open_result),
                                 params)
 
@@ -295,10 +300,12 @@ class OpsApp(App[int]):
                     else "warning" if errors or report.status is RunStatus.INTERRUPTED
                     else "information")
         run = f"run #{report.run_id}" if report.run_id else "preview"
-        text = f"{report.message}: {n:,} processed, {plural(errors, 'error')} ({run})"
+        # Which run in the title, so the usual notification is two lines high.
+        text = f"{report.message}: {n:,} processed, {plural(errors, 'error')}"
         if report.error:
             text += f"\n{report.error}"
-        self.notify(text, title=purpose.job_id, severity=severity, timeout=8, markup=False)
+        self.notify(text, title=f"{purpose.job_id} · {run}", severity=severity, timeout=8,
+                    markup=False)
         for screen in self.screen_stack:
             reload = getattr(screen, "on_job_finished", None)
             if reload is not None:
@@ -358,6 +365,9 @@ class OpsApp(App[int]):
         entries += [
             ("view: Jobs", "The jobs, their schedules and last runs", self.show_jobs),
             ("view: Outbox", "Emails: pending, sent, failed, dead", self.open_outbox),
+            ("view: Outbox · dead", "The emails every attempt failed for",
+             partial(self.open_outbox, status="dead")),
+            ("view: Alerts", "Recent alerts and their deliveries", self.open_alerts),
             ("view: Analytics", "A tenant's cached daily analytics", self.open_analytics),
             ("view: Help", "Every key on every screen", self.action_help),
         ]
@@ -380,10 +390,15 @@ class OpsApp(App[int]):
 
         self._push_view(HistoryScreen(job_id))
 
-    def open_outbox(self) -> None:
+    def open_outbox(self, status: str | None = None) -> None:
         from console.tui.screens.outbox import OutboxScreen
 
-        self._push_view(OutboxScreen())
+        self._push_view(OutboxScreen(status=status))
+
+    def open_alerts(self) -> None:
+        from console.tui.screens.alerts import AlertsScreen
+
+        self._push_view(AlertsScreen())
 
     def open_analytics(self, tenant_id: str | None = None) -> None:
         from console.tui.screens.analytics import AnalyticsScreen

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
+from jobs.alerts import AlertRecord
 from jobs.analytics import DayValue
 from jobs.outbox import OutboxEntry
 from jobs.overview import Overview
@@ -131,3 +132,15 @@ class EmailsRetried(Message):
         super().__init__()
         self.ids = ids
         self.changed = changed
+
+
+class AlertsLoaded(Message):
+    def __init__(self, records: Sequence[AlertRecord]) -> None:
+        super().__init__()
+        self.records = records
+
+
+class TestAlertSent(Message):
+    def __init__(self, outcomes: Sequence[tuple[str, str, str | None]]) -> None:
+        super().__init__()
+        self.outcomes = outcomes  # per target: label, status (sent | dead), error

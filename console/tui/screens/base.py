@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 # Every action that writes to the database or the cache; --read-only hides and refuses them.
 WRITING_ACTIONS = frozenset({"run_now", "run_for_real", "pause", "resume", "retry", "recompute",
-                             "stop_run"})
+                             "stop_run", "send_test"})
 
 
 class OpsScreen(Screen[Any]):

@@ -13,6 +13,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
+from console.tui.screens.alerts import AlertsScreen
 from console.tui.screens.analytics import AnalyticsScreen
 from console.tui.screens.base import WRITING_ACTIONS
 from console.tui.screens.history import HistoryScreen
@@ -31,6 +32,7 @@ SECTIONS: tuple[tuple[str, type[object]], ...] = (
     ("Preview", PreviewScreen),
     ("Analytics", AnalyticsScreen),
     ("Outbox", OutboxScreen),
+    ("Alerts", AlertsScreen),
 )
 
 

@@ -7,19 +7,31 @@ from datetime import datetime
 from typing import ClassVar
 
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.coordinate import Coordinate
-from textual.widgets import DataTable, Footer, Header, Label, Static
+from textual.widgets import DataTable, Footer, Header, Label, OptionList, Static
+from textual.widgets.data_table import ColumnKey
 
-from console.formatting import ago, clip, clock_time, countdown, duration, state_text, status_text
+from console.formatting import (
+    ago,
+    clip,
+    clock_time,
+    countdown,
+    duration,
+    span,
+    stamp,
+    state_text,
+    status_text,
+)
 from console.tui.screens.base import OpsScreen
 from console.tui.screens.history import run_row
+from console.tui.widgets.attention_strip import AttentionStrip
 from console.tui.widgets.run_progress import RunProgress
 from console.tui.widgets.status_bar import StatusBar
-from console.tui.widgets.tables import RowTable
-from jobs.overview import STALE_REASON, Overview, schedule_state
+from console.tui.widgets.tables import FitTable, RowTable
+from jobs.overview import STALE_REASON, Attention, JobView, Overview, schedule_state
 from jobs.records import RunRecord
 from jobs.registry import JOBS
 from jobs.runner_schedules import JobSchedule
@@ -28,8 +40,9 @@ from jobs.settings import JOB_IDS
 RECENT_COLUMNS = (("Run", "run", 7), ("Job", "job", 19), ("Trigger", "trigger", 8),
                   ("When (UTC)", "when", 16), ("Took", "took", 6), ("Status", "status", 11),
                   ("Done", "done", 6), ("Errors", "err", 6))
+LAST_RUN_WIDTH = 22
 COLUMNS = (("Job", "job", 19), ("Schedule", "schedule", 25), ("Next run", "next", 16),
-           ("Last run", "last", 22), ("State", "state", 8))
+           ("Last run", "last", LAST_RUN_WIDTH), ("State", "state", 8))
 
 
 class JobsScreen(OpsScreen):
@@ -49,6 +62,10 @@ class JobsScreen(OpsScreen):
         Binding("a", "analytics", "Analytics", id="view-analytics",
                 tooltip="A tenant's cached daily analytics"),
         Binding("o", "outbox", "Outbox", id="view-outbox", tooltip="The email outbox"),
+        Binding("l", "alerts", "Alerts", id="view-alerts",
+                tooltip="Recent alerts (failing, recovered, overdue) and their deliveries"),
+        Binding("w", "attention", "Attention", id="jobs-attention", show=False,
+                tooltip="Move to the attention strip (enter on a line goes to the thing)"),
         Binding("r", "refresh", "Refresh", id="refresh", show=False,
                 tooltip="Read everything again now (it also refreshes every few seconds)"),
     ]
@@ -65,7 +82,9 @@ class JobsScreen(OpsScreen):
         yield Header()
         yield StatusBar(id="status")
         yield Static("", id="schedules-note")
-        yield RowTable(id="jobs", cell_padding=1)
+        yield AttentionStrip(id="attention")
+        # The state column takes the width left over: "failing since 3h ago" where it fits.
+        yield FitTable(stretch="state", min_width=8, id="jobs", cell_padding=1)
         yield Static("", id="job-detail")
         yield Label("Recent runs of every job", id="recent-title", classes="screen-title")
         yield RowTable(id="recent", zebra_stripes=True)
@@ -152,12 +171,25 @@ class JobsScreen(OpsScreen):
                 self._shown[job_id] = cfg
                 self._next.pop(job_id, None)  # counted down on the old schedule
                 table.update_cell(job_id, "schedule", schedule_cell(cfg))
-            table.update_cell(job_id, "state", state_text(overview.job(job_id).state))
+        self._state_cells()
+        self.query_one(AttentionStrip).show(overview.attention())
         self._schedules_note(overview)
         self.tick()
         self._detail()
         self._recent(overview)
         self.refresh_bindings()
+
+    def _state_cells(self) -> None:
+        if self.overview is None:
+            return
+        table = self.query_one("#jobs", DataTable)
+        width = table.columns[ColumnKey("state")].get_render_width(table) - 2 * table.cell_padding
+        now = self.session.clock()
+        for job_id in JOB_IDS:
+            table.update_cell(job_id, "state", state_cell(self.overview.job(job_id), now, width))
+
+    def on_resize(self, _: events.Resize) -> None:
+        self.call_after_refresh(self._state_cells)  # once the table has its new widths
 
     def _recent(self, overview: Overview) -> None:
         table = self.query_one("#recent", DataTable)
@@ -198,9 +230,15 @@ class JobsScreen(OpsScreen):
         if last is None:
             return Text("never ran", style="dim")
         when = ago(last.finished_at or last.created_at, now)
-        line2 = f"{duration(last.duration_seconds)} · {last.processed:,} done"
-        if last.errors:
-            line2 += f" · {last.errors:,} err"
+        took, done = duration(last.duration_seconds), f"{last.processed:,} done"
+        if not last.errors:
+            return Text.assemble(status_text(str(last.status)), f" {when}", "\n",
+                                 (f"{took} · {done}", "dim"))
+        # The error count is what must not be cut: the duration goes first, then the words.
+        err = f"{last.errors:,} err"
+        line2 = next((c for c in (f"{took} · {done} · {err}", f"{done} · {err}",
+                                  f"{last.processed:,} · {err}")
+                      if len(c) <= LAST_RUN_WIDTH), err)
         return Text.assemble(status_text(str(last.status)), f" {when}", "\n", (line2, "dim"))
 
     def _detail(self) -> None:
@@ -217,9 +255,21 @@ class JobsScreen(OpsScreen):
         if self.overview is not None:
             now = self.session.clock()
             state = self.overview.states[job_id]
+            # One line, so the pause and the last run below it still fit at 30 rows.
+            alert = []
+            if state.failing_since is not None:
+                alert.append(f"failing since {stamp(state.failing_since)} UTC "
+                             f"({ago(state.failing_since, now)})")
+            if state.overdue_since is not None and not state.paused:
+                alert.append(f"overdue since {ago(state.overdue_since, now)}")
+            if alert:
+                line = " · ".join(alert)
+                text.append(f"\n{line[:1].upper()}{line[1:]}",
+                            style="red" if state.failing_since is not None else "yellow")
             if state.paused:
+                why = f": {state.paused_reason}" if state.paused_reason else ""
                 text.append(f"\nPaused {ago(state.paused_at, now)} by {state.paused_by or '?'}"
-                            " — slots are not fired while paused", style="yellow")
+                            f"{why} — slots are not fired while paused", style="yellow")
             last = self.overview.last_runs.get(job_id)
             if last is not None:
                 text.append(f"\nLast run #{last.run_id} ({last.trigger}) by {last.started_by}")
@@ -235,6 +285,23 @@ class JobsScreen(OpsScreen):
     @on(DataTable.RowSelected, "#jobs")
     def _selected(self) -> None:
         self.action_history()
+
+    @on(OptionList.OptionSelected, "#attention")
+    def _attention_selected(self, event: OptionList.OptionSelected) -> None:
+        line = self.query_one(AttentionStrip).line(event.option_index)
+        if line is not None:
+            self.go_to(line)
+
+    def go_to(self, line: Attention) -> None:
+        """Where a line of the attention strip leads."""
+        if line.kind == "stale" and line.run_id is not None:
+            self.ops.open_run(line.run_id)
+        elif line.kind == "dead_emails":
+            self.ops.open_outbox(status="dead")
+        elif line.kind == "undelivered_alerts":
+            self.ops.open_alerts()
+        elif line.job_id is not None:
+            self.ops.open_history(line.job_id)
 
     @on(DataTable.RowSelected, "#recent")
     def _run_selected(self, event: DataTable.RowSelected) -> None:
@@ -278,8 +345,41 @@ class JobsScreen(OpsScreen):
     def action_outbox(self) -> None:
         self.ops.open_outbox()
 
+    def action_alerts(self) -> None:
+        self.ops.open_alerts()
+
+    def action_attention(self) -> None:
+        strip = self.query_one(AttentionStrip)
+        if strip.display:
+            strip.focus()
+        else:
+            self.notify("Nothing needs attention.", markup=False)
+
     def action_refresh(self) -> None:
         self.ops.refresh_data()
+
+
+def state_cell(view: JobView, now: datetime, width: int) -> Text:
+    """Whether the job's slots fire, and under it its alert state in the words that fit."""
+    state = view.pause
+    failing = state.failing_since
+    overdue = state.overdue_since if view.state == "active" else None
+    words: tuple[str, ...] = ()
+    if failing is not None:
+        words = (f"failing since {ago(failing, now)}", f"failing {span(now - failing)}",
+                 "failing")
+        if overdue is not None:
+            words = (f"{words[0]} · overdue", f"{words[1]} · overdue", *words[1:2],
+                     "failing, overdue", "failing")
+    elif overdue is not None:
+        words = (f"overdue since {ago(overdue, now)}", f"overdue {span(now - overdue)}",
+                 "overdue")
+    text = state_text(view.state)
+    if words:
+        chosen = next((w for w in words if len(w) <= width), words[-1])
+        text.append("\n")
+        text.append(chosen, style="bold red" if failing is not None else "bold yellow")
+    return text
 
 
 def schedule_cell(sched: JobSchedule) -> Text:

@@ -41,9 +41,10 @@ class OutboxScreen(OpsScreen):
                ("email: Filter", "Cycle the status shown", "filter"),
                ("email: Read", "Scroll the highlighted email", "read"))
 
-    def __init__(self) -> None:
+    def __init__(self, status: str | None = None) -> None:
         super().__init__()
         self.entries: list[OutboxEntry] = []
+        self.initial_status = status  # e.g. "dead", from the jobs screen's attention strip
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -51,7 +52,7 @@ class OutboxScreen(OpsScreen):
         yield Static(self._smtp_line(), id="smtp-state")
         with Horizontal(id="outbox-bar"):
             yield Select([(s, s) for s in STATUSES], prompt="All statuses", id="status-filter",
-                         allow_blank=True)
+                         allow_blank=True, value=self.initial_status or Select.NULL)
             yield Label("", id="outbox-counts")
         yield FitTable(stretch="subject", id="emails", cursor_type="row", zebra_stripes=True)
         with VerticalScroll(id="email-view"):

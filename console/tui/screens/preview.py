@@ -62,19 +62,20 @@ class PreviewScreen(OpsScreen):
 
     def action_run_for_real(self) -> None:
         job_id = self.report.job_id
+        # The preview stays open while the question is asked: a "no" comes back to it.
+        self.ops.request_trigger(
+            job_id,
+            question=f"Run {job_id} for real now?",
+            detail=f"{JOBS[job_id].title}. The preview showed {self.report.processed:,} "
+                   "items; a real run now writes to the platform tables, the outbox or "
+                   "the cache, and may differ if the data changed since.",
+            yes="Run for real",
+            on_yes=self._close,
+        )
 
-        def then() -> None:
-            self.ops.request_trigger(
-                job_id,
-                question=f"Run {job_id} for real now?",
-                detail=f"{JOBS[job_id].title}. The preview showed {self.report.processed:,} "
-                       "items; a real run now writes to the platform tables, the outbox or "
-                       "the cache, and may differ if the data changed since.",
-                yes="Run for real",
-            )
-
-        self.app.pop_screen()
-        self.app.call_later(then)
+    def _close(self) -> None:
+        if self.is_current:
+            self.dismiss()
 
     def action_toggle_errors(self) -> None:
         view = self.query_one(ItemsView)
