@@ -402,7 +402,7 @@ def _run_params(request: web.Request) -> RunParams:
 
 
 def _report_status(report: RunReport) -> int:
-    if report.status is RunStatus.FAILED:
+    if report.status in (RunStatus.FAILED, RunStatus.TIMED_OUT):
         return 500
     if report.status is RunStatus.INTERRUPTED:
         return 503
