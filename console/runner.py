@@ -381,6 +381,7 @@ class SlotRunner:
             self.log.error("run-error", job=claimed.job_id, run_id=claimed.run_id, error=reason)
             self._abandon(claimed, reason)
             st.ping(claimed.job_id, "fail", claimed.run_id)
+            self._plan_retry(claimed)
             return None
         finally:
             st.in_flight.pop(claimed.run_id, None)
