@@ -21,6 +21,7 @@ from jobs.db import ops_alerts, ops_runs, require_platform_tables, transaction
 from jobs.records import RunStatus
 from jobs.settings import Settings
 from jobs.slots import retry_backoff
+from tests.conftest import cli
 from tests.factories import add_tenant
 from tests.test_scheduler import JOB, Harness, harness, job_settings, slot_rows, utc
 
@@ -67,7 +68,8 @@ def run_claims(h: Harness, at: timedelta) -> list[tuple[int, RunStatus]]:
 
 
 def test_a_failed_slot_runs_again_after_a_doubling_backoff_until_it_succeeds(
-        engine: Engine, settings: Settings, harnesses: list[Harness]) -> None:
+        engine: Engine, settings: Settings, harnesses: list[Harness],
+        env: dict[str, str]) -> None:
     s = job_settings(settings, "0 * * * *", retries=3, retry_backoff=60)
     add_tenant(engine, expire_date=SLOT - timedelta(days=1))
     h = harness(harnesses, engine, s, SLOT - timedelta(seconds=1))
@@ -89,6 +91,9 @@ def test_a_failed_slot_runs_again_after_a_doubling_backoff_until_it_succeeds(
     with transaction(engine) as conn:
         refs = set(conn.execute(select(ops_runs.c.reference_time)).scalars())
     assert refs == {SLOT}  # every attempt runs as the slot it retries
+    listed = cli(env, "history").stdout.splitlines()
+    assert ["schedule, attempt 3" in line and "succeeded" in line for line in listed[1:]] == [
+        True, False, False]
 
 
 def test_job_failing_is_raised_by_the_last_attempt_only(

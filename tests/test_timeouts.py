@@ -125,7 +125,7 @@ def test_a_run_without_a_timeout_is_not_watched(engine: Engine) -> None:
 
 
 def test_a_manual_run_past_its_timeout_ends_timed_out_and_frees_the_lock(
-        engine: Engine, db_url: str, settings: Settings) -> None:
+        engine: Engine, db_url: str, settings: Settings, env: dict[str, str]) -> None:
     s = job_settings(settings, "0 0 * * *", timeout=LIMIT)
     add_tenant(engine, expire_date=NOW - timedelta(days=1))
     locks: list[Lock] = []
@@ -152,6 +152,14 @@ def test_a_manual_run_past_its_timeout_ends_timed_out_and_frees_the_lock(
         holder = conn.execute(select(ops_job_state.c.active_run_id)
                               .where(ops_job_state.c.job_id == JOB)).scalar_one()
     assert row.status == "timed_out" and holder is None
+    with transaction(engine) as conn:  # what storeflow_job_runs_total reports
+        counted = conn.execute(text("SELECT count FROM ops_run_counts WHERE job_id = :j "
+                                    "AND status = 'timed_out'"), {"j": JOB}).scalar_one()
+    assert counted == 1
+    shown = cli(env, "show", str(report.run_id))
+    assert shown.returncode == 0, shown.stderr
+    assert f"run {report.run_id}, timed_out, manual" in shown.stdout
+    assert "error:     timed out after 1s" in shown.stdout
     # Nothing else is in the way: the next manual run does the work.
     assert runs.execute(engine, s, JOB, now=NOW, started_by="op@host").status is (
         RunStatus.SUCCEEDED)
