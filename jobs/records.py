@@ -214,6 +214,7 @@ class RunRecord:
             "job": self.job_id,
             "trigger": str(self.trigger),
             "scheduled_for": iso(self.scheduled_for),
+            "attempt": self.attempt,
             "status": str(self.status),
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
