@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -18,8 +19,9 @@ from sqlalchemy.engine import Engine
 
 from jobs import runs
 from jobs.db import ops_alerts, ops_runs, require_platform_tables, transaction
+from jobs.errors import ConfigError
 from jobs.records import RunStatus
-from jobs.settings import Settings
+from jobs.settings import Overrides, Settings, load_settings
 from jobs.slots import retry_backoff
 from tests.conftest import cli
 from tests.factories import add_tenant
@@ -168,3 +170,18 @@ def test_the_backoff_doubles_up_to_an_hour(settings: Settings) -> None:
     job = job_settings(settings, "0 0 * * *", retries=10, retry_backoff=60).job(JOB)
     assert [retry_backoff(job, a) for a in (1, 2, 3, 6, 7, 30)] == [
         timedelta(minutes=m) for m in (1, 2, 4, 32, 60, 60)]
+
+
+def test_timeout_and_retry_keys_are_read_and_checked(tmp_path: Path) -> None:
+    config = tmp_path / "s.toml"
+    config.write_text(f'[jobs.{JOB}]\ntimeout = "30m"\nretries = 3\nretry_backoff = "5m"\n')
+    job = load_settings(Overrides(config=str(config)), env={}, cwd=tmp_path).job(JOB)
+    assert (job.timeout, job.retries, job.retry_backoff) == (timedelta(minutes=30), 3, 300)
+    for line, reason in (('timeout = "0"', "at least one second"),
+                         ("retries = -1", "-1 is negative"),
+                         ('retry_backoff = "0s"', "at least one second")):
+        config.write_text(f"[jobs.{JOB}]\n{line}\n")
+        with pytest.raises(ConfigError) as caught:
+            load_settings(Overrides(config=str(config)), env={}, cwd=tmp_path)
+        key = line.split(" ")[0]
+        assert f"jobs.{JOB}.{key}" in str(caught.value) and reason in str(caught.value)
