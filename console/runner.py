@@ -311,7 +311,8 @@ class SlotRunner:
                              reason="its worker ended without recording an outcome")
         # Endings of the last day: a bounded look-back, wide enough for a fleet that was
         # down overnight (recover_stale_runs stamps the ones it finds with `now`).
-        candidates = retry_candidates(st.engine, min(st.started_at, now) - timedelta(days=1))
+        candidates = retry_candidates(st.engine, st.settings,
+                                      min(st.started_at, now) - timedelta(days=1))
         facts = self.facts() if candidates else {}
         claims: list[ClaimedRun] = []
         pending: list[datetime] = []

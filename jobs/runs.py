@@ -331,23 +331,39 @@ def release_orphaned_runs(engine: Engine, runner_id: str, live: Container[int],
     return released
 
 
-def retry_candidates(engine: Engine, since: datetime) -> list[RunRecord]:
-    """Slot runs that ended failed, timed_out or interrupted since `since` and have no next
-    attempt yet: the runs whose slot may be retried (`jobs.slots.retry_at` decides)."""
-    retry = ops_runs.alias("retry")
+def retry_candidates(engine: Engine, settings: Settings, since: datetime) -> list[RunRecord]:
+    """Slot runs that ended since `since` with no next attempt yet and that may still have
+    one (`jobs.slots.retry_at` decides): a slot's first interruption, and for a job with
+    `retries` a failed, timed-out or interrupted attempt up to the last, of its newest
+    slot (once a later slot has a run, that slot does the work). So an every-second job
+    that fails all day is not read back thousands of times on each maintenance pass."""
+    retry, later = ops_runs.alias("retry"), ops_runs.alias("later")
+    r = ops_runs.c
+    wanted = []
+    for job_id, job in settings.jobs.items():
+        if job.retries == 0:
+            wanted.append(and_(r.job_id == job_id, r.status == RunStatus.INTERRUPTED,
+                               r.attempt == 1))
+            continue
+        wanted.append(and_(
+            r.job_id == job_id, r.status.in_([str(s) for s in RETRIED_STATUSES]),
+            r.attempt <= job.retries,
+            ~select(later.c.id).where(later.c.job_id == r.job_id,
+                                      later.c.scheduled_for > r.scheduled_for).exists(),
+        ))
     q = (
         select(ops_runs)
         .where(
-            ops_runs.c.finished_at >= since,
-            ops_runs.c.status.in_([str(s) for s in RETRIED_STATUSES]),
-            ops_runs.c.trigger == Trigger.SCHEDULE,
+            r.finished_at >= since,
+            r.trigger == Trigger.SCHEDULE,
+            or_(*wanted),
             ~select(retry.c.id).where(
-                retry.c.job_id == ops_runs.c.job_id,
-                retry.c.scheduled_for == ops_runs.c.scheduled_for,
-                retry.c.attempt == ops_runs.c.attempt + 1,
+                retry.c.job_id == r.job_id,
+                retry.c.scheduled_for == r.scheduled_for,
+                retry.c.attempt == r.attempt + 1,
             ).exists(),
         )
-        .order_by(ops_runs.c.id)
+        .order_by(r.id)
     )
     with transaction(engine) as conn:
         return [_record(r) for r in conn.execute(q)]
