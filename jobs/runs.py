@@ -496,7 +496,7 @@ def execute(
     if timed_out and job.timeout is not None:
         # Still running at its deadline: whatever it managed since (a cancelled statement's
         # error, a tenant given up) is the timeout's doing. The items so far are kept.
-        cause = f" ({error})" if error and status is RunStatus.FAILED else ""
+        cause = f" ({error.splitlines()[0]})" if error and status is RunStatus.FAILED else ""
         status, error_code = RunStatus.TIMED_OUT, None
         error = f"timed out after {timeout_text(job.timeout)}{cause}"
     if status is RunStatus.SUCCEEDED and sink.errors:
