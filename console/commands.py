@@ -226,7 +226,8 @@ def _print_report(ctx: CliContext, report: RunReport, record: RunRecord | None =
     ctx.out(f"{report.message}: {report.job_id} ({run}, {report.status}, {report.trigger})")
     ctx.out(f"  now:       {stamp(report.reference_time, zone=True)}")
     if report.scheduled_for is not None:
-        ctx.out(f"  slot:      {stamp(report.scheduled_for, zone=True)}")
+        retry = f"  (attempt {record.attempt})" if record is not None and record.attempt > 1 else ""
+        ctx.out(f"  slot:      {stamp(report.scheduled_for, zone=True)}{retry}")
     if record is not None:
         ctx.out(f"  by:        {terminal_safe(record.started_by)}")
     ctx.out(f"  started:   {stamp(report.started_at, zone=True)}  "
@@ -266,7 +267,9 @@ def cmd_history(ctx: CliContext, args: argparse.Namespace) -> int:
         ctx.err("no runs yet")
         return ExitCode.OK
     rows = [
-        (r.run_id, r.job_id, r.trigger, r.status,
+        # A retry shows which attempt of its slot it is.
+        (r.run_id, r.job_id, r.trigger if r.attempt == 1 else f"{r.trigger}, attempt {r.attempt}",
+         r.status,
          stamp(r.scheduled_for or r.reference_time, zone=True),
          stamp(r.started_at, zone=True, missing="-"),
          duration(r.duration_seconds, missing="-"),

@@ -36,6 +36,7 @@ STATUS_STYLES: dict[str, str] = {
     "skipped": "yellow",
     "missed": "yellow",
     "failed": "bold red",
+    "timed_out": "bold red",
     "error": "bold red",
     "dead": "bold red",
     "interrupted": "magenta",

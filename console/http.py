@@ -14,7 +14,8 @@ Status codes of a trigger:
   on a job other than analytics-aggregate); nothing is written;
 - 401 `{"message": "Unauthorized"}`: no, malformed or wrong `Authorization: Bearer`;
 - 409: the job is already running (the holder's run id is in the body);
-- 500: the run started and failed (its report is the body, with the error), or it
+- 500: the run started and failed or timed out (its report is the body, with the
+  error), or it
   could not start (`{"message": "Job not started", "error": ...}`, e.g. a database
   without StoreFlow's platform tables);
 - 503: the database did not answer before the run could start, the runner is shutting
@@ -402,7 +403,7 @@ def _run_params(request: web.Request) -> RunParams:
 
 
 def _report_status(report: RunReport) -> int:
-    if report.status is RunStatus.FAILED:
+    if report.status in (RunStatus.FAILED, RunStatus.TIMED_OUT):
         return 500
     if report.status is RunStatus.INTERRUPTED:
         return 503

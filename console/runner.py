@@ -85,18 +85,19 @@ from jobs.runs import (
     abandon_run,
     claim_slot,
     execute,
-    interrupted_slot_runs,
+    get_run,
     job_states,
     newest_slots,
     note_schedules,
     record_missed,
     recover_stale_runs,
     release_orphaned_runs,
+    retry_candidates,
     skipped_behind,
 )
 from jobs.sender import check_mail_settings
 from jobs.settings import Overrides, Settings, load_settings
-from jobs.slots import JobFacts, Scheduler, SlotPlan, should_retry
+from jobs.slots import JobFacts, Scheduler, SlotPlan, retry_at, retry_refusal
 from jobs.timeutil import Clock, utc_now
 
 P = ParamSpec("P")
@@ -107,7 +108,8 @@ ERROR_BACKOFF_MAX = 30.0  # seconds between attempts while the database is down
 # set up once, at start. A change to them is logged as needing a restart.
 RESTART_SECTIONS = ("runner", "alerts")
 # A finished run's log level: failed is an error; partial, interrupted and the rest warn.
-_FINISHED_LEVELS: dict[RunStatus, Level] = {RunStatus.SUCCEEDED: "info", RunStatus.FAILED: "error"}
+_FINISHED_LEVELS: dict[RunStatus, Level] = {RunStatus.SUCCEEDED: "info", RunStatus.FAILED: "error",
+                                            RunStatus.TIMED_OUT: "error"}
 
 
 # --- what the faces share ----------------------------------------------------------------------
@@ -205,7 +207,28 @@ class SlotRunner:
     def __init__(self, state: RunnerState, scheduler: Scheduler | None = None) -> None:
         self.state = state
         self.scheduler = scheduler or Scheduler(state.settings.jobs, state.started_at)
-        self._settled: set[int] = set()  # interrupted runs already judged not worth a retry
+        self._settled: set[int] = set()  # ended runs whose retry is decided (none, or refused)
+        # When the earliest known retry is due (the loop wakes then); dues this runner's
+        # own runs planned since the last look at the database.
+        self._retry_lock = threading.Lock()
+        self._retry_wake: datetime | None = None
+        self._planned: list[datetime] = []
+        self.wake: Callable[[], None] = lambda: None  # the loop's: a retry was planned
+
+    @property
+    def retry_wake(self) -> datetime | None:
+        with self._retry_lock:
+            return self._retry_wake
+
+    def _note_retries(self, dues: list[datetime], now: datetime | None = None) -> None:
+        """Merge retry due times into the wake-up time; with `now`, `dues` is the whole
+        list read from the database at `now` (planned dues up to then are in it)."""
+        with self._retry_lock:
+            if now is not None:
+                self._planned = [d for d in self._planned if d > now]
+            else:
+                self._planned += dues
+            self._retry_wake = min([*dues, *self._planned], default=None)
 
     @property
     def log(self) -> RunLog:
@@ -301,8 +324,10 @@ class SlotRunner:
 
     def recover(self, now: datetime) -> list[ClaimedRun]:
         """Interrupt the runs of runners that stopped heartbeating and this runner's own
-        orphans; claim the single retry of each job's newest slot if it was interrupted
-        (a dead runner, or one stopped by SIGTERM) and is still wanted."""
+        orphans; claim the retries that are due (`jobs.slots.retry_at`: a slot's first
+        interruption, and with `retries` a failed, timed-out or interrupted attempt after
+        its backoff) and still wanted. The unique (job, slot, attempt) makes each attempt
+        run once, whichever runner claims it."""
         st = self.state
         for run in recover_stale_runs(st.engine, now, st.settings.runner.stale_after,
                                       spare=st.runner_id, settings=st.settings):
@@ -315,38 +340,46 @@ class SlotRunner:
                                             st.settings):
             self.log.warning("run-interrupted", run_id=run_id,
                              reason="its worker ended without recording an outcome")
-        # Interruptions of the last day: a bounded look-back, wide enough for a fleet that
-        # was down overnight (recover_stale_runs stamps the ones it finds with `now`).
-        candidates = interrupted_slot_runs(st.engine, min(st.started_at, now) - timedelta(days=1))
-        if not candidates:
-            return []
-        facts = self.facts()
+        # Endings of the last day: a bounded look-back, wide enough for a fleet that was
+        # down overnight (recover_stale_runs stamps the ones it finds with `now`).
+        candidates = retry_candidates(st.engine, st.settings,
+                                      min(st.started_at, now) - timedelta(days=1))
+        facts = self.facts() if candidates else {}
         claims: list[ClaimedRun] = []
+        pending: list[datetime] = []
         for run in candidates:
-            if run.run_id in self._settled:
-                continue
             job = st.settings.jobs.get(run.job_id)
-            if job is None or run.scheduled_for is None:
+            if run.run_id in self._settled or job is None or run.scheduled_for is None:
                 continue
-            if not should_retry(run, job, facts.get(run.job_id, JobFacts()), now):
+            due = retry_at(run, job)
+            if due is None:  # final when it ended, and judged so then
+                self._settled.add(run.run_id)
+                continue
+            if due > now:
+                pending.append(due)
+                continue
+            attempt = run.attempt + 1
+            refusal = retry_refusal(run, job, facts.get(run.job_id, JobFacts()), now)
+            if refusal is not None:
                 self.log.info("retry-not-wanted", job=run.job_id, slot=run.scheduled_for,
-                              reason="a newer slot has passed, or outside misfire_grace, "
-                                     "disabled or paused")
-                # Not asked again on every tick: the slot is settled as interrupted.
+                              attempt=attempt, run_id=run.run_id, reason=refusal)
+                # Not asked again on every tick: the slot keeps the outcome it has.
                 self._settled.add(run.run_id)
                 alerts.run_ended(st.engine, st.settings, run.run_id, retry_left=False, now=now)
                 continue
             claim = claim_slot(st.engine, st.settings, run.job_id, run.scheduled_for,
                                runner_id=st.runner_id, started_by=st.started_by,
-                               clock=st.clock, attempt=2)
+                               clock=st.clock, attempt=attempt)
             if claim.status is ClaimStatus.CLAIMED:
                 assert claim.run_id is not None
                 self.log.info("retry-claimed", job=run.job_id, slot=run.scheduled_for,
-                              run_id=claim.run_id, attempt=2, interrupted_run=run.run_id)
-                claims.append(ClaimedRun(claim.run_id, run.job_id, run.scheduled_for, 2))
+                              run_id=claim.run_id, attempt=attempt, retried_run=run.run_id,
+                              retried_status=str(run.status))
+                claims.append(ClaimedRun(claim.run_id, run.job_id, run.scheduled_for, attempt))
             else:
                 self.log.info(f"retry-{claim.status}", job=run.job_id, slot=run.scheduled_for,
-                              attempt=2)
+                              attempt=attempt)
+        self._note_retries(pending, now)
         self._hold(claims)
         return claims
 
@@ -443,14 +476,35 @@ class SlotRunner:
             self.log.error("run-error", job=claimed.job_id, run_id=claimed.run_id, error=reason)
             self._abandon(claimed, reason)
             st.ping(claimed.job_id, "fail", claimed.run_id)
+            self._plan_retry(claimed)
             return None
         finally:
             st.in_flight.pop(claimed.run_id, None)
         st.ping(claimed.job_id, outcome(report.status), claimed.run_id)
         self._log_finished(claimed, report)
-        if claimed.attempt == 2:
+        self._plan_retry(claimed)
+        if claimed.attempt >= 2:
             self._refire_skipped(claimed)
         return report
+
+    def _plan_retry(self, claimed: ClaimedRun) -> None:
+        """A run of ours that will run again: say when, and wake the loop for it. (Any
+        runner's maintenance finds it too, should this one stop meanwhile.)"""
+        st = self.state
+        try:
+            record = get_run(st.engine, claimed.run_id)
+        except OpsError as exc:
+            self.log.error("retry-planning-failed", run_id=claimed.run_id, error=exc.message)
+            return
+        job = st.settings.jobs.get(claimed.job_id)
+        due = None if record is None or job is None else retry_at(record, job)
+        if record is None or due is None or record.status is RunStatus.INTERRUPTED:
+            return  # an interruption's retry is planned by whoever recovers it
+        self.log.info("retry-planned", job=claimed.job_id, slot=claimed.slot,
+                      run_id=claimed.run_id, status=str(record.status),
+                      attempt=claimed.attempt + 1, at=due)
+        self._note_retries([due])
+        self.wake()
 
     def _refire_skipped(self, retried: ClaimedRun) -> None:
         """After a retry, fire once the newest slot that was `skipped` behind it (or behind
@@ -584,6 +638,12 @@ async def serve(state: RunnerState, core: SlotRunner,
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     notifier = state.notifier
 
+    # A worker thread whose run will be retried wakes the loop for it.
+    def wake_soon() -> None:
+        loop.call_soon_threadsafe(wake.set)
+
+    core.wake = wake_soon
+
     runs: set[asyncio.Future[Any]] = set()
     drain: asyncio.Future[None] | None = None
     handle: HttpHandle | None = None
@@ -628,9 +688,11 @@ async def serve(state: RunnerState, core: SlotRunner,
             claims: list[ClaimedRun] = []
             errors = 0
             try:
-                maintained = now >= maintenance_at
+                retry_due = core.retry_wake is not None and now >= core.retry_wake
+                maintained = now >= maintenance_at or retry_due
                 if maintained:
-                    maintenance_at = now + interval
+                    if now >= maintenance_at:
+                        maintenance_at = now + interval
                     claims += await _in_thread(core.maintain, now)
                 # The maintenance just recovered stale runs and retried their slots (before
                 # any new slot is claimed, as tick would): once per pass is enough.
@@ -663,8 +725,8 @@ async def serve(state: RunnerState, core: SlotRunner,
             failures = failures + 1 if errors else 0
             now = state.clock()
             state.next_wake = core.scheduler.next_wake()
-            deadline = maintenance_at if state.next_wake is None else min(state.next_wake,
-                                                                         maintenance_at)
+            deadline = min(t for t in (state.next_wake, maintenance_at, core.retry_wake)
+                           if t is not None)
             delay = (deadline - now).total_seconds()
             if failures:  # the database is down: do not spin on it
                 delay = min(ERROR_BACKOFF_MAX, 0.5 * 2 ** min(failures, 8))

@@ -3,8 +3,9 @@
 State. Each job is `ok` or `failing` (ops_job_state.alert_state, shared by every runner),
 and may have an open overdue episode (overdue_since). Events fire on changes only:
 
-- `job_failing`: a run ends failed, partial or timed_out, or interrupted with no retry
-  left, or a slot is recorded missed, while the job is ok;
+- `job_failing`: a run ends partial, or failed, timed_out or interrupted with no retry
+  left (`jobs.slots.retry_at`: a run that will run again raises nothing), or a slot is
+  recorded missed, while the job is ok;
 - `job_recovered`: a run ends succeeded while the job is failing (a success also ends an
   overdue episode);
 - `job_overdue`: no successful run for longer than the job's period (the gap between its
@@ -73,9 +74,10 @@ from jobs.db import (
     transaction,
 )
 from jobs.errors import OpsError
-from jobs.records import RunStatus, Trigger
+from jobs.records import RunStatus
 from jobs.redaction import origin
 from jobs.settings import AlertsConfig, Settings
+from jobs.slots import RETRIED_STATUSES, retry_at
 from jobs.timeutil import Clock, iso, iso_z, utc_now
 
 log = logging.getLogger("storeflow.alerts")
@@ -211,19 +213,20 @@ def _newer_verdict(conn: Connection, job_id: str, run_id: int) -> bool:
     ).first() is not None
 
 
-def _verdict(run: Any, retry_left: bool | None) -> str | None:
+def _verdict(run: Any, retry_left: bool | None, settings: Settings) -> str | None:
     status = run.status
     if status == RunStatus.SUCCEEDED:
         return "ok"
+    if status in RETRIED_STATUSES:
+        if retry_left is None:
+            # Whether the slot runs again (a slot's first interruption, or `retries`):
+            # the runner that then decides not to retry after all (paused, past grace)
+            # reports it here with retry_left=False. Manual and HTTP runs have none.
+            job = settings.jobs.get(run.job_id)
+            retry_left = job is not None and retry_at(run, job) is not None
+        return None if retry_left else "failing"
     if status in FAILING_STATUSES:
         return "failing"
-    if status == RunStatus.INTERRUPTED:
-        if retry_left is None:
-            # A slot's first attempt is retried once (the runner's recovery decides, and
-            # reports it here with retry_left=False when it will not); manual and HTTP
-            # runs, and retries, have no retry left.
-            retry_left = run.trigger == Trigger.SCHEDULE and run.attempt == 1
-        return None if retry_left else "failing"
     return None  # running, skipped
 
 
@@ -234,7 +237,7 @@ def _judge(engine: Engine, settings: Settings, run_id: int, retry_left: bool | N
             run = conn.execute(select(ops_runs).where(ops_runs.c.id == run_id)).first()
             if run is None:
                 return None
-            verdict = _verdict(run, retry_left)
+            verdict = _verdict(run, retry_left, settings)
             if verdict is None or _newer_verdict(conn, run.job_id, run.id):
                 return None
             job_id = run.job_id

@@ -20,6 +20,7 @@ from jobs.db import first_line, insert_rows, ops_run_items, ops_runs, transactio
 from jobs.errors import OpsError
 from jobs.records import ItemResult, ItemStatus, Progress, RunParams, RunStatus
 from jobs.settings import JobConfig, Settings
+from jobs.timeouts import RunDeadline
 
 ProgressCallback = Callable[[Progress], None]
 ITEM_COLUMNS = ("run_id", "seq", "tenant_id", "tenant_name", "action", "status", "detail", "error")
@@ -141,6 +142,7 @@ class RunContext:
     # When the run started, by the wall clock read at the edge: the outbox's queue time.
     # Not `now`: a `--now` in the future must not hold real emails back until then.
     started_at: datetime | None = None
+    deadline: RunDeadline = field(default_factory=lambda: RunDeadline(None))  # the job's timeout
 
     @property
     def queued_at(self) -> datetime:
@@ -157,8 +159,9 @@ class RunContext:
 
     @property
     def stop_requested(self) -> bool:
-        """True after SIGTERM: finish the tenant in hand, then return."""
-        return self.stop_event.is_set()
+        """True after SIGTERM or past the job's timeout: finish the tenant in hand (or
+        give it up, when its statement was cancelled), then return."""
+        return self.stop_event.is_set() or self.deadline.expired
 
     def record(self, item: ItemResult) -> None:
         self.sink.add(item)

@@ -399,11 +399,15 @@ def normalise_url(url: str) -> str:
     return url
 
 
+# How long a SQLite writer waits for another's lock (a timed run waits less: jobs.timeouts).
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets the console read while a runner writes; busy_timeout makes
     # concurrent writers (several runners on one file) wait instead of failing.
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     # Switching a fresh file to WAL needs an exclusive lock and SQLite answers "database is
     # locked" at once, without the busy handler, when another process is switching it
     # too (runners starting together): wait and try again; once in WAL it is a no-op.
@@ -484,7 +488,7 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
             _create_private(path, url)
         engine = create_engine(
             parsed,
-            connect_args={"timeout": 30, "check_same_thread": False},
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
             isolation_level=None,
         )
         event.listen(engine, "connect", _sqlite_pragmas)

@@ -24,6 +24,7 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     PARTIAL = "partial"  # some items failed
     FAILED = "failed"
+    TIMED_OUT = "timed_out"  # still running at its job's timeout: stopped, items so far kept
     INTERRUPTED = "interrupted"
     SKIPPED = "skipped"  # a slot that came while the job still ran (concurrency = forbid)
     MISSED = "missed"  # a slot no runner fired in time
@@ -135,8 +136,8 @@ class RunReport:
 
     @property
     def message(self) -> str:
-        if self.status is RunStatus.FAILED:
-            return "Job failed"
+        if self.status in (RunStatus.FAILED, RunStatus.TIMED_OUT):
+            return "Job failed"  # `status` and `error` say it timed out
         if self.dry_run:
             return "Preview completed"
         if self.status is RunStatus.INTERRUPTED:
@@ -149,6 +150,8 @@ class RunReport:
     def exit_code(self) -> ExitCode:
         if self.status is RunStatus.FAILED:
             return self.error_exit_code or ExitCode.FAILED
+        if self.status is RunStatus.TIMED_OUT:
+            return ExitCode.FAILED
         if self.status is RunStatus.INTERRUPTED:
             return ExitCode.INTERRUPTED
         return ExitCode.FAILED if self.errors else ExitCode.OK
@@ -211,6 +214,7 @@ class RunRecord:
             "job": self.job_id,
             "trigger": str(self.trigger),
             "scheduled_for": iso(self.scheduled_for),
+            "attempt": self.attempt,
             "status": str(self.status),
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),

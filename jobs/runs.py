@@ -48,6 +48,8 @@ from jobs.records import (
 )
 from jobs.registry import check_reference_time, check_run, get_job
 from jobs.settings import JOB_IDS, Settings
+from jobs.slots import RETRIED_STATUSES
+from jobs.timeouts import RunDeadline, timeout_text
 from jobs.timeutil import Clock, utc_now
 
 log = logging.getLogger("storeflow.runs")
@@ -329,23 +331,39 @@ def release_orphaned_runs(engine: Engine, runner_id: str, live: Container[int],
     return released
 
 
-def interrupted_slot_runs(engine: Engine, since: datetime) -> list[RunRecord]:
-    """Slot runs interrupted since `since` (their runner died, or was stopped by SIGTERM)
-    whose slot has no retry yet: the candidates for the single retry."""
-    retry = ops_runs.alias("retry")
+def retry_candidates(engine: Engine, settings: Settings, since: datetime) -> list[RunRecord]:
+    """Slot runs that ended since `since` with no next attempt yet and that may still have
+    one (`jobs.slots.retry_at` decides): a slot's first interruption, and for a job with
+    `retries` a failed, timed-out or interrupted attempt up to the last, of its newest
+    slot (once a later slot has a run, that slot does the work). So an every-second job
+    that fails all day is not read back thousands of times on each maintenance pass."""
+    retry, later = ops_runs.alias("retry"), ops_runs.alias("later")
+    r = ops_runs.c
+    wanted = []
+    for job_id, job in settings.jobs.items():
+        if job.retries == 0:
+            wanted.append(and_(r.job_id == job_id, r.status == RunStatus.INTERRUPTED,
+                               r.attempt == 1))
+            continue
+        wanted.append(and_(
+            r.job_id == job_id, r.status.in_([str(s) for s in RETRIED_STATUSES]),
+            r.attempt <= job.retries,
+            ~select(later.c.id).where(later.c.job_id == r.job_id,
+                                      later.c.scheduled_for > r.scheduled_for).exists(),
+        ))
     q = (
         select(ops_runs)
         .where(
-            ops_runs.c.finished_at >= since,
-            ops_runs.c.status == RunStatus.INTERRUPTED,
-            ops_runs.c.trigger == Trigger.SCHEDULE,
-            ops_runs.c.attempt == 1,
+            r.finished_at >= since,
+            r.trigger == Trigger.SCHEDULE,
+            or_(*wanted),
             ~select(retry.c.id).where(
-                retry.c.job_id == ops_runs.c.job_id,
-                retry.c.scheduled_for == ops_runs.c.scheduled_for,
-                retry.c.attempt == 2,
+                retry.c.job_id == r.job_id,
+                retry.c.scheduled_for == r.scheduled_for,
+                retry.c.attempt == r.attempt + 1,
             ).exists(),
         )
+        .order_by(r.id)
     )
     with transaction(engine) as conn:
         return [_record(r) for r in conn.execute(q)]
@@ -445,6 +463,8 @@ def execute(
         on_started(run_id)
 
     sink = ItemSink(engine, job_id, None if dry_run else run_id, on_progress)
+    # Armed once the run has started: claiming and locking are not the job's time.
+    deadline = RunDeadline(job.timeout).start(engine)
     ctx = RunContext(
         engine=engine, settings=settings, job=job, now=now, dry_run=dry_run, params=params,
         run_id=run_id, sink=sink,
@@ -452,23 +472,33 @@ def execute(
             lambda: open_cache(settings.cache_url, engine, settings.cache_prefix)
         ),
         stop_event=stop or threading.Event(),
-        started_at=started,
+        started_at=started, deadline=deadline,
     )
     status = RunStatus.SUCCEEDED
     summary: dict[str, Any] = {}
     error: str | None = None
     error_code: ExitCode | None = None
     try:
-        summary = spec.run(ctx)
+        with deadline.guard():
+            summary = spec.run(ctx)
         # A stop that arrives after the last tenant interrupted nothing.
-        if ctx.stop_requested and (sink.total is None or len(sink.items) < sink.total):
+        if ctx.stop_event.is_set() and (sink.total is None or len(sink.items) < sink.total):
             status = RunStatus.INTERRUPTED
             error = "stopped by a shutdown request"
     except OpsError as exc:
         status, error, error_code = RunStatus.FAILED, exc.message, exc.exit_code
     except Exception as exc:
-        log.exception("job %s failed", job_id)
+        if not deadline.expired:  # past it, the error is the cancelled statement's
+            log.exception("job %s failed", job_id)
         status, error = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
+    finally:
+        timed_out = deadline.finish()
+    if timed_out and job.timeout is not None:
+        # Still running at its deadline: whatever it managed since (a cancelled statement's
+        # error, a tenant given up) is the timeout's doing. The items so far are kept.
+        cause = f" ({error.splitlines()[0]})" if error and status is RunStatus.FAILED else ""
+        status, error_code = RunStatus.TIMED_OUT, None
+        error = f"timed out after {timeout_text(job.timeout)}{cause}"
     if status is RunStatus.SUCCEEDED and sink.errors:
         status = RunStatus.PARTIAL
 

@@ -40,6 +40,12 @@ class JobConfig:
     alerts: bool = True  # False: the job's state is kept, but it raises no alert events
     overdue_after: timedelta | None = None  # None: [alerts] overdue_after
     ping_url: str | None = None  # a secret: logs show its scheme and host only
+    # Runs that go badly: a run still running after `timeout` is stopped (timed_out); a
+    # slot's run that ends failed, timed_out or interrupted runs again up to `retries`
+    # times, `retry_backoff` seconds after it ended, doubling each time (at most an hour).
+    timeout: timedelta | None = None  # None: no limit
+    retries: int = 0
+    retry_backoff: int = 60
 
     @property
     def timezone(self) -> str:
@@ -157,7 +163,7 @@ def _days(source: str, key: str, value: object, *, minimum: int) -> tuple[int, .
 #   cron, timezone  the job's schedule (read together, into JobConfig.schedule)
 #   flag            true or false
 #   choice          one of `choices`
-#   duration        seconds or "15m", "2h", "1d"; absent or "none": no limit
+#   duration        seconds or "15m", "2h", "1d" (at least `minimum` s); absent or "none": no limit
 #   seconds         the same, a whole number of seconds of at least `minimum`
 #   count           a whole number of at least `minimum`
 #   days            one or more whole numbers of days, each at least `minimum`
@@ -209,7 +215,11 @@ class JobKey:
                     raise ConfigError(source, where, f"expected {expected}, got {value!r}")
                 return value
             case "duration":
-                return _duration(source, where, value)
+                span = _duration(source, where, value)
+                if span is not None and span.total_seconds() < self.minimum:
+                    least = "one second" if self.minimum == 1 else f"{self.minimum} seconds"
+                    raise ConfigError(source, where, f"must be at least {least} (or \"none\")")
+                return span
             case "seconds":
                 span = _duration(source, where, value)
                 if span is None or span.total_seconds() < self.minimum:
@@ -294,6 +304,17 @@ JOB_KEYS: dict[str, JobKey] = {
                "dead-man pings for the job (see [Metrics and pings](#metrics-and-pings)); a "
                "secret, logged as scheme and host only",
                shown="none"),
+        # Runs that go badly (timeouts and retries): kept together.
+        JobKey("timeout", "duration", None,
+               "a run still running after this is stopped at its next tenant or batch, the "
+               "statement in flight cancelled, and it ends `timed_out` ([Timeouts](#timeouts))",
+               minimum=1, shown="no limit"),
+        JobKey("retries", "count", 0,
+               "how many times a slot's run that ends `failed`, `timed_out` or `interrupted` "
+               "runs again ([Retries](#retries))"),
+        JobKey("retry_backoff", "seconds", 60,
+               "the wait before the first retry, doubling for each next one (at most 1h)",
+               minimum=1, shown="`1m`"),
     )
 }
 

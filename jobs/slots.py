@@ -15,14 +15,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from jobs.cron import CronSchedule
-from jobs.records import RunRecord, RunStatus, Trigger
+from jobs.records import RunStatus, Trigger
 from jobs.settings import JobConfig
 
 MISSED_CAP = 1_000  # newest missed slots recorded after an outage; older ones are only counted
 COUNT_LIMIT = 10_000  # beyond this many older slots the count is a lower bound
 _FIRST_WINDOW = timedelta(minutes=1)
+RETRY_BACKOFF_MAX = timedelta(hours=1)
+RETRIED_STATUSES = frozenset({RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.INTERRUPTED})
 
 
 @dataclass(frozen=True)
@@ -111,16 +114,73 @@ def plan_job(job: JobConfig, facts: JobFacts, since: datetime, now: datetime,
     return SlotPlan(job.job_id, through, fire, tuple(rest), too_late, older, exact)
 
 
-def should_retry(run: RunRecord, job: JobConfig, facts: JobFacts, now: datetime) -> bool:
-    """An interrupted slot run is retried once (attempt 2), within misfire_grace, unless the
-    job is disabled or paused."""
-    if run.trigger is not Trigger.SCHEDULE or run.scheduled_for is None:
-        return False
-    if run.status is not RunStatus.INTERRUPTED or run.attempt != 1:
-        return False
+class EndedRun(Protocol):
+    """What a retry decision reads of a run: a RunRecord, or an ops_runs row."""
+
+    @property
+    def trigger(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def scheduled_for(self) -> datetime | None: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+
+
+def retry_backoff(job: JobConfig, attempt: int) -> timedelta:
+    """The wait after attempt `attempt` ended before the next one: `retry_backoff`,
+    doubling with each attempt, at most an hour."""
+    doublings = min(attempt - 1, 20)  # 2**20 backoffs is past the cap for any backoff
+    wait = timedelta(seconds=job.retry_backoff * 2 ** doublings)
+    return min(wait, RETRY_BACKOFF_MAX)
+
+
+def retry_at(run: EndedRun, job: JobConfig) -> datetime | None:
+    """When the next attempt of a slot's run that just ended is due, or None when the
+    run has no retry left (its outcome is final).
+
+    With `retries = 0` only a slot's first interruption is retried, at once (its runner
+    died or stopped; the work was not wrong). With `retries = N`, a run ending failed,
+    timed_out or interrupted runs again as attempt 2 ... N + 1 after the backoff,
+    unless that would be at or after the job's next slot, which then does the work.
+    `partial` is never retried; nor are manual and HTTP runs."""
+    if run.trigger != Trigger.SCHEDULE or run.scheduled_for is None:
+        return None
+    if run.status not in RETRIED_STATUSES:
+        return None
+    ended = run.finished_at or run.created_at
+    if job.retries == 0:
+        return ended if run.status == RunStatus.INTERRUPTED and run.attempt == 1 else None
+    if run.attempt > job.retries:
+        return None
+    due = ended + retry_backoff(job, run.attempt)
+    following = next_slot_after(job, run.scheduled_for)
+    if following is not None and due >= following:
+        return None
+    return due
+
+
+def next_slot_after(job: JobConfig, slot: datetime) -> datetime | None:
+    return next(iter(job.schedule.slots_after(slot)), None)
+
+
+def retry_refusal(run: EndedRun, job: JobConfig, facts: JobFacts, now: datetime) -> str | None:
+    """Why a retry that is due now must not start after all, or None when it may: the job
+    is disabled or paused, the slot is past misfire_grace, or (with `retries`) the job's
+    next slot has come meanwhile."""
     if not job.enabled or facts.paused:
-        return False
-    return job.misfire_grace is None or now - run.scheduled_for <= job.misfire_grace
+        return "the job is disabled or paused"
+    assert run.scheduled_for is not None
+    if job.misfire_grace is not None and now - run.scheduled_for > job.misfire_grace:
+        return f"the slot is past misfire_grace ({job.misfire_grace})"
+    following = next_slot_after(job, run.scheduled_for)
+    if job.retries and following is not None and now >= following:
+        return "the job's next slot has come; it does the work"
+    return None
 
 
 class Scheduler:
@@ -180,6 +240,8 @@ __all__ = [
     "SlotPlan",
     "plan_job",
     "recent_slots",
-    "should_retry",
+    "retry_at",
+    "retry_backoff",
+    "retry_refusal",
     "since_for",
 ]

@@ -520,9 +520,9 @@ def test_history_and_show(engine: Engine, run_cli: Any) -> None:
     rows = run_json(run_cli, "history")
     assert [r["run_id"] for r in rows] == [second["run_id"], first["run_id"]]
     for row in rows:
-        assert set(row) == {"run_id", "job", "trigger", "scheduled_for", "status", "started_at",
-                            "finished_at", "processed", "errors"}
-        assert row["status"] == "partial" and row["errors"] == 1
+        assert set(row) == {"run_id", "job", "trigger", "scheduled_for", "attempt", "status",
+                            "started_at", "finished_at", "processed", "errors"}
+        assert row["status"] == "partial" and row["errors"] == 1 and row["attempt"] == 1
         assert row["scheduled_for"] is None
         assert datetime.fromisoformat(row["started_at"]).utcoffset() == timedelta(0)
     assert rows[0]["processed"] == rows[1]["processed"] == 2

@@ -704,3 +704,27 @@ def test_a_real_runner_refuses_http_without_a_usable_token(env: dict[str, str], 
         assert token not in proc.stderr
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_an_http_run_past_its_timeout_is_a_500_with_its_report(
+        state: State, engine: Engine) -> None:
+    if engine.dialect.name == "sqlite":
+        pytest.skip("holds one row's lock the way PostgreSQL does; SQLite locks the whole file")
+    job = state.settings.job("expiry-checker")
+    state.settings = replace(state.settings, jobs={
+        **state.settings.jobs, "expiry-checker": replace(job, timeout=timedelta(seconds=1))})
+    locked = add_tenant(engine, expire_date=utc_now() - timedelta(days=1))
+    served = Served(state)
+    try:
+        with engine.connect() as holder:
+            holder.execute(text("SELECT id FROM tenants WHERE id = :id FOR UPDATE"),
+                           {"id": locked})
+            started = time.monotonic()
+            reply = request(served.url + JOBS["expiry-checker"].endpoint, headers=bearer())
+            took = time.monotonic() - started
+            holder.rollback()
+    finally:
+        served.close()
+    assert reply.status == 500 and took < 5, (reply.status, took)
+    assert reply.body["status"] == "timed_out" and reply.body["message"] == "Job failed"
+    assert reply.body["results"]["items"][0]["tenant_id"] == locked

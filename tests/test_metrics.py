@@ -175,7 +175,7 @@ def test_metrics_parse_have_every_family_and_match_the_history(
                   fams["storeflow_job_runs"].items()}
     assert {k for k, v in runs_total.items() if v} == set(hist)
     assert all(runs_total[k] == n for k, n in hist.items())
-    assert {s for _, s in runs_total} >= {"succeeded", "partial", "failed", "interrupted",
+    assert {s for _, s in runs_total} >= {"succeeded", "partial", "failed", "timed_out", "interrupted",
                                           "skipped", "missed"}
 
     with engine.connect() as c:

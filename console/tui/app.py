@@ -296,7 +296,8 @@ class OpsApp(App[int]):
 
         report, purpose = event.report, event.purpose
         n, errors = report.processed, len(report.errors)
-        severity: SeverityLevel = ("error" if report.status is RunStatus.FAILED
+        failed = report.status in (RunStatus.FAILED, RunStatus.TIMED_OUT)
+        severity: SeverityLevel = ("error" if failed
                     else "warning" if errors or report.status is RunStatus.INTERRUPTED
                     else "information")
         run = f"run #{report.run_id}" if report.run_id else "preview"
