@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from textual.message import Message
 
 from jobs.analytics import DayValue
+from jobs.audit import AuditAction
 from jobs.outbox import OutboxEntry
 from jobs.overview import Overview
 from jobs.records import ItemResult, Progress, RunRecord, RunReport
@@ -44,6 +45,7 @@ class RunPurpose:
     dry_run: bool
     label: str  # what the progress line says, e.g. "Running expiry-checker"
     open_result: bool = True  # open the run detail (or the preview) when it ends
+    audit_as: AuditAction = AuditAction.TRIGGER  # what the audit calls it (a recompute...)
 
 
 class RunStarted(Message):

@@ -19,6 +19,7 @@ from console.tui.screens.history import run_row
 from console.tui.widgets.run_progress import RunProgress
 from console.tui.widgets.status_bar import StatusBar
 from console.tui.widgets.tables import RowTable
+from jobs.humanize import paused_note
 from jobs.overview import STALE_REASON, Overview, schedule_state
 from jobs.records import RunRecord
 from jobs.registry import JOBS
@@ -218,7 +219,8 @@ class JobsScreen(OpsScreen):
             now = self.session.clock()
             state = self.overview.states[job_id]
             if state.paused:
-                text.append(f"\nPaused {ago(state.paused_at, now)} by {state.paused_by or '?'}"
+                note = paused_note(state.paused_by, state.paused_at, state.paused_reason, now)
+                text.append(f"\n{note[0].upper()}{note[1:]}"
                             " — slots are not fired while paused", style="yellow")
             last = self.overview.last_runs.get(job_id)
             if last is not None:
