@@ -5,7 +5,10 @@ into the ops_ tables (tests/factories.py), the way the run path and the outbox w
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,8 +30,8 @@ from jobs.db import (
     transaction,
 )
 from jobs.presence import who_am_i
-from jobs.settings import HistoryConfig, Settings
-from tests.conftest import cli
+from jobs.settings import JOB_IDS, HistoryConfig, Settings
+from tests.conftest import EXE, cli
 from tests.factories import add_alert, add_email, add_run
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -196,3 +199,33 @@ def test_the_cli_prunes_by_hand_its_dry_run_first_and_refuses_while_a_runner_pru
     text = cli(config, "history", "prune")
     assert text.returncode == 0 and text.stdout.startswith("deleted: 0 runs, 0 run items")
     assert cli(config, "history", "--dry-run").returncode == 2
+
+
+def test_a_runner_prunes_on_its_own_and_audits_it_as_the_runner(
+        engine: Engine, env: dict[str, str], tmp_path: Path) -> None:
+    s = seed(engine, datetime.now(UTC))
+    toml = tmp_path / "schedules.toml"
+    # No job fires: the runner's only work here is the prune it starts with.
+    toml.write_text("".join(f"[jobs.{j}]\nenabled = false\n" for j in JOB_IDS)
+                    + "[history]\nkeep_min_runs = 3\n[runner]\nheartbeat_interval = 0.5\n")
+    log = (tmp_path / "runner.log").open("w")
+    runner = subprocess.Popen([EXE, "--config", str(toml), "run", "--log-format", "json"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while not recent(engine) and time.monotonic() < deadline and runner.poll() is None:
+            time.sleep(0.1)
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(30) == 0
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        log.close()
+    entries = recent(engine)
+    assert [e.action for e in entries] == ["prune"], (tmp_path / "runner.log").read_text()
+    assert entries[0].actor.startswith("runner:")
+    assert not set(s["gone_runs"]) & set(history(engine)["runs"])
+    events = [json.loads(line) for line in (tmp_path / "runner.log").read_text().splitlines()]
+    pruned = [e for e in events if e["event"] == "history-pruned"]
+    assert [(e["runs"], e["run_items"], e["emails"], e["alerts"]) for e in pruned] == [
+        (5, 8, 2, 1)]
