@@ -298,15 +298,16 @@ def _prune_all(p: _Pruner, cut: Cutoffs, counts: dict[str, int]) -> bool:
         if not rows:
             break
         after = rows[-1].id
-        # Items in packs of runs expected to hold about `batch` of them, so most packs are
-        # one statement and none rescans the entries of items it already deleted.
+        # Items in packs of runs expected to hold fewer than `batch` of them, so most packs
+        # are one statement (a short count ends the pack) and none rescans index entries
+        # of items it already deleted.
         pack: list[int] = []
         expected = 0
         for i, row in enumerate(rows):
             pack.append(row.id)
             expected += row.processed
             nxt = rows[i + 1].processed if i + 1 < len(rows) else None
-            if nxt is None or expected + nxt > p.batch:
+            if nxt is None or expected + nxt >= p.batch:
                 n = p.delete_limited(ops_run_items, items.run_id.in_(pack))
                 if n is None:
                     return False
