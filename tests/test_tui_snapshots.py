@@ -168,3 +168,8 @@ def test_analytics_screen(snap_compare: Any, snap_app: Callable[..., OpsApp]) ->
 
 def test_outbox_screen(snap_compare: Any, snap_app: Callable[..., OpsApp]) -> None:
     assert snap_compare(snap_app(), terminal_size=SIZE, run_before=_then("o", "down", "down"))
+
+
+def test_pause_question(snap_compare: Any, snap_app: Callable[..., OpsApp]) -> None:
+    assert snap_compare(snap_app(), terminal_size=SIZE,
+                        run_before=_then("s", *"disk migration"))
