@@ -40,6 +40,8 @@ HANDLERS: dict[str, str] = {
     "import-vercel": "console.vercel_import:cmd_import_vercel",
     "alerts": "console.alert_commands:cmd_alerts",
     "alerts test": "console.alert_commands:cmd_alerts_test",
+    "audit": "console.lifecycle_commands:cmd_audit",
+    "history prune": "console.lifecycle_commands:cmd_history_prune",
 }
 
 
@@ -86,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     def json_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--json", action="store_true", help="print one JSON document")
 
+    def reason_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--reason", metavar="TEXT", help="why, for the audit (`audit`)")
+
     sp = add_parser("tui", help="open the console (the default)")
     sp.add_argument("--read-only", action="store_true", help="hide every action that writes")
 
@@ -116,11 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--date", metavar="D", help="analytics: the day to aggregate")
         sp.add_argument("--from", dest="date_from", metavar="D", help="analytics: backfill from")
         sp.add_argument("--to", dest="date_to", metavar="D", help="analytics: backfill to")
+        if name == "trigger":
+            reason_arg(sp)
         json_arg(sp)
 
-    sp = add_parser("history", help="run history")
-    sp.add_argument("job", nargs="?", metavar="JOB")
+    sp = add_parser("history", help="run history; `history prune` applies the retention rules")
+    sp.add_argument("job", nargs="?", metavar="JOB", help="a job, or `prune`")
     sp.add_argument("--limit", type=int, default=20, metavar="N")
+    sp.add_argument("--dry-run", action="store_true",
+                    help="prune: count what would be deleted, deleting nothing")
+    json_arg(sp)
+
+    sp = add_parser("audit", help="who changed what: triggers, pauses, retries, prunes")
+    sp.add_argument("--limit", type=int, default=50, metavar="N")
     json_arg(sp)
 
     sp = add_parser("show", help="one run and its items")
@@ -143,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("pause", "resume"):
         sp = add_parser(name, help=f"{name} a job's schedule")
         job_arg(sp)
+        reason_arg(sp)
 
     sp = add_parser("status", help="runners and jobs; exits 1 when no runner is alive")
     json_arg(sp)
@@ -167,6 +181,10 @@ def _handler(args: argparse.Namespace) -> Callable[[CliContext, argparse.Namespa
         command = f"{command} {args.action}"
     elif command == "db":
         command = f"db {args.action}"
+    elif command == "history" and args.job == "prune":
+        command = "history prune"
+    elif command == "history" and args.dry_run:
+        raise UsageError("--dry-run goes with `history prune`")
     module, _, func = HANDLERS[command].partition(":")
     handler: Callable[[CliContext, argparse.Namespace], int] = getattr(import_module(module), func)
     return handler

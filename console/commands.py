@@ -24,7 +24,18 @@ from console.formatting import terminal_safe
 from jobs import runs
 from jobs.db import check_reachable, make_engine
 from jobs.errors import ExitCode, UsageError
-from jobs.humanize import ago, amount, compact, duration, item_note, number, plural, span, stamp
+from jobs.humanize import (
+    ago,
+    amount,
+    compact,
+    duration,
+    item_note,
+    number,
+    paused_note,
+    plural,
+    span,
+    stamp,
+)
 from jobs.overview import STALE_REASON, Overview, load_overview
 from jobs.presence import Presence, who_am_i
 from jobs.records import ItemStatus, Progress, RunnerKind, RunParams, RunRecord, RunReport, parse_day
@@ -105,6 +116,10 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
             "timezone": job.timezone,
             "enabled": view.enabled,
             "paused": view.paused,
+            # Who paused it, when and why (kept after a resume: the last pause).
+            "paused_by": view.pause.paused_by if view.paused else None,
+            "paused_at": iso(view.pause.paused_at) if view.paused else None,
+            "paused_reason": view.pause.paused_reason if view.paused else None,
             # In the job's own zone, so the offset says which wall clock the cron reads.
             "next_runs": [s.astimezone(tz).isoformat() for s in slots[: args.count]],
             # `stale`: still `running` in history, but its process stopped heartbeating.
@@ -126,6 +141,11 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
         ctx.emit_json(rows)
         return ExitCode.OK
     ctx.out(table(("JOB", "SCHEDULE", "NEXT RUN", "LAST RUN", "STATE"), human))
+    for view in overview.jobs:
+        if view.paused:
+            p = view.pause
+            ctx.out(f"{view.job_id}: "
+                    f"{paused_note(p.paused_by, p.paused_at, p.paused_reason, overview.loaded_at)}")
     return ExitCode.OK
 
 
@@ -201,7 +221,7 @@ def cmd_trigger(ctx: CliContext, args: argparse.Namespace) -> int:
             return runs.execute(
                 engine, ctx.settings, job_id, now=now, started_by=who_am_i(),
                 dry_run=dry_run, runner_id=runner_id, params=params, on_progress=progress,
-                stop=stop, on_started=started,
+                stop=stop, on_started=started, reason=getattr(args, "reason", None),
             )
 
     if dry_run:
@@ -366,7 +386,8 @@ def cmd_outbox(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def _set_paused(ctx: CliContext, args: argparse.Namespace, paused: bool) -> int:
     job_id = get_job(args.job).id
-    changed = runs.set_paused(ctx.engine, job_id, paused, by=who_am_i(), now=utc_now())
+    changed = runs.set_paused(ctx.engine, job_id, paused, by=who_am_i(), now=utc_now(),
+                              reason=args.reason)
     word = "paused" if paused else "resumed"
     if changed:
         ctx.out(f"{job_id}: {word}")

@@ -429,7 +429,7 @@ def _run_held(host: HttpHost, job_id: str, client: str, dry_run: bool, now: date
     try:
         report = execute(
             host.engine, host.settings, job_id, now=now, trigger=Trigger.HTTP,
-            started_by=f"http:{client}", runner_id=host.runner_id, dry_run=dry_run,
+            started_by=f"http:{client}", actor=client, runner_id=host.runner_id, dry_run=dry_run,
             params=params, stop=host.stop, on_created=created,
             on_started=None if ping is None else partial(ping, job_id, "start"),
         )

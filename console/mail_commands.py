@@ -59,7 +59,7 @@ def cmd_outbox_send(ctx: CliContext, args: argparse.Namespace) -> int:
 def cmd_outbox_retry(ctx: CliContext, args: argparse.Namespace) -> int:
     if not args.ids:
         raise UsageError("outbox retry needs the IDs of dead or failed emails")
-    ids = sender.retry(ctx.engine, args.ids, utc_now())
+    ids = sender.retry(ctx.engine, args.ids, utc_now(), actor=who_am_i())
     if ctx.json:
         ctx.emit_json({"retried": ids})
     else:

@@ -72,7 +72,7 @@ from sqlalchemy.engine import Engine
 from console.context import CliContext
 from console.runlog import Level, RunLog, install
 from console.sd_notify import Notifier
-from jobs import alerts, sender
+from jobs import alerts, retention, sender
 from jobs.config_diff import ConfigChanges, diff_settings
 from jobs.errors import ConfigError, OpsError
 from jobs.humanize import plural
@@ -107,6 +107,10 @@ ERROR_BACKOFF_MAX = 30.0  # seconds between attempts while the database is down
 # Sections a reload reads but does not apply: the heartbeat and the alert deliverer are
 # set up once, at start. A change to them is logged as needing a restart.
 RESTART_SECTIONS = ("runner", "alerts")
+
+# How often a runner asks whether history is due for pruning; the prune lease makes the
+# pruning itself hourly between all the runners sharing the database.
+PRUNE_CHECK = timedelta(minutes=5)
 # A finished run's log level: failed is an error; partial, interrupted and the rest warn.
 _FINISHED_LEVELS: dict[RunStatus, Level] = {RunStatus.SUCCEEDED: "info", RunStatus.FAILED: "error",
                                             RunStatus.TIMED_OUT: "error"}
@@ -570,6 +574,19 @@ class SlotRunner:
         if any(v for v in counts.values()):
             self.log.info("outbox-drained", **counts)
 
+    def prune_history(self, now: datetime) -> None:
+        """Apply the retention rules at `now`, when no runner has done so within the hour
+        and none is doing it (the prune lease)."""
+        st = self.state
+        started = st.clock()
+        result = retention.prune(st.engine, st.settings, now, actor=f"runner:{st.runner_id}",
+                                 holder=st.runner_id, every=retention.EVERY, stop=st.stop,
+                                 clock=st.clock)
+        if result.skipped is None and (result.total or not result.complete):
+            self.log.info("history-pruned", **result.deleted(), statements=result.statements,
+                          complete=result.complete,
+                          duration_s=round((st.clock() - started).total_seconds(), 3))
+
 
 # --- the loop ---------------------------------------------------------------------------------
 
@@ -646,6 +663,7 @@ async def serve(state: RunnerState, core: SlotRunner,
 
     runs: set[asyncio.Future[Any]] = set()
     drain: asyncio.Future[None] | None = None
+    prune: asyncio.Future[None] | None = None
     handle: HttpHandle | None = None
     metrics_handle: HttpHandle | None = None
     interval = timedelta(seconds=cfg.heartbeat_interval)
@@ -672,6 +690,7 @@ async def serve(state: RunnerState, core: SlotRunner,
 
         maintenance_at = state.clock()
         drain_at = state.clock()
+        prune_at = state.clock()
         startup = True
         ready = False  # READY=1 sent: after the first pass, whatever its outcome
         failures = 0
@@ -721,6 +740,11 @@ async def serve(state: RunnerState, core: SlotRunner,
             if now >= drain_at and (drain is None or drain.done()):
                 drain_at = now + timedelta(seconds=state.settings.outbox.send_interval)
                 drain = _in_thread(_drain_logged, core, now)
+            if now >= prune_at and (prune is None or prune.done()):
+                # In a thread of its own, like the drain: slots never wait for it. Asked
+                # often; the lease makes it hourly between all the runners.
+                prune_at = now + PRUNE_CHECK
+                prune = _in_thread(_prune_logged, core, now)
 
             failures = failures + 1 if errors else 0
             now = state.clock()
@@ -746,6 +770,8 @@ async def serve(state: RunnerState, core: SlotRunner,
         pending = {f for f in runs if not f.done()}
         if drain is not None and not drain.done():
             pending.add(drain)
+        if prune is not None and not prune.done():
+            pending.add(prune)  # it stops at its next statement
         if pending:
             waiter = asyncio.ensure_future(asyncio.wait(pending, timeout=cfg.shutdown_timeout))
             hurried = asyncio.ensure_future(hurry.wait())
@@ -775,6 +801,15 @@ def _scheduling(core: SlotRunner) -> str:
     """systemd's STATUS= line while scheduling."""
     jobs = core.scheduler.job_ids
     return f"scheduling {plural(len(jobs), 'job')}" + (f": {', '.join(jobs)}" if jobs else "")
+
+
+def _prune_logged(core: SlotRunner, now: datetime) -> None:
+    try:
+        core.prune_history(now)
+    except OpsError as exc:
+        core.log.error("history-prune-failed", error=exc.message)
+    except Exception as exc:  # a failed prune must not stop the runner
+        core.log.error("history-prune-failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def _drain_logged(core: SlotRunner, now: datetime) -> None:

@@ -212,6 +212,8 @@ ops_runs = Table(
     Index("ops_runs_status_idx", "status"),
     # /metrics: each job's newest success and its running runs, by lookup (migration 0004_n).
     Index("ops_runs_job_status_idx", "job_id", "status", "finished_at"),
+    # Retention finds old runs by age (migration 0006_r).
+    Index("ops_runs_created_idx", "created_at"),
 )
 
 ops_run_items = Table(
@@ -252,6 +254,8 @@ ops_email_outbox = Table(
     Column("claimed_until", UTCDateTime, nullable=True),
     Index("ops_email_outbox_status_idx", "status", "next_attempt_at"),
     Index("ops_email_outbox_tenant_idx", "tenant_id"),
+    # Retention: sent, dead and failed emails by age (migration 0006_r).
+    Index("ops_email_outbox_status_created_idx", "status", "created_at"),
 )
 
 ops_cache = Table(
@@ -378,6 +382,19 @@ ops_audit = Table(
     Column("detail", Text, nullable=True),
     Column("reason", Text, nullable=True),
     Index("ops_audit_at_idx", "at"),
+)
+
+
+# Named leases held by one process at a time, e.g. `prune`: the holder sets `until` and
+# renews it while it works; a holder that dies leaves a lease that runs out. `done_at`
+# is when the work last finished, so several runners share one hourly schedule.
+ops_leases = Table(
+    "ops_leases",
+    ops,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(64), nullable=True),
+    Column("until", UTCDateTime, nullable=True),
+    Column("done_at", UTCDateTime, nullable=True),
 )
 
 

@@ -75,6 +75,15 @@ class JobRunningError(OpsError):
         super().__init__(f"{job_id} is already running{which}; refusing to start another")
 
 
+class PruneBusyError(OpsError):
+    """Another process is pruning the history: refused like a trigger of a running job."""
+
+    exit_code = ExitCode.RUNNING
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"not pruning: {why}; try again once it has finished")
+
+
 class UnknownJobError(UsageError):
     def __init__(self, job_id: str, known: list[str]) -> None:
         super().__init__(f"unknown job {job_id!r}; known jobs: {', '.join(known)}")

@@ -105,6 +105,15 @@ def stamp(moment: datetime | None, tz: ZoneInfo | None = None, *, zone: bool = F
     return f"{text} {local.tzname()}" if zone else text
 
 
+def paused_note(by: str | None, at: datetime | None, reason: str | None, now: datetime) -> str:
+    """Who paused a job, when and why: `paused by ops@laptop 2h 15m ago (2026-11-28
+    09:30:00 UTC): disk migration`."""
+    text = f"paused by {by or 'someone'}"
+    if at is not None:
+        text += f" {ago(at, now)} ({stamp(at, zone=True)})"
+    return f"{text}: {reason}" if reason else text
+
+
 def number(value: Any, *, missing: str = MISSING) -> str:
     """A figure: `1,234`, `2,411.40`, `true`."""
     if value is None:

@@ -422,6 +422,9 @@ def execute(
     on_started: Callable[[int | None], None] | None = None,
     on_created: Callable[[int], None] | None = None,
     clock: Clock = utc_now,
+    actor: str | None = None,
+    reason: str | None = None,
+    audit_as: audit.AuditAction = audit.AuditAction.TRIGGER,
 ) -> RunReport:
     """Run (or preview) one job at reference time `now` and return its report.
 
@@ -433,6 +436,10 @@ def execute(
     `on_created(run_id)` is called when this call creates the run's row, inside its
     transaction, before any other process can see the row: it must be quick and must
     not touch the database. A runner registers its HTTP runs with it.
+
+    A run this call creates (a manual or HTTP trigger, not a claimed slot nor a preview)
+    is audited in the transaction that creates it: `audit_as` (a trigger, or an analytics
+    recompute) by `actor` (default `started_by`) for `reason`.
     """
     params = params or RunParams()
     spec = check_run(settings, job_id, params, now)
@@ -454,6 +461,9 @@ def execute(
             if holder is not None:
                 # Roll the whole transaction back: a refused trigger leaves no trace.
                 raise JobRunningError(job_id, holder)
+            audit.record(conn, at=started, actor=actor or started_by, action=audit_as,
+                         job=job_id, run_id=run_id, reason=reason,
+                         detail=_audit_detail(trigger, params))
             if on_created is not None:
                 # Before the commit: the process registers its run (a runner's in-flight
                 # set) before any other connection can see the row, so its own orphan
@@ -512,6 +522,12 @@ def execute(
         summary=summary, items=tuple(sink.items), error=error, error_exit_code=error_code,
         scheduled_for=scheduled_for,
     )
+
+
+def _audit_detail(trigger: Trigger, params: RunParams) -> str:
+    """What the audit says about a run beside its job: how it was started, with which dates."""
+    dates = " ".join(f"{k}={v}" for k, v in params.to_json().items())
+    return f"{trigger}" + (f" {dates}" if dates else "")
 
 
 def _finish(engine: Engine, job_id: str, run_id: int, sink: ItemSink, status: RunStatus,

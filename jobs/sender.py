@@ -67,6 +67,7 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
+from jobs import audit
 from jobs.db import first_line, is_sqlite, ops_email_outbox, transaction
 from jobs.errors import ConfigError, UnreachableError, UsageError
 from jobs.humanize import plural
@@ -721,8 +722,10 @@ def _send_batch(engine: Engine, smtp: SmtpConfig, cfg: OutboxConfig, batch: Sequ
 # --- operator actions -----------------------------------------------------------------------
 
 
-def retry(engine: Engine, ids: Sequence[int], now: datetime) -> list[int]:
-    """Put dead or failed emails back to pending, due at `now` with attempts 0.
+def retry(engine: Engine, ids: Sequence[int], now: datetime, *, actor: str,
+          reason: str | None = None) -> list[int]:
+    """Put dead or failed emails back to pending, due at `now` with attempts 0, audited
+    as `actor` in the same transaction.
 
     All or nothing: an unknown id, or one that is pending or sent, raises UsageError
     naming each and changes nothing.
@@ -746,4 +749,6 @@ def retry(engine: Engine, ids: Sequence[int], now: datetime) -> list[int]:
             .values(status="pending", attempts=0, next_attempt_at=now,
                     claimed_by=None, claimed_until=None)
         )
+        audit.record(conn, at=now, actor=actor, action=audit.AuditAction.EMAIL_RETRY,
+                     reason=reason, detail=f"emails {', '.join(map(str, wanted))}")
     return wanted

@@ -63,6 +63,16 @@ class OutboxConfig:
     # Seconds a sender holds a claimed email; renewed before each message is sent. Longer
     # than one message can take (the SMTP timeout), or a second sender may take it mid-send.
     lease: float = 300.0
+    keep_sent_days: int = 30  # sent emails older than this are pruned (dead/failed: [history])
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """Retention (`jobs.retention`): how long runs, their items, alerts and failed email stay."""
+
+    keep_days: int = 90  # succeeded runs with their items, and alerts
+    keep_failed_days: int = 365  # runs that did not succeed, and dead or failed emails
+    keep_min_runs: int = 50  # each job's newest runs, kept whatever their age
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,7 @@ class Settings:
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
 
     def job(self, job_id: str) -> JobConfig:
         return self.jobs[job_id]
@@ -319,7 +330,7 @@ JOB_KEYS: dict[str, JobKey] = {
 }
 
 
-_Config = TypeVar("_Config", JobConfig, OutboxConfig, RunnerConfig)
+_Config = TypeVar("_Config", JobConfig, OutboxConfig, RunnerConfig, HistoryConfig)
 
 
 def _replaced(obj: _Config, changes: Mapping[str, object]) -> _Config:
@@ -361,7 +372,7 @@ def _apply_job(source: str, cfg: JobConfig, table: Mapping[str, object]) -> JobC
     return _replaced(cfg, changes)
 
 
-_Section = TypeVar("_Section", OutboxConfig, RunnerConfig)
+_Section = TypeVar("_Section", OutboxConfig, RunnerConfig, HistoryConfig)
 
 
 def _apply_section(source: str, section: str, obj: _Section, table: object) -> _Section:
@@ -398,11 +409,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _merge(source: str, data: Mapping[str, Any], jobs: dict[str, JobConfig],
-           outbox: OutboxConfig, runner: RunnerConfig) -> tuple[OutboxConfig, RunnerConfig]:
+           outbox: OutboxConfig, runner: RunnerConfig,
+           history: HistoryConfig) -> tuple[OutboxConfig, RunnerConfig, HistoryConfig]:
     for top in data:
-        if top not in ("jobs", "outbox", "runner", "alerts"):
+        if top not in ("jobs", "outbox", "runner", "alerts", "history"):
             raise ConfigError(source, top, "unknown section; expected [jobs.<id>], [outbox], "
-                              "[runner], [alerts]")
+                              "[runner], [alerts], [history]")
     job_tables = data.get("jobs", {})
     if not isinstance(job_tables, dict):
         raise ConfigError(source, "jobs", "expected tables like [jobs.cleanup]")
@@ -427,7 +439,14 @@ def _merge(source: str, data: Mapping[str, Any], jobs: dict[str, JobConfig],
             # The loop ticks at least every health_tick_age / 2 seconds.
             raise ConfigError(source, "runner.health_tick_age",
                               f"{runner.health_tick_age:g} is below the minimum 1 second")
-    return outbox, runner
+    if "history" in data:
+        history = _apply_section(source, "history", history, data["history"])
+        if history.keep_failed_days < history.keep_days:
+            # Failures are what an operator comes back to look at: never gone first.
+            raise ConfigError(source, "history.keep_failed_days",
+                              f"{history.keep_failed_days} is less than keep_days "
+                              f"({history.keep_days}); failed runs are kept at least as long")
+    return outbox, runner, history
 
 
 def _webhooks(source: str, key: str, value: object) -> tuple[str, ...]:
@@ -498,14 +517,15 @@ def load_settings(overrides: Overrides = Overrides(), env: Mapping[str, str] | N
     env = os.environ if env is None else env
     builtin = str(DEFAULTS_FILE)
     jobs = {jid: JobConfig(jid, CronSchedule.parse("0 0 * * *")) for jid in JOB_IDS}
-    outbox, runner = _merge(builtin, _read_toml(DEFAULTS_FILE), jobs, OutboxConfig(), RunnerConfig())
+    outbox, runner, history = _merge(builtin, _read_toml(DEFAULTS_FILE), jobs, OutboxConfig(),
+                                     RunnerConfig(), HistoryConfig())
     path = config_path(overrides.config, env, cwd)
     source = "built-in defaults"
     alerts = AlertsConfig()
     if path is not None:
         source = str(path)
         data = _read_toml(path)
-        outbox, runner = _merge(source, data, jobs, outbox, runner)
+        outbox, runner, history = _merge(source, data, jobs, outbox, runner, history)
         if "alerts" in data:
             alerts = _apply_alerts(source, data["alerts"], alerts)
     if env.get("STOREFLOW_ALERT_WEBHOOKS"):
@@ -543,4 +563,5 @@ def load_settings(overrides: Overrides = Overrides(), env: Mapping[str, str] | N
         outbox=outbox,
         runner=runner,
         alerts=alerts,
+        history=history,
     )

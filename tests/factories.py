@@ -82,3 +82,63 @@ def add_cart_item(engine: Engine, tenant_id: str, product_id: str, created_at: d
                                              customer_id=None, quantity=quantity,
                                              created_at=created_at))
     return cid
+
+
+# --- old history, for retention: rows as the run path and the outbox write them -------------
+
+
+def add_run(engine: Engine, job_id: str, status: str, created_at: datetime, *,
+            items: int = 0, trigger: str = "schedule") -> int:
+    """A run created at `created_at` (finished a minute later unless running), with
+    `items` item rows."""
+    from datetime import timedelta
+
+    from jobs.db import ops_run_items, ops_runs
+
+    running = status == "running"
+    with engine.begin() as c:
+        run_id = c.execute(ops_runs.insert().values(
+            job_id=job_id, trigger=trigger,
+            scheduled_for=created_at if trigger == "schedule" else None, attempt=1,
+            status=status, started_by="runner@old-host", runner_id=None,
+            reference_time=created_at, params={}, created_at=created_at,
+            started_at=created_at,
+            finished_at=None if running else created_at + timedelta(minutes=1),
+            processed=items, errors=0, summary={},
+        )).inserted_primary_key[0]
+        if items:
+            c.execute(ops_run_items.insert(), [
+                {"run_id": run_id, "seq": i, "tenant_id": f"t-{i}", "tenant_name": None,
+                 "action": "checked", "status": "ok", "detail": {}, "error": None}
+                for i in range(items)])
+    return int(run_id)
+
+
+def add_email(engine: Engine, status: str, created_at: datetime,
+              sent_at: datetime | None = None) -> int:
+    from jobs.db import ops_email_outbox
+
+    key = _id("mail")
+    with engine.begin() as c:
+        return int(c.execute(ops_email_outbox.insert().values(
+            idempotency_key=key, tenant_id=None, kind="expiry_notice",
+            recipient="owner@example.com", subject="Your plan", body_text="text",
+            body_html="<p>html</p>", status=status, attempts=1, created_at=created_at,
+            sent_at=sent_at,
+        )).inserted_primary_key[0])
+
+
+def add_alert(engine: Engine, at: datetime, deliveries: int = 1) -> int:
+    from jobs.db import ops_alert_deliveries, ops_alerts
+
+    with engine.begin() as c:
+        alert_id = int(c.execute(ops_alerts.insert().values(
+            key=_id("alert"), event="job_failing", job_id="cleanup", run_id=None, at=at,
+            payload={"event": "job_failing"},
+        )).inserted_primary_key[0])
+        if deliveries:
+            c.execute(ops_alert_deliveries.insert(), [
+                {"alert_id": alert_id, "kind": "webhook", "target": f"https://hook/{i}",
+                 "target_label": "https://hook", "status": "sent", "attempts": 1}
+                for i in range(deliveries)])
+    return alert_id

@@ -126,7 +126,8 @@ def test_jobs_json_fields_next_runs_and_last_run(engine: Engine, run_cli: Any) -
     by_job = {r["job"]: r for r in rows}
     for row in rows:
         assert set(row) == {"job", "schedule", "timezone", "enabled", "paused", "next_runs",
-                            "last_run", "schedule_source"}
+                            "last_run", "schedule_source", "paused_by", "paused_at",
+                            "paused_reason"}
         assert row["schedule_source"] == "local"  # no runner is alive
         assert row["timezone"] == "UTC" and row["enabled"] is True and row["paused"] is False
         assert row["last_run"] is None

@@ -91,7 +91,8 @@ def _seed(engine: Engine) -> None:
              "action": "expired", "status": "error", "error": bad,
              "detail": {"from": "active", "to": "expired"}},
         ])
-    runs.set_paused(engine, "cleanup", True, by="ops@laptop", now=_at(28, 9, 30))
+    runs.set_paused(engine, "cleanup", True, by="ops@laptop", now=_at(28, 9, 30),
+                    reason="disk migration")
 
 
 CASES = {

@@ -35,6 +35,7 @@ from console.runlog import RunLog
 from console.runner import RunnerState
 from jobs import runs
 from jobs.analytics import cache_key
+from jobs.audit import recent
 from jobs.cache import TableCache
 from jobs.db import make_engine, ops_email_outbox, ops_runs, tenants
 from jobs.errors import ConfigError
@@ -248,6 +249,16 @@ def test_dry_run_previews_and_writes_nothing(served: Served, engine: Engine) -> 
     bad = request(served.url + JOBS["expiry-checker"].endpoint + "?dry_run=maybe",
                   headers=bearer())
     assert bad.status == 400
+
+
+def test_an_http_trigger_is_audited_with_the_client_address_a_preview_is_not(
+        served: Served, engine: Engine) -> None:
+    url = served.url + JOBS["expiry-checker"].endpoint
+    assert request(url + "?dry_run=1", headers=bearer()).status == 200
+    reply = request(url, headers=bearer())
+    assert reply.status == 200
+    assert [(e.action, e.actor, e.job, e.run_id, e.detail) for e in recent(engine)] == [
+        ("trigger", "127.0.0.1", "expiry-checker", reply.body["run_id"], "http")]
 
 
 def test_dates_in_the_query_are_the_clis_and_anything_else_is_a_400(served: Served,

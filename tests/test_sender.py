@@ -21,6 +21,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 
 from jobs import outbox, runs, sender
+from jobs.audit import recent
 from jobs.db import is_sqlite, ops_email_outbox, transaction
 from jobs.errors import ConfigError, UsageError
 from jobs.sender import SmtpConfig, parse_smtp_url
@@ -359,12 +360,16 @@ def test_retry_puts_dead_and_failed_back(engine: Engine, settings: Settings) -> 
         failed_id, dead_id, sent_id = (r.id for r in rows(engine))
 
         with pytest.raises(UsageError) as info:
-            sender.retry(engine, [failed_id, sent_id, 999_999], later)
+            sender.retry(engine, [failed_id, sent_id, 999_999], later, actor="ops@desk")
         assert info.value.message == (
             f"email {sent_id} is sent; no email 999999 (only dead or failed emails can be retried)")
         assert [r.status for r in rows(engine)] == ["failed", "dead", "sent"]  # all or nothing
 
-        assert sender.retry(engine, [failed_id, dead_id, dead_id], later) == [failed_id, dead_id]
+        assert sender.retry(engine, [failed_id, dead_id, dead_id], later,
+                            actor="ops@desk") == [failed_id, dead_id]
+        # Audited with the change; the refused retry above left no entry.
+        assert [(e.action, e.actor, e.detail) for e in recent(engine)] == [
+            ("email_retry", "ops@desk", f"emails {failed_id}, {dead_id}")]
         for row in rows(engine)[:2]:
             assert (row.status, row.attempts, row.next_attempt_at) == ("pending", 0, later)
         reject.clear()

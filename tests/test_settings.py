@@ -188,3 +188,26 @@ def test_the_same_error_in_process(tmp_path: Path) -> None:
         load_settings(Overrides(config=str(config)), env={}, cwd=tmp_path)
     assert (info.value.source, info.value.key) == (str(config), "jobs.cleanup.batch_size")
     assert "at least 1" in info.value.reason
+
+
+def test_retention_settings_default_and_are_checked(tmp_path: Path) -> None:
+    from jobs.errors import ConfigError
+
+    loaded = load_settings(env={}, cwd=tmp_path)
+    h = loaded.history
+    assert (h.keep_days, h.keep_failed_days, h.keep_min_runs,
+            loaded.outbox.keep_sent_days) == (90, 365, 50, 30)
+    ok = tmp_path / "ok.toml"
+    ok.write_text("[history]\nkeep_days = 7\nkeep_min_runs = 5\n[outbox]\nkeep_sent_days = 3\n")
+    tuned = load_settings(env={"STOREFLOW_CONFIG": str(ok)}, cwd=tmp_path)
+    assert (tuned.history.keep_days, tuned.history.keep_failed_days,
+            tuned.history.keep_min_runs, tuned.outbox.keep_sent_days) == (7, 365, 5, 3)
+    for text, key in (("[history]\nkeep_days = 30\nkeep_failed_days = 10\n",
+                       "history.keep_failed_days"),
+                      ("[history]\nkeep_days = 0\n", "history.keep_days"),
+                      ("[history]\nkeep_forever = true\n", "history.keep_forever")):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_settings(env={"STOREFLOW_CONFIG": str(bad)}, cwd=tmp_path)
+        assert info.value.key == key, info.value.message

@@ -29,10 +29,12 @@ from console.tui.screens.help import HelpScreen
 from console.tui.screens.history import HistoryScreen
 from console.tui.screens.jobs import JobsScreen
 from console.tui.screens.outbox import OutboxScreen
+from console.tui.screens.pause_reason import PauseReasonScreen
 from console.tui.screens.preview import PreviewScreen
 from console.tui.screens.run_detail import RunDetailScreen
 from console.tui.widgets.items_view import PAGE
 from jobs.analytics import cache_key
+from jobs.audit import recent
 from jobs.cache import RedisCache, TableCache
 from jobs.db import (
     ops_email_outbox,
@@ -302,7 +304,8 @@ async def test_progress_bar_follows_the_run(engine: Engine, settings: Settings) 
         assert app.screen.query_one("#run-bar").progress == 3  # type: ignore[attr-defined]
 
 
-async def test_pause_and_resume_persist(engine: Engine, settings: Settings) -> None:
+async def test_pause_asks_why_then_persists_and_shows_it_and_resume(
+        engine: Engine, settings: Settings) -> None:
     def paused() -> bool | None:
         with engine.connect() as c:
             row = c.execute(select(ops_job_state.c.paused).where(
@@ -315,14 +318,35 @@ async def test_pause_and_resume_persist(engine: Engine, settings: Settings) -> N
         await pilot.press("down")  # payment-reminders
         await pilot.press("s")
         await settle(app, pilot)
+        assert isinstance(screen_of(app), PauseReasonScreen)
+        await pilot.press(*"smtp outage", "enter")
+        await settle(app, pilot)
         assert paused() is True
         jobs = app.screen.query_one("#jobs", DataTable)
         assert cell(jobs, "payment-reminders", "state") == "paused"
         assert cell(jobs, "payment-reminders", "next").startswith("paused")
-        await pilot.press("s")
+        detail = text(app.screen.query_one("#job-detail", Static))
+        assert f"Paused by {app.session.started_by} " in detail
+        assert "(2026-11-28 10:00:00 UTC): smtp outage" in detail
+        await pilot.press("s")  # resume: nothing to ask
         await settle(app, pilot)
         assert paused() is False
         assert cell(jobs, "payment-reminders", "state") == "active"
+    assert [(e.action, e.job, e.reason, e.actor) for e in recent(engine)] == [
+        ("resume", "payment-reminders", None, app.session.started_by),
+        ("pause", "payment-reminders", "smtp outage", app.session.started_by)]
+
+
+async def test_escape_on_the_pause_question_pauses_nothing(engine: Engine,
+                                                           settings: Settings) -> None:
+    app = make_app(settings, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("s", "x", "escape")
+        await settle(app, pilot)
+        assert isinstance(screen_of(app), JobsScreen)
+        assert cell(app.screen.query_one("#jobs", DataTable), "expiry-checker", "state") == "active"
+    assert recent(engine) == []
 
 
 # --- history and run detail ---------------------------------------------------------------
@@ -489,6 +513,9 @@ async def test_analytics_shows_cached_days_marks_missing_and_recomputes(
         run = conn.execute(select(ops_runs)).one()
     assert run.job_id == "analytics-aggregate" and run.params == {"date": "2026-11-25"}
     assert cache.get(cache_key("t-other", date(2026, 11, 25))) is not None
+    # Audited as a recompute, by the console's user, with the run it made.
+    assert [(e.action, e.actor, e.run_id, e.detail) for e in recent(engine)] == [
+        ("recompute", app.session.started_by, run.id, "manual date=2026-11-25")]
 
 
 EVIL = "Evil [/bold] Shop"

@@ -227,3 +227,8 @@ def test_jobs_screen_attention_strip(snap_compare: Any, snap_app: Callable[..., 
 def test_alerts_screen(snap_compare: Any, snap_app: Callable[..., OpsApp]) -> None:
     assert snap_compare(_with_alerts(snap_app, read_only=True), terminal_size=SIZE,
                         run_before=_then("l", "down"))
+
+
+def test_pause_question(snap_compare: Any, snap_app: Callable[..., OpsApp]) -> None:
+    assert snap_compare(snap_app(), terminal_size=SIZE,
+                        run_before=_then("s", *"disk migration"))

@@ -39,9 +39,11 @@ from console.tui.messages import (
 from console.tui.screens.base import OpsScreen
 from console.tui.screens.confirm import ConfirmScreen
 from console.tui.screens.jobs import JobsScreen
+from console.tui.screens.pause_reason import PauseReasonScreen
 from console.tui.session import CacheFactory, Session
 from console.tui.widgets.run_progress import RunProgress
 from console.tui.widgets.status_bar import StatusInfo
+from jobs.audit import AuditAction
 from jobs.cache import Cache
 from jobs.errors import OpsError, UsageError
 from jobs.overview import load_overview
@@ -188,7 +190,8 @@ class OpsApp(App[int]):
     def request_trigger(self, job_id: str, params: RunParams | None = None, *,
                         question: str | None = None, detail: str | None = None,
                         yes: str = "Run now", open_result: bool = True,
-                        on_yes: Callable[[], object] | None = None) -> None:
+                        on_yes: Callable[[], object] | None = None,
+                        audit_as: AuditAction = AuditAction.TRIGGER) -> None:
         """Ask, then run `job_id`; `on_yes` runs first when the answer is yes (the preview
         closes itself then, and stays open on a no)."""
         if self._refuse_write("run a job"):
@@ -208,8 +211,8 @@ class OpsApp(App[int]):
             if yes:
                 if on_yes is not None:
                     on_yes()
-                self._start_run(RunPurpose(job_id, False, f"Running {job_id}", open_result),
-                                params)
+                self._start_run(RunPurpose(job_id, False, f"Running {job_id}", open_result,
+                                           audit_as), params)
 
         self.push_screen(ConfirmScreen(
             question or f"Run {job_id} now?",
@@ -263,7 +266,7 @@ class OpsApp(App[int]):
                 cache=session.cache(), stop=self._stop_run,
                 on_progress=lambda p: _post(self, RunProgressed(purpose, p)),
                 on_started=lambda run_id: _post(self, RunStarted(purpose, run_id)),
-                clock=session.clock,
+                clock=session.clock, audit_as=purpose.audit_as,
             )
             self.post_message(RunFinished(purpose, report))
         finally:
@@ -328,12 +331,20 @@ class OpsApp(App[int]):
     def request_pause(self, job_id: str, paused: bool) -> None:
         if self._refuse_write("pause or resume a job"):
             return
-        self._set_paused(job_id, paused)
+        if not paused:
+            self._set_paused(job_id, False)
+            return
+
+        def answered(reason: str | None) -> None:
+            if reason is not None:  # None: cancelled
+                self._set_paused(job_id, True, reason or None)
+
+        self.push_screen(PauseReasonScreen(job_id), answered)
 
     @work(thread=True, exit_on_error=False, group="pause")
-    def _set_paused(self, job_id: str, paused: bool) -> None:
+    def _set_paused(self, job_id: str, paused: bool, reason: str | None = None) -> None:
         changed = set_paused(self.session.db(), job_id, paused, by=self.session.started_by,
-                             now=self.session.clock())
+                             now=self.session.clock(), reason=reason)
         word = "paused" if paused else "resumed"
         note = "" if changed else " (it already was)"
         self.call_from_thread(self.notify, f"{job_id} {word}{note}.", title="Schedule", markup=False)

@@ -9,6 +9,7 @@ from textual.message import Message
 
 from jobs.alerts import AlertRecord
 from jobs.analytics import DayValue
+from jobs.audit import AuditAction
 from jobs.outbox import OutboxEntry
 from jobs.overview import Overview
 from jobs.records import ItemResult, Progress, RunRecord, RunReport
@@ -45,6 +46,7 @@ class RunPurpose:
     dry_run: bool
     label: str  # what the progress line says, e.g. "Running expiry-checker"
     open_result: bool = True  # open the run detail (or the preview) when it ends
+    audit_as: AuditAction = AuditAction.TRIGGER  # what the audit calls it (a recompute...)
 
 
 class RunStarted(Message):

@@ -24,6 +24,7 @@ from console.tui.widgets.status_bar import StatusBar
 from console.tui.widgets.tables import RowTable
 from jobs import analytics
 from jobs.analytics import DayValue
+from jobs.audit import AuditAction
 from jobs.records import RunParams, RunReport
 from jobs.tenants import TenantRef, get_tenant, search_tenants
 
@@ -254,7 +255,7 @@ class AnalyticsScreen(OpsScreen):
             detail=(f"The job aggregates {day.isoformat()} for every tenant, not only "
                     f"{self.tenant.name} (it works a day at a time), and overwrites their "
                     "cached values with a fresh time to live."),
-            yes="Recompute", open_result=False,
+            yes="Recompute", open_result=False, audit_as=AuditAction.RECOMPUTE,
         )
 
     def on_job_finished(self, purpose: RunPurpose, report: RunReport) -> None:

@@ -31,6 +31,7 @@ from console.tui.widgets.attention_strip import AttentionStrip
 from console.tui.widgets.run_progress import RunProgress
 from console.tui.widgets.status_bar import StatusBar
 from console.tui.widgets.tables import FitTable, RowTable
+from jobs.humanize import paused_note
 from jobs.overview import STALE_REASON, Attention, JobView, Overview, schedule_state
 from jobs.records import RunRecord
 from jobs.registry import JOBS
@@ -267,9 +268,9 @@ class JobsScreen(OpsScreen):
                 text.append(f"\n{line[:1].upper()}{line[1:]}",
                             style="red" if state.failing_since is not None else "yellow")
             if state.paused:
-                why = f": {state.paused_reason}" if state.paused_reason else ""
-                text.append(f"\nPaused {ago(state.paused_at, now)} by {state.paused_by or '?'}"
-                            f"{why} — slots are not fired while paused", style="yellow")
+                note = paused_note(state.paused_by, state.paused_at, state.paused_reason, now)
+                text.append(f"\n{note[0].upper()}{note[1:]}"
+                            " — slots are not fired while paused", style="yellow")
             last = self.overview.last_runs.get(job_id)
             if last is not None:
                 text.append(f"\nLast run #{last.run_id} ({last.trigger}) by {last.started_by}")

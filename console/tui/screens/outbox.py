@@ -193,7 +193,7 @@ class OutboxScreen(OpsScreen):
     def _retry(self, ids: list[int]) -> None:
         from jobs.sender import retry
 
-        done = retry(self.session.db(), ids, self.session.clock())
+        done = retry(self.session.db(), ids, self.session.clock(), actor=self.session.started_by)
         self.post_message(EmailsRetried(ids, len(done)))
 
     def on_emails_retried(self, event: EmailsRetried) -> None:
