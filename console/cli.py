@@ -30,6 +30,8 @@ HANDLERS: dict[str, str] = {
     "history": "console.commands:cmd_history",
     "show": "console.commands:cmd_show",
     "analytics": "console.commands:cmd_analytics",
+    "analytics --all": "console.analytics_commands:cmd_analytics_all",
+    "analytics verify": "console.analytics_commands:cmd_analytics_verify",
     "outbox": "console.commands:cmd_outbox",
     "outbox send": "console.mail_commands:cmd_outbox_send",
     "outbox retry": "console.mail_commands:cmd_outbox_retry",
@@ -128,9 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--errors", action="store_true", help="only the items that failed")
     json_arg(sp)
 
-    sp = add_parser("analytics", help="a tenant's cached daily analytics")
-    sp.add_argument("tenant", metavar="TENANT")
-    sp.add_argument("--date", metavar="D", help="one day (default: the last 14 days)")
+    sp = add_parser("analytics", help="cached daily analytics: a tenant's days, every "
+                    "tenant's day (--all), or a day checked against the database (verify)")
+    sp.add_argument("tenant", metavar="TENANT", nargs="?",
+                    help="an id or a unique part of a name (any case); `verify` checks a day")
+    sp.add_argument("--date", metavar="D", help="one day (default: a tenant's last 14 days; "
+                    "with --all and verify, yesterday in the job's timezone)")
+    sp.add_argument("--all", action="store_true", help="every tenant's cached value for a day")
+    sp.add_argument("--sort", default="revenue", metavar="FIELD",
+                    help="--all: orders, revenue, newCustomers, productsSold or name (default "
+                         "revenue, highest first; names A to Z; tenants without a value last)")
+    sp.add_argument("--limit", type=int, metavar="N", help="--all: the first N tenants")
+    sp.add_argument("--csv", action="store_true", help="--all: CSV with a header row")
     json_arg(sp)
 
     sp = add_parser("outbox", help="the email outbox")
@@ -167,6 +178,10 @@ def _handler(args: argparse.Namespace) -> Callable[[CliContext, argparse.Namespa
         command = f"{command} {args.action}"
     elif command == "db":
         command = f"db {args.action}"
+    elif command == "analytics" and args.tenant == "verify":
+        command = "analytics verify"
+    elif command == "analytics" and args.all:
+        command = "analytics --all"
     module, _, func = HANDLERS[command].partition(":")
     handler: Callable[[CliContext, argparse.Namespace], int] = getattr(import_module(module), func)
     return handler

@@ -296,6 +296,10 @@ def cmd_show(ctx: CliContext, args: argparse.Namespace) -> int:
 def cmd_analytics(ctx: CliContext, args: argparse.Namespace) -> int:
     from jobs.analytics import cache_key, last_days, latest_day, read_days
 
+    if args.tenant is None:
+        raise UsageError("analytics needs a TENANT (an id or part of a name), --all or verify")
+    if args.csv or args.limit is not None or args.sort != "revenue":
+        raise UsageError("--sort, --limit and --csv go with --all")
     the_date = _parse_date("--date", args.date)
     tenant = find_tenant(ctx.engine, args.tenant)
     tenant_id, name = tenant.id, tenant.name

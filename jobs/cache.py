@@ -6,6 +6,7 @@ reads what the job wrote whichever is configured.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -15,12 +16,16 @@ from urllib.parse import urlsplit
 
 import redis
 from hiredis import pack_command
-from sqlalchemy import delete, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import Text, any_, bindparam, delete, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.elements import ColumnElement
 
-from jobs.db import insert_ignore, ops_cache, transaction
+from jobs.db import insert_ignore, is_sqlite, ops_cache, transaction
 from jobs.errors import CacheRefusedError, UnreachableError, UsageError
 from jobs.redaction import redact
+
+READ_BATCH = 5_000  # keys per round trip when reading many
 
 # Seconds since the epoch (`time.time`): what the embedded cache measures expiry with.
 EpochClock = Callable[[], float]
@@ -140,11 +145,27 @@ class RedisCache:
         keys = list(keys)
 
         def read() -> list[object]:
-            with self._client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.get(self.prefix + key)
-                    pipe.ttl(self.prefix + key)
-                return list(pipe.execute())
+            # GET and TTL of every key, packed by hiredis in batches as set_many sends its
+            # SETs: a day of 100,000 tenants is 200,000 commands, which redis-py's Pipeline
+            # object takes ~1.5 s to queue and parse and this ~0.3 s.
+            pool = self._client.connection_pool
+            conn = pool.get_connection()
+            replies: list[object] = []
+            try:
+                for start in range(0, len(keys), READ_BATCH):
+                    batch = keys[start:start + READ_BATCH]
+                    payload = b"".join([
+                        pack_command((verb, self.prefix + key))  # type: ignore[arg-type]
+                        for key in batch for verb in ("GET", "TTL")
+                    ])
+                    conn.send_packed_command([payload])  # type: ignore[no-untyped-call]
+                    replies.extend(conn.read_response() for _ in range(2 * len(batch)))
+            except BaseException:
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                raise
+            finally:
+                pool.release(conn)
+            return replies
 
         raw = self._guard(read) if keys else []
         assert isinstance(raw, list)
@@ -202,7 +223,7 @@ class TableCache:
         with transaction(self.engine) as conn:
             rows = conn.execute(
                 select(ops_cache.c.key, ops_cache.c.value, ops_cache.c.expires_at).where(
-                    ops_cache.c.key.in_(keys)
+                    _key_in(conn, keys)
                 )
             ).all()
         out: dict[str, CachedValue] = {}
@@ -215,6 +236,19 @@ class TableCache:
 
     def get(self, key: str) -> CachedValue | None:
         return self.get_many([key]).get(key)
+
+
+def _key_in(conn: Connection, keys: list[str]) -> ColumnElement[bool]:
+    """`key IN (...)` for any number of keys as one statement with one parameter: an
+    array on PostgreSQL, a JSON list that json_each unpacks on SQLite. A parameter per
+    key would stop at the driver's limit (65,535 for psycopg, 32,766 for SQLite) long
+    before a day of 100,000 tenants."""
+    if len(keys) <= 100:
+        return ops_cache.c.key.in_(keys)
+    if is_sqlite(conn):
+        listed = func.json_each(bindparam("keys", json.dumps(keys))).table_valued("value")
+        return ops_cache.c.key.in_(select(listed.c.value))
+    return ops_cache.c.key == any_(bindparam("keys", keys, type_=ARRAY(Text)))
 
 
 def open_cache(cache_url: str | None, engine: Engine, prefix: str = "") -> Cache:
