@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import threading
 from collections.abc import Callable
+from datetime import date
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -359,6 +360,8 @@ class OpsApp(App[int]):
             ("view: Jobs", "The jobs, their schedules and last runs", self.show_jobs),
             ("view: Outbox", "Emails: pending, sent, failed, dead", self.open_outbox),
             ("view: Analytics", "A tenant's cached daily analytics", self.open_analytics),
+            ("view: Analytics by day", "Every tenant's cached value for a day: sort, totals, "
+             "missing; verify", self.open_analytics_day),
             ("view: Help", "Every key on every screen", self.action_help),
         ]
         if isinstance(screen, OpsScreen):
@@ -389,6 +392,11 @@ class OpsApp(App[int]):
         from console.tui.screens.analytics import AnalyticsScreen
 
         self._push_view(AnalyticsScreen(tenant_id))
+
+    def open_analytics_day(self, day: date | None = None) -> None:
+        from console.tui.screens.analytics_day import AnalyticsDayScreen
+
+        self._push_view(AnalyticsDayScreen(day))
 
     def open_run(self, run_id: int) -> None:
         from console.tui.screens.run_detail import RunDetailScreen

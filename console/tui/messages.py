@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from textual.message import Message
 
 from jobs.analytics import DayValue
+from jobs.analytics_day import AnalyticsDay, Verification
 from jobs.outbox import OutboxEntry
 from jobs.overview import Overview
 from jobs.records import ItemResult, Progress, RunRecord, RunReport
@@ -131,3 +132,17 @@ class EmailsRetried(Message):
         super().__init__()
         self.ids = ids
         self.changed = changed
+
+
+class DayLoaded(Message):
+    """Every tenant's cached value for one day (the analytics day view)."""
+
+    def __init__(self, day: AnalyticsDay) -> None:
+        super().__init__()
+        self.day = day
+
+
+class DayVerified(Message):
+    def __init__(self, result: Verification) -> None:
+        super().__init__()
+        self.result = result
