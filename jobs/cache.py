@@ -206,7 +206,7 @@ class TableCache:
         now = self._now()
         expires = now + timedelta(seconds=ttl)
         with transaction(self.engine) as conn:
-            conn.execute(delete(ops_cache).where(ops_cache.c.key.in_(list(values))))
+            conn.execute(delete(ops_cache).where(_key_in(conn, list(values))))
             conn.execute(delete(ops_cache).where(ops_cache.c.expires_at <= now))
             insert_ignore(
                 conn,

@@ -86,8 +86,7 @@ class AnalyticsDayScreen(OpsScreen):
         with Horizontal(id="day-controls"):
             yield Input(placeholder="YYYY-MM-DD", id="day-date", max_length=10)
             yield Static("", id="day-summary")
-        yield FitTable(id="day-table", stretch="name", min_width=16, fixed_rows=1,
-                       zebra_stripes=True)
+        yield FitTable(id="day-table", stretch="name", min_width=16, zebra_stripes=True)
         yield RunProgress(id="run-progress")
         yield Footer()
 
@@ -107,7 +106,8 @@ class AnalyticsDayScreen(OpsScreen):
     def action_reload(self) -> None:
         if self.day is None:
             return
-        self.query_one("#day-table", DataTable).loading = True
+        # Said in the summary line, not with the table's loading indicator, which would
+        # take the focus from the table to the date field.
         self.query_one("#day-summary", Static).update(
             Text(f"Reading {self.day.isoformat()} from the cache…", style="dim"))
         self._read(self.day)
@@ -120,13 +120,7 @@ class AnalyticsDayScreen(OpsScreen):
         if event.day.day != self.day:
             return  # a day asked for before the one now chosen
         self.loaded = event.day
-        self.query_one("#day-table", DataTable).loading = False
         self._sort_and_show()
-
-    def on_worker_state_changed(self, event: Any) -> None:
-        super().on_worker_state_changed(event)
-        if event.worker.group == "analytics-day" and event.worker.is_finished:
-            self.query_one("#day-table", DataTable).loading = False
 
     # --- sorting and paging -----------------------------------------------------------------
 
@@ -165,6 +159,8 @@ class AnalyticsDayScreen(OpsScreen):
         table = self.query_one("#day-table", DataTable)
         table.clear()
         table.add_row(*_totals_row(self.loaded), key=TOTALS)
+        # Fixed only once it exists: DataTable cannot draw a fixed row it does not have.
+        table.fixed_rows = 1
         first = self.page * PAGE_SIZE
         for r in self.rows[first:first + PAGE_SIZE]:
             table.add_row(*_tenant_row(r), key=r.tenant_id)

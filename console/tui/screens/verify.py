@@ -68,7 +68,6 @@ class VerifyScreen(OpsScreen):
     def action_verify(self) -> None:
         self.result = None
         self.refresh_bindings()
-        self.query_one("#verify-table", DataTable).loading = True
         self.query_one("#verify-summary", Static).update(Text(
             f"Recomputing {self.day.isoformat()} for every tenant (writing nothing) and "
             "comparing with the cache…", style="dim"))
@@ -81,15 +80,9 @@ class VerifyScreen(OpsScreen):
                             now=session.clock(), started_by=session.started_by)
         self.post_message(DayVerified(result))
 
-    def on_worker_state_changed(self, event: Any) -> None:
-        super().on_worker_state_changed(event)
-        if event.worker.group == "verify" and event.worker.is_finished:
-            self.query_one("#verify-table", DataTable).loading = False
-
     def on_day_verified(self, event: DayVerified) -> None:
         result = self.result = event.result
         table = self.query_one("#verify-table", DataTable)
-        table.loading = False
         table.clear()
         self.tenant_ids = []
         for d in result.differing:
