@@ -47,13 +47,13 @@ class AnalyticsDayScreen(OpsScreen):
                         "sold (again: the other way); or click a heading"),
         *(Binding(key, f"sort('{field}')", f"Sort by {SORT_WORDS[field]}", show=False)
           for key, field in SORT_KEYS.items() if key != "3"),
-        Binding("n", "page(1)", "Next page", id="day-next-page",
+        Binding("n", "page(1)", "Page", key_display="n/p", id="day-next-page",
                 tooltip=f"The next {PAGE_SIZE} tenants (also: down on the last row)"),
-        Binding("p", "page(-1)", "Prev page", id="day-previous-page", show=False,
+        Binding("p", "page(-1)", "Previous page", show=False, id="day-previous-page",
                 tooltip=f"The previous {PAGE_SIZE} tenants (also: up on the first row)"),
-        Binding("left_square_bracket", "shift_day(-1)", "Day before", key_display="[",
-                id="day-before", tooltip="The day before"),
-        Binding("right_square_bracket", "shift_day(1)", "Day after", key_display="]",
+        Binding("left_square_bracket", "shift_day(-1)", "Day", key_display="[ ]",
+                id="day-before", tooltip="The day before ([) or after (])"),
+        Binding("right_square_bracket", "shift_day(1)", "Day after", show=False,
                 id="day-after", tooltip="The day after"),
         Binding("v", "verify", "Verify", id="day-verify",
                 tooltip="Recompute the day without writing and list the tenants whose cached "
@@ -94,7 +94,9 @@ class AnalyticsDayScreen(OpsScreen):
         self.sub_title = "Analytics by day"
         table: DataTable[Any] = self.query_one("#day-table", DataTable)
         for label, key, width in COLUMNS:
-            table.add_column(label, key=key, width=width)
+            # Figures are right-aligned, and so are their headings.
+            heading = Text(label, justify="right") if key in ("orders", "revenue", "newCustomers", "productsSold") else label
+            table.add_column(heading, key=key, width=width)
         if self.day is None:
             self.day = analytics.latest_day(self.session.settings, self.session.clock())
         self.query_one("#day-date", Input).value = self.day.isoformat()

@@ -61,7 +61,9 @@ class VerifyScreen(OpsScreen):
         self.sub_title = f"Verify analytics · {self.day.isoformat()}"
         table: DataTable[Any] = self.query_one("#verify-table", DataTable)
         for label, key, width in COLUMNS:
-            table.add_column(label, key=key, width=width)
+            # Figures are right-aligned, and so are their headings.
+            heading = Text(label, justify="right") if key in FIGURES else label
+            table.add_column(heading, key=key, width=width)
         table.focus()
         self.action_verify()
 
