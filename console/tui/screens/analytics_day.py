@@ -22,7 +22,7 @@ from console.tui.widgets.run_progress import RunProgress
 from console.tui.widgets.status_bar import StatusBar
 from console.tui.widgets.tables import FitTable
 from jobs import analytics
-from jobs.analytics_day import AnalyticsDay, TenantDay, read_day, sort_day
+from jobs.analytics_day import FIGURES, AnalyticsDay, TenantDay, read_day, sort_day
 from jobs.records import RunReport
 
 PAGE_SIZE = 500  # rows in the table at once; n/p (or moving past either end) turns the page
@@ -95,7 +95,7 @@ class AnalyticsDayScreen(OpsScreen):
         table: DataTable[Any] = self.query_one("#day-table", DataTable)
         for label, key, width in COLUMNS:
             # Figures are right-aligned, and so are their headings.
-            heading = Text(label, justify="right") if key in ("orders", "revenue", "newCustomers", "productsSold") else label
+            heading = Text(label, justify="right") if key in FIGURES else label
             table.add_column(heading, key=key, width=width)
         if self.day is None:
             self.day = analytics.latest_day(self.session.settings, self.session.clock())
