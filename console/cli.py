@@ -91,9 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add_parser("tui", help="open the console (the default)")
     sp.add_argument("--read-only", action="store_true", help="hide every action that writes")
 
-    sp = add_parser("demo", help="build an embedded demo database and open the console")
+    sp = add_parser("demo", help="build a demo database (a SQLite file of its own, or the "
+                    "empty database --database-url/DATABASE_URL names) and open the console")
     sp.add_argument("--tenants", type=int, default=40, metavar="N")
-    sp.add_argument("--path", metavar="FILE", help="where to write the demo SQLite file")
+    sp.add_argument("--path", metavar="FILE", help="where to write the demo SQLite file "
+                    "(instead of DATABASE_URL)")
     sp.add_argument("--no-tui", action="store_true", help="build the database only")
     sp.add_argument("--read-only", action="store_true")
 

@@ -9,11 +9,12 @@ import io
 import json
 import re
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import delete, update
 from sqlalchemy.engine import Engine
 from textual.widgets import DataTable, Static
@@ -358,3 +359,56 @@ def test_tenant_lookup_by_a_unique_part_of_the_name(engine: Engine, settings: Se
                            "Blue Fern Goods (t-b); give more of the name, or the id")
     code, _, err = run_cli("analytics", "silver")
     assert code == 2 and "unknown tenant 'silver'" in err
+
+
+# --- the demo in a database of one's own ------------------------------------------------------
+
+
+def test_demo_builds_into_the_database_url_and_refuses_one_with_data(
+        db_url: str, env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """PostgreSQL included; REDIS_URL set or not, the demo keeps its values in its own
+    embedded cache. Its data follow the product's rules: TTLs as `cache_ttl` leaves them,
+    4xx answers pending for retry, 5xx failed at once."""
+    redis_url = request.getfixturevalue("redis_url")
+    proc = cli({**env, "REDIS_URL": redis_url}, "demo", "--no-tui", "--tenants", "6",
+               cwd=tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "demo database: " in proc.stdout and "6 tenants" in proc.stdout
+    # In the database named, not in a file of its own; nothing in Redis.
+    assert [f.name for f in tmp_path.glob("*.sqlite3")] == (
+        ["storeflow.sqlite3"] if db_url.startswith("sqlite") else [])
+    assert not list(redis.Redis.from_url(redis_url).scan_iter(match=env["STOREFLOW_CACHE_PREFIX"] + "*"))
+
+    now = datetime.now(UTC)
+    long_ago = (now.date() - timedelta(days=3)).isoformat()  # written, then expired
+    doc = json.loads(cli(env, "analytics", "--all", "--date", long_ago, "--json",
+                         cwd=tmp_path).stdout)
+    assert doc["totals"]["tenants"] == 6 and doc["totals"]["missing"] == 6
+    latest = json.loads(cli(env, "analytics", "--all", "--json", cwd=tmp_path).stdout)
+    # Written by the run at 01:00 today (UTC, the job's default zone) with a day to live.
+    slot = now.replace(hour=1, minute=0, second=0, microsecond=0)
+    if now >= slot + timedelta(minutes=1):
+        assert latest["totals"]["missing"] == 0
+        left = 86_400 - (now - slot).total_seconds()
+        assert all(left - 120 <= t["ttl"] <= left + 5 for t in latest["tenants"])
+
+    emails = json.loads(cli(env, "outbox", "--limit", "500", "--json", cwd=tmp_path).stdout)
+    answered = [e for e in emails if e["last_error"]]
+    assert {e["status"] for e in answered} == {"failed", "pending", "dead"}
+    for e in answered:
+        code = e["last_error"][0]
+        assert (e["status"], code) in {("failed", "5"), ("pending", "4"), ("dead", "4")}, e
+        assert e["status"] != "failed" or e["attempts"] == 1
+
+    again = cli(env, "demo", "--no-tui", "--tenants", "2", cwd=tmp_path)
+    assert again.returncode == 2 and again.stdout == ""
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds StoreFlow data (" in lines[0] and "tenants" in lines[0]
+
+
+def test_demo_takes_a_url_given_as_path_for_an_error_not_a_folder(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    proc = cli(env, "demo", "--no-tui", "--path", "postgresql://db.example/shop", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "looks like a database URL" in proc.stderr and "--database-url" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
