@@ -25,7 +25,7 @@ from jobs import analytics
 from jobs.analytics_day import FIGURES, AnalyticsDay, TenantDay, read_day, sort_day
 from jobs.records import RunReport
 
-PAGE_SIZE = 500  # rows in the table at once; n/p (or moving past either end) turns the page
+PAGE_SIZE = 100  # rows in the table at once; n/p (or moving past either end) turns the page
 TOTALS = "totals"
 # (heading, sort field and column key, width); the name column takes the width left over.
 COLUMNS = (("Tenant", "name", 20), ("Orders", "orders", 8), ("Revenue", "revenue", 13),
