@@ -14,22 +14,25 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.worker import Worker, WorkerState
 
 from console.formatting import amount, number, plural, span
 from console.tui.messages import DayLoaded, RunPurpose
 from console.tui.screens.base import OpsScreen
 from console.tui.widgets.run_progress import RunProgress
 from console.tui.widgets.status_bar import StatusBar
-from console.tui.widgets.tables import FitTable
+from console.tui.widgets.tables import RowTable
 from jobs import analytics
 from jobs.analytics_day import FIGURES, AnalyticsDay, TenantDay, read_day, sort_day
+from jobs.errors import OpsError
 from jobs.records import RunReport
 
 PAGE_SIZE = 100  # rows in the table at once; n/p (or moving past either end) turns the page
 TOTALS = "totals"
-# (heading, sort field and column key, width); the name column takes the width left over.
-COLUMNS = (("Tenant", "name", 20), ("Orders", "orders", 8), ("Revenue", "revenue", 13),
-           ("New cust.", "newCustomers", 9), ("Sold", "productsSold", 8), ("TTL left", "ttl", 9))
+# (heading, sort field and column key, width): 93 columns, so 100 show them all, and wider
+# terminals do not push the figures far from the names.
+COLUMNS = (("Tenant", "name", 32), ("Orders", "orders", 8), ("Revenue", "revenue", 13),
+           ("New cust.", "newCustomers", 9), ("Sold", "productsSold", 8), ("TTL left", "ttl", 11))
 SORT_KEYS = {"1": "name", "2": "orders", "3": "revenue", "4": "newCustomers",
              "5": "productsSold"}
 SORT_WORDS = {"name": "name", "orders": "orders", "revenue": "revenue",
@@ -86,7 +89,7 @@ class AnalyticsDayScreen(OpsScreen):
         with Horizontal(id="day-controls"):
             yield Input(placeholder="YYYY-MM-DD", id="day-date", max_length=10)
             yield Static("", id="day-summary")
-        yield FitTable(id="day-table", stretch="name", min_width=16, zebra_stripes=True)
+        yield RowTable(id="day-table", zebra_stripes=True)
         yield RunProgress(id="run-progress")
         yield Footer()
 
@@ -123,6 +126,16 @@ class AnalyticsDayScreen(OpsScreen):
             return  # a day asked for before the one now chosen
         self.loaded = event.day
         self._sort_and_show()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        super().on_worker_state_changed(event)  # the notification
+        if event.worker.group == "analytics-day" and event.state is WorkerState.ERROR:
+            # The line that said "Reading…" / "Recomputing…" says what happened instead.
+            error = event.worker.error
+            message = error.message if isinstance(error, OpsError) else str(error)
+            self.query_one("#day-summary", Static).update(
+                Text(f"Could not read the day: {message}",
+                     style="bold red", no_wrap=True, overflow="ellipsis"))
 
     # --- sorting and paging -----------------------------------------------------------------
 
@@ -269,7 +282,8 @@ def _totals_row(day: AnalyticsDay) -> tuple[Text, ...]:
             Text(amount(t.revenue), style=bold, justify="right"),
             Text(number(t.newCustomers), style=bold, justify="right"),
             Text(number(t.productsSold), style=bold, justify="right"),
-            Text(f"{t.missing:,} missing" if t.missing else "", style="bold yellow"))
+            Text(f"{t.missing:,} missing" if t.missing else "", style="bold yellow",
+                 no_wrap=True, overflow="ellipsis"))
 
 
 def _tenant_row(r: TenantDay) -> tuple[str | Text, ...]:

@@ -12,20 +12,23 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Header, Static
+from textual.worker import Worker, WorkerState
 
 from console.formatting import amount, number, plural
 from console.tui.messages import DayVerified, RunPurpose
 from console.tui.screens.base import OpsScreen
 from console.tui.widgets.run_progress import RunProgress
 from console.tui.widgets.status_bar import StatusBar
-from console.tui.widgets.tables import FitTable
+from console.tui.widgets.tables import RowTable
 from jobs import analytics
 from jobs.analytics_day import FIGURES, Verification, verify_day
+from jobs.errors import OpsError
 from jobs.records import RunParams, RunReport
 
-COLUMNS = (("Tenant", "name", 20), ("Cache", "state", 9), ("Orders", "orders", 13),
-           ("Revenue", "revenue", 23), ("New cust.", "newCustomers", 11),
-           ("Sold", "productsSold", 11))
+# 97 columns in all: 100 show every one.
+COLUMNS = (("Tenant", "name", 24), ("Cache", "state", 9), ("Orders", "orders", 11),
+           ("Revenue", "revenue", 21), ("New cust.", "newCustomers", 10),
+           ("Sold", "productsSold", 10))
 
 
 class VerifyScreen(OpsScreen):
@@ -53,7 +56,7 @@ class VerifyScreen(OpsScreen):
         yield Header()
         yield StatusBar(id="status")
         yield Static("", id="verify-summary")
-        yield FitTable(id="verify-table", stretch="name", min_width=16, zebra_stripes=True)
+        yield RowTable(id="verify-table", zebra_stripes=True)
         yield RunProgress(id="run-progress")
         yield Footer()
 
@@ -81,6 +84,16 @@ class VerifyScreen(OpsScreen):
         result = verify_day(session.db(), session.settings, session.cache(), self.day,
                             now=session.clock(), started_by=session.started_by)
         self.post_message(DayVerified(result))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        super().on_worker_state_changed(event)  # the notification
+        if event.worker.group == "verify" and event.state is WorkerState.ERROR:
+            # The line that said "Reading…" / "Recomputing…" says what happened instead.
+            error = event.worker.error
+            message = error.message if isinstance(error, OpsError) else str(error)
+            self.query_one("#verify-summary", Static).update(
+                Text(f"Could not verify the day: {message}",
+                     style="bold red", no_wrap=True, overflow="ellipsis"))
 
     def on_day_verified(self, event: DayVerified) -> None:
         result = self.result = event.result
@@ -112,7 +125,7 @@ class VerifyScreen(OpsScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         allowed = super().check_action(action, parameters)
         if allowed and action == "recompute":
-            return None if self.result is None or self.result.ok else True
+            return self.result is not None and not self.result.ok
         return allowed
 
     def action_recompute(self) -> None:
