@@ -120,6 +120,33 @@ def test_the_embedded_cache_reads_a_day_of_many_tenants_in_one_query(engine: Eng
     assert len(found) == 70_000 and found["k69999"].value == "69999" and "absent" not in found
 
 
+def test_an_expired_or_unreadable_value_is_missing(engine: Engine, settings: Settings,
+                                                  cache: Cache, clock_value: list[float]) -> None:
+    shops(engine)
+    aggregate(engine, settings, cache)
+    cache.set_many({cache_key("t-b", DAY): '{"orders": "3"}',  # not a figure the dashboard reads
+                    cache_key("t-c", DAY): "not json"}, ttl=60)
+    day = read_day(engine, cache, DAY)
+    assert [r.tenant_id for r in day.tenants if r.missing] == ["t-b", "t-c"]
+    if isinstance(cache, TableCache):  # its clock can be moved: past every value's TTL
+        clock_value[0] += 2 * 86_400
+        assert read_day(engine, cache, DAY).totals.missing == 4
+
+
+def test_redis_reads_the_same_without_scripts(engine: Engine, redis_url: str,
+                                              redis_prefix: str) -> None:
+    """A Redis that refuses scripts (NOPERM, scripting off) is read one command a key."""
+    cache = RedisCache(redis_url, prefix=redis_prefix)
+    cache.set_many({f"k{i}": str(i) for i in range(12_000)}, ttl=300)
+    keys = [f"k{i}" for i in range(0, 12_500, 3)]
+    with_scripts = cache.get_many(keys)
+    assert cache._scripts  # this Redis ran the script
+    cache._scripts = False
+    without = cache.get_many(keys)
+    assert with_scripts == without and len(without) == 4_000
+    assert without["k11997"].value == "11997" and 290 < (without["k3"].ttl or 0) <= 300
+
+
 # --- the console ----------------------------------------------------------------------------
 
 
