@@ -393,13 +393,14 @@ def test_tenant_lookup_by_a_unique_part_of_the_name(engine: Engine, settings: Se
 
 
 def test_demo_builds_into_the_database_url_and_refuses_one_with_data(
-        db_url: str, env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        db_url: str, env: dict[str, str], cache_kind: str, tmp_path: Path,
+        request: pytest.FixtureRequest) -> None:
     """PostgreSQL included; REDIS_URL set or not, the demo keeps its values in its own
     embedded cache. Its data follow the product's rules: TTLs as `cache_ttl` leaves them,
     4xx answers pending for retry, 5xx failed at once."""
     redis_url = request.getfixturevalue("redis_url")
-    proc = cli({**env, "REDIS_URL": redis_url}, "demo", "--no-tui", "--tenants", "6",
-               cwd=tmp_path, timeout=180)
+    demo_env = {**env, "REDIS_URL": redis_url} if cache_kind == "redis" else env
+    proc = cli(demo_env, "demo", "--no-tui", "--tenants", "6", cwd=tmp_path, timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert "demo database: " in proc.stdout and "6 tenants" in proc.stdout
     # In the database named, not in a file of its own; nothing in Redis.
