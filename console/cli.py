@@ -30,6 +30,8 @@ HANDLERS: dict[str, str] = {
     "history": "console.commands:cmd_history",
     "show": "console.commands:cmd_show",
     "analytics": "console.commands:cmd_analytics",
+    "analytics --all": "console.analytics_commands:cmd_analytics_all",
+    "analytics verify": "console.analytics_commands:cmd_analytics_verify",
     "outbox": "console.commands:cmd_outbox",
     "outbox send": "console.mail_commands:cmd_outbox_send",
     "outbox retry": "console.mail_commands:cmd_outbox_retry",
@@ -94,9 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add_parser("tui", help="open the console (the default)")
     sp.add_argument("--read-only", action="store_true", help="hide every action that writes")
 
-    sp = add_parser("demo", help="build an embedded demo database and open the console")
+    sp = add_parser("demo", help="build a demo database (a SQLite file of its own, or the "
+                    "empty database --database-url/DATABASE_URL names) and open the console")
     sp.add_argument("--tenants", type=int, default=40, metavar="N")
-    sp.add_argument("--path", metavar="FILE", help="where to write the demo SQLite file")
+    sp.add_argument("--path", metavar="FILE", help="where to write the demo SQLite file "
+                    "(instead of DATABASE_URL)")
     sp.add_argument("--no-tui", action="store_true", help="build the database only")
     sp.add_argument("--read-only", action="store_true")
 
@@ -141,9 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--errors", action="store_true", help="only the items that failed")
     json_arg(sp)
 
-    sp = add_parser("analytics", help="a tenant's cached daily analytics")
-    sp.add_argument("tenant", metavar="TENANT")
-    sp.add_argument("--date", metavar="D", help="one day (default: the last 14 days)")
+    sp = add_parser("analytics", help="cached daily analytics: a tenant's days, every "
+                    "tenant's day (--all), or a day checked against the database (verify)")
+    sp.add_argument("tenant", metavar="TENANT", nargs="?",
+                    help="an id or a unique part of a name (any case); `verify` checks a day")
+    sp.add_argument("--date", metavar="D", help="one day (default: a tenant's last 14 days; "
+                    "with --all and verify, yesterday in the job's timezone)")
+    sp.add_argument("--all", action="store_true", help="every tenant's cached value for a day")
+    sp.add_argument("--sort", default="revenue", metavar="FIELD",
+                    help="--all: orders, revenue, newCustomers, productsSold or name (default "
+                         "revenue, highest first; names A to Z; tenants without a value last)")
+    sp.add_argument("--limit", type=int, metavar="N", help="--all: the first N tenants")
+    sp.add_argument("--csv", action="store_true", help="--all: CSV with a header row")
     json_arg(sp)
 
     sp = add_parser("outbox", help="the email outbox")
@@ -185,6 +198,10 @@ def _handler(args: argparse.Namespace) -> Callable[[CliContext, argparse.Namespa
         command = "history prune"
     elif command == "history" and args.dry_run:
         raise UsageError("--dry-run goes with `history prune`")
+    elif command == "analytics" and args.tenant == "verify":
+        command = "analytics verify"
+    elif command == "analytics" and args.all:
+        command = "analytics --all"
     module, _, func = HANDLERS[command].partition(":")
     handler: Callable[[CliContext, argparse.Namespace], int] = getattr(import_module(module), func)
     return handler

@@ -8,10 +8,11 @@ printed by console.cli as one line.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, datetime, timedelta
@@ -319,6 +320,10 @@ def cmd_show(ctx: CliContext, args: argparse.Namespace) -> int:
 def cmd_analytics(ctx: CliContext, args: argparse.Namespace) -> int:
     from jobs.analytics import cache_key, last_days, latest_day, read_days
 
+    if args.tenant is None:
+        raise UsageError("analytics needs a TENANT (an id or part of a name), --all or verify")
+    if args.csv or args.limit is not None or args.sort != "revenue":
+        raise UsageError("--sort, --limit and --csv go with --all")
     the_date = _parse_date("--date", args.date)
     tenant = find_tenant(ctx.engine, args.tenant)
     tenant_id, name = tenant.id, tenant.name
@@ -482,25 +487,73 @@ def default_demo_path() -> Path:
     return default_sqlite_path().with_name("demo.sqlite3")
 
 
+DEMO_PROGRESS_FROM = 1_000  # tenants; a smaller demo is built before a bar would help
+_DEMO_STEPS = {"stores": "making stores and orders", "rows": "writing the platform tables",
+               "history": "running a week of jobs"}
+
+
+@contextmanager
+def _demo_progress(ctx: CliContext, tenants: int) -> Iterator[Callable[[str, float], None] | None]:
+    """A progress bar on stderr while a large demo builds, only when stderr is a terminal
+    (a log or a pipe gets the one line that says what is being built)."""
+    isatty = getattr(ctx.stderr, "isatty", None)
+    if tenants < DEMO_PROGRESS_FROM or not (isatty and isatty()):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description:<28}"), BarColumn(), TaskProgressColumn(),
+                   TimeElapsedColumn(), console=Console(file=ctx.stderr), transient=True)
+    task = bar.add_task(_DEMO_STEPS["stores"], total=1.0)
+
+    def update(step: str, fraction: float) -> None:
+        # Started at the first step, after the line saying where the demo goes.
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=fraction, description=_DEMO_STEPS.get(step, step))
+
+    try:
+        yield update
+    finally:
+        bar.stop()
+
+
 def cmd_demo(ctx: CliContext, args: argparse.Namespace) -> int:
-    from jobs.demo import build_demo
+    from jobs.demo import build_demo, looks_like_url
 
     if args.tenants < 1:
         raise UsageError("--tenants: must be at least 1")
+    if args.path and looks_like_url(args.path):
+        raise UsageError(f"--path takes a SQLite file, and {redact(args.path)} looks like a "
+                         "database URL; to build into a database, give it as --database-url "
+                         "(or DATABASE_URL)")
+    given_url = getattr(args, "database_url", None)
+    if args.path and given_url:
+        raise UsageError("give --path (a SQLite file) or --database-url (a database), not both")
     if not args.no_tui:
         from console.cli import require_terminal
 
         require_terminal("build it with `storeflow-ops demo --no-tui`, then use the commands")
-    path = Path(args.path).expanduser().resolve() if args.path else default_demo_path()
-    url = f"sqlite:///{path}"
-    # The demo's own database and embedded cache, whatever DATABASE_URL / REDIS_URL say.
+    # Into the database named by --database-url or DATABASE_URL when one is given (--path
+    # still wins over the environment), else a SQLite file of its own.
+    target: str | Path
+    if not args.path and (given_url or os.environ.get("DATABASE_URL")):
+        target = url = ctx.settings.database_url
+        where = redact(url)
+    else:
+        target = Path(args.path).expanduser().resolve() if args.path else default_demo_path()
+        url = f"sqlite:///{target}"
+        where = str(target)
+    # The demo's own embedded cache, whatever REDIS_URL says.
     settings = replace(ctx.settings, database_url=url, cache_url=None)
-    ctx.err(f"building the demo database in {path} ...")
-    info = build_demo(path, args.tenants, utc_now(), settings=settings)
-    ctx.out(f"demo database: {path}")
+    with _demo_progress(ctx, args.tenants) as progress:
+        info = build_demo(target, args.tenants, utc_now(), settings=settings, progress=progress,
+                          checked=lambda: ctx.err(f"building the demo database in {where} ..."))
+    ctx.out(f"demo database: {where}")
     ctx.out(f"  {plural(info.tenants, 'tenant')}, {plural(info.orders, 'order')}, "
             f"{plural(info.runs, 'run')}, {plural(info.emails, 'email')}")
-    ctx.out(f"  try: DATABASE_URL={url} storeflow-ops jobs")
+    ctx.out(f"  try: DATABASE_URL={redact(url)} storeflow-ops jobs")
     if args.no_tui:
         return ExitCode.OK
     from console.tui.app import run_app  # Textual, loaded only when the console opens

@@ -1,7 +1,8 @@
 """Make the README's screenshots from the app itself, on the demo database at a fixed
 moment:
 
-    python docs/screenshots.py        # writes docs/jobs.svg and docs/analytics.svg
+    python docs/screenshots.py        # writes docs/jobs.svg, docs/analytics.svg,
+                                      # docs/analytics-day.svg and docs/verify.svg
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from jobs.tenants import search_tenants
 from jobs.timeutil import utc_now
 
 HERE = Path(__file__).resolve().parent
-# The demo writes its cache with the wall clock, so the screenshots are taken at it too.
+# The demo's cached values expire a day after the run that wrote them (before now), so the
+# screenshots read them at the time the demo was built for.
 NOW = utc_now().replace(second=0, microsecond=0)
 SIZE = (110, 34)
 TENANT = "Sunny Bookshop"
@@ -54,6 +56,37 @@ async def main() -> None:
         app.open_analytics(tenant.id)
         await settle(app, pilot)
         app.save_screenshot(str(HERE / "analytics.svg"))
+
+        # Every tenant's yesterday; then verified after an order changed and a value was lost.
+        app.open_analytics_day()
+        await settle(app, pilot)
+        app.save_screenshot(str(HERE / "analytics-day.svg"))
+        day = app.screen.day  # type: ignore[attr-defined]
+        _disturb(engine, day, tenant.id)
+        await pilot.press("v")
+        await settle(app, pilot)
+        app.save_screenshot(str(HERE / "verify.svg"))
+
+
+def _disturb(engine: Any, day: Any, tenant_id: str) -> None:
+    """One of the tenant's paid orders of `day` refunded, another tenant's value deleted."""
+    from sqlalchemy import delete, select, update
+
+    from jobs.analytics import cache_key, day_bounds
+    from jobs.db import ops_cache, orders, tenants
+    from jobs.settings import DEFAULTS_FILE
+
+    tz = load_settings(Overrides(config=str(DEFAULTS_FILE)), env={}).job(
+        "analytics-aggregate").schedule.timezone
+    start, end = day_bounds(day, tz)
+    with engine.begin() as conn:
+        order = conn.execute(select(orders.c.id).where(
+            orders.c.tenant_id == tenant_id, orders.c.payment_status == "paid",
+            orders.c.created_at >= start, orders.c.created_at < end).limit(1)).scalar()
+        conn.execute(update(orders).where(orders.c.id == order).values(payment_status="refunded"))
+        other = conn.execute(select(tenants.c.id).where(tenants.c.id != tenant_id)
+                             .order_by(tenants.c.name).limit(1)).scalar_one()
+        conn.execute(delete(ops_cache).where(ops_cache.c.key == cache_key(other, day)))
 
 
 if __name__ == "__main__":

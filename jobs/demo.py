@@ -41,6 +41,7 @@ from jobs.db import (
 from jobs.errors import UsageError
 from jobs.migrate import upgrade
 from jobs.records import RunParams, Trigger
+from jobs.redaction import redact
 from jobs.settings import DEFAULTS_FILE, Overrides, Settings, load_settings
 from jobs.timeutil import as_utc
 
@@ -108,31 +109,46 @@ class _Rows:
     cart_items: list[dict[str, Any]] = field(default_factory=list)
 
 
+# (what is being done, how far along 0..1): for a progress bar; build_demo calls it often.
+DemoProgress = Callable[[str, float], None]
+# Shares of the whole build, for one bar across its steps.
+_STEPS = (("stores", 0.25), ("rows", 0.2), ("history", 0.55))
+
+
 def build_demo(path_or_url: str | Path, tenants_count: int, today: datetime, *,
-               settings: Settings | None = None, seed: int = SEED) -> DemoInfo:
+               settings: Settings | None = None, seed: int = SEED,
+               progress: DemoProgress | None = None,
+               checked: Callable[[], None] | None = None) -> DemoInfo:
     """Create (overwrite) the demo database and return what it holds.
 
-    `path_or_url` is a SQLite file (replaced when it exists) or a database URL, which
-    must not already hold StoreFlow data.
+    `checked` is called once the target is known to be reachable and free of data, before
+    anything is written.
+
+    `path_or_url` is a SQLite file (a Path, replaced when it exists) or a database URL
+    (SQLite or PostgreSQL), whose platform tables must not hold any data yet.
     """
     if tenants_count < 1:
         raise UsageError("a demo needs at least one tenant")
     now = as_utc(today)
     path: Path | None = None
-    if isinstance(path_or_url, Path) or "://" not in path_or_url:
+    if isinstance(path_or_url, str) and "://" in path_or_url:
+        url = path_or_url
+    else:
+        if looks_like_url(str(path_or_url)):
+            raise UsageError(f"{path_or_url} looks like a database URL, not a file: give it as "
+                             "the database URL (--database-url or DATABASE_URL)")
         path = Path(path_or_url).expanduser().resolve()
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         url = f"sqlite:///{path}"
-    else:
-        url = path_or_url
+    report = _Steps(progress)
     engine = make_engine(url)
     try:
         check_reachable(engine)
-        if path is None and "tenants" in inspect(engine).get_table_names():
-            with transaction(engine) as conn:
-                if conn.execute(select(func.count()).select_from(tenants)).scalar_one():
-                    raise UsageError("demo fills an empty database only; this one has tenants")
+        if path is None:
+            _refuse_data(engine, url)
+        if checked is not None:
+            checked()
         platform.create_all(engine)
         upgrade(engine)
         if settings is None:
@@ -144,12 +160,14 @@ def build_demo(path_or_url: str | Path, tenants_count: int, today: datetime, *,
         last_expiry_check = _last_slot(settings, "expiry-checker", now)
         people = _make_tenants(rng, tenants_count, now, grace, last_expiry_check)
         rows = _Rows()
-        for t in people:
+        for i, t in enumerate(people):
             _add_store(rng, rows, t, now, settings.job("cleanup").cart_retention_days)
+            report("stores", i + 1, len(people))
         _add_orphans(rng, rows, people, now)
-        _insert(engine, rows)
+        _insert(engine, rows, lambda done, total: report("rows", done, total))
 
-        _simulate_history(rng, engine, settings, now)
+        _simulate_history(rng, engine, settings, now,
+                          lambda done, total: report("history", done, total))
 
         # Orphans that appeared since the last cleanup, so a preview has some to find.
         later = _Rows()
@@ -167,6 +185,51 @@ def build_demo(path_or_url: str | Path, tenants_count: int, today: datetime, *,
                         counts["ops_email_outbox"], invalid)
     finally:
         engine.dispose()
+
+
+def _refuse_data(engine: Engine, url: str) -> None:
+    """UsageError when any platform table of the database already holds rows: the demo
+    adds made-up stores, orders and runs, which have no place beside real ones."""
+    present = set(inspect(engine).get_table_names())
+    held: list[str] = []
+    with transaction(engine) as conn:
+        for table in platform.sorted_tables:
+            if table.name in present and conn.execute(select(table).limit(1)).first():
+                held.append(table.name)
+    if held:
+        raise UsageError(f"demo fills an empty database only, and {redact(url)} "
+                         f"holds StoreFlow data ({', '.join(held)}); give a new database or "
+                         "schema")
+
+
+def looks_like_url(text: str) -> bool:
+    """`scheme://…`, also as Path() leaves it (`postgresql:/host/db`): a URL given where a
+    file or folder is expected, which would otherwise become folders named `postgresql:`."""
+    return "://" in text or re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", text) is not None
+
+
+class _Steps:
+    """Turns each step's own count into one fraction of the whole build, at most a few
+    hundred calls whatever the size."""
+
+    def __init__(self, progress: DemoProgress | None) -> None:
+        self.progress = progress
+        self.last = -1.0
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        if self.progress is None or total <= 0:
+            return
+        before = 0.0
+        for name, share in _STEPS:
+            if name == step:
+                fraction = before + share * min(done, total) / total
+                break
+            before += share
+        else:
+            return
+        if fraction - self.last >= 0.002 or done >= total:
+            self.last = fraction
+            self.progress(step, min(fraction, 1.0))
 
 
 # --- tenants ---------------------------------------------------------------------------------
@@ -314,14 +377,20 @@ def _add_orphans(rng: random.Random, rows: _Rows, people: list[_Tenant], now: da
                                 "created_at": now - timedelta(days=rng.uniform(0, 5))})
 
 
-def _insert(engine: Engine, rows: _Rows) -> None:
+def _insert(engine: Engine, rows: _Rows,
+            progress: Callable[[int, int], None] | None = None) -> None:
+    tables = ((tenants, rows.tenants), (products, rows.products), (customers, rows.customers),
+              (orders, rows.orders), (order_products, rows.order_products),
+              (cart_items, rows.cart_items))
+    total = sum(len(values) for _, values in tables)
+    done = 0
     with transaction(engine) as conn:
-        for table, values in ((tenants, rows.tenants), (products, rows.products),
-                              (customers, rows.customers), (orders, rows.orders),
-                              (order_products, rows.order_products),
-                              (cart_items, rows.cart_items)):
+        for table, values in tables:
             for i in range(0, len(values), 5_000):
                 conn.execute(table.insert(), values[i : i + 5_000])
+                done += len(values[i : i + 5_000])
+                if progress is not None:
+                    progress(done, total)
 
 
 # --- a week of history, made by the real jobs ------------------------------------------------
@@ -344,10 +413,17 @@ def _at(moment: datetime) -> Callable[[], datetime]:
     return lambda: moment
 
 
+def _cache_at(engine: Engine, moment: datetime) -> TableCache:
+    """The embedded cache as a run at `moment` writes it: each value expires `cache_ttl`
+    after its run, so the demo's TTLs are what the real job would have left by now
+    (yesterday's values live, older ones expired)."""
+    return TableCache(engine, clock=moment.timestamp)
+
+
 def _simulate_history(rng: random.Random, engine: Engine, settings: Settings,
-                      now: datetime) -> None:
+                      now: datetime, progress: Callable[[int, int], None] | None = None
+                      ) -> None:
     since = now - timedelta(days=HISTORY_DAYS)
-    cache = TableCache(engine)  # the wall clock: the values stay readable for their TTL
     events: list[tuple[datetime, str]] = []
     for job_id in settings.jobs:
         slots = settings.job(job_id).schedule.previous_slots(now, since)
@@ -362,13 +438,15 @@ def _simulate_history(rng: random.Random, engine: Engine, settings: Settings,
         engine, settings, analytics.JOB_ID, now=backfill_at, started_by=OPERATOR,
         params=RunParams(date_from=local_today - timedelta(days=ANALYTICS_BACKFILL_DAYS),
                          date_to=analytics.yesterday(backfill_at, tz)),
-        cache=cache, clock=_clock(backfill_at, rng.uniform(1, 4)),
+        cache=_cache_at(engine, backfill_at), clock=_clock(backfill_at, rng.uniform(1, 4)),
     )
 
     missed = next((e for e in events if e[1] == "payment-reminders"), None)
     manual_at = (now - timedelta(days=1)).replace(hour=10, minute=17, second=4, microsecond=0)
     manual_done = manual_at >= now
-    for slot, job_id in events:
+    for done, (slot, job_id) in enumerate(events, start=1):
+        if progress is not None:
+            progress(done, len(events))
         if not manual_done and slot > manual_at:
             manual_done = True
             runs.execute(engine, settings, "expiry-checker", now=manual_at,
@@ -387,7 +465,8 @@ def _simulate_history(rng: random.Random, engine: Engine, settings: Settings,
             continue
         runs.execute(
             engine, settings, job_id, now=slot, started_by=RUNNER_BY, trigger=Trigger.SCHEDULE,
-            runner_id=RUNNER_ID, claimed_run_id=claim.run_id, scheduled_for=slot, cache=cache,
+            runner_id=RUNNER_ID, claimed_run_id=claim.run_id, scheduled_for=slot,
+            cache=_cache_at(engine, slot),
             clock=_clock(slot + timedelta(milliseconds=150), rng.uniform(0.3, 6.0)),
         )
     # What the simulated runner leaves behind as a real one would: the schedules it planned.
@@ -397,7 +476,10 @@ def _simulate_history(rng: random.Random, engine: Engine, settings: Settings,
 
 
 def _age_outbox(engine: Engine, settings: Settings, now: datetime) -> None:
-    """Give the outbox a history: older mail delivered, one retrying, one given up on."""
+    """Give the outbox a history, as the sender leaves it: older mail delivered; one the
+    server refused for good (5xx: `failed` at once); one it asked to try later (4xx:
+    `pending`, due again after a back-off); one that kept getting 4xx answers until the
+    attempts ran out (`dead`)."""
     yesterday = now - timedelta(days=1)
     with transaction(engine) as conn:
         old = conn.execute(
@@ -407,15 +489,18 @@ def _age_outbox(engine: Engine, settings: Settings, now: datetime) -> None:
         ).all()
         if not old:
             return
-        for row in old[2:]:
+        for row in old[3:]:
             conn.execute(update(ops_email_outbox).where(ops_email_outbox.c.id == row.id).values(
                 status="sent", attempts=1, sent_at=row.created_at + timedelta(seconds=31),
                 next_attempt_at=None, message_id=f"<{row.id}.demo@storeflow.invalid>"))
         conn.execute(update(ops_email_outbox).where(ops_email_outbox.c.id == old[0].id).values(
-            status="dead", attempts=settings.outbox.max_attempts, next_attempt_at=None,
+            status="failed", attempts=1,
             last_error="550 5.1.1 Recipient address rejected: user unknown"))
         if len(old) > 1:
             conn.execute(update(ops_email_outbox).where(ops_email_outbox.c.id == old[1].id).values(
-                status="failed", attempts=2, next_attempt_at=now + timedelta(minutes=12),
+                status="pending", attempts=2, next_attempt_at=now + timedelta(minutes=12),
                 last_error="421 4.7.0 Try again later, closing connection"))
-
+        if len(old) > 2:
+            conn.execute(update(ops_email_outbox).where(ops_email_outbox.c.id == old[2].id).values(
+                status="dead", attempts=settings.outbox.max_attempts,
+                last_error="451 4.3.0 Mail server temporarily rejected message"))

@@ -1,5 +1,5 @@
 """Finding tenants by name or id, for the faces (the console's analytics picker, the
-CLI's `analytics --tenant`)."""
+CLI's `analytics TENANT`)."""
 
 from __future__ import annotations
 
@@ -46,9 +46,29 @@ def get_tenant(engine: Engine, tenant_id: str) -> TenantRef | None:
     return None if row is None else TenantRef(row.id, row.name, row.status)
 
 
-def find_tenant(engine: Engine, key: str) -> TenantRef:
-    """The tenant with this id, or else the one with this exact name; UsageError when
-    there is none, or when several share the name (the id tells them apart)."""
+CANDIDATES_SHOWN = 10  # names an ambiguous lookup lists before "and N more"
+
+
+class AmbiguousTenantError(UsageError):
+    """Part of a name that several tenants share: the candidates, so the operator can
+    pick one (exit 2, as any usage error)."""
+
+    def __init__(self, key: str, candidates: list[TenantRef], more: bool) -> None:
+        self.key = key
+        self.candidates = candidates
+        shown = "; ".join(f"{t.name} ({t.id})" for t in candidates[:CANDIDATES_SHOWN])
+        extra = len(candidates) - CANDIDATES_SHOWN
+        tail = f"; and {extra}{'+' if more else ''} more" if extra > 0 else ""
+        super().__init__(f"{key!r} matches {len(candidates)}{'+' if more else ''} tenants: "
+                         f"{shown}{tail}; give more of the name, or the id")
+
+
+def find_tenant(engine: Engine, key: str, *, candidates: int = 50) -> TenantRef:
+    """The tenant with this id, else the one with this exact name, else the one whose name
+    (or id) contains `key` in any case.
+
+    UsageError when there is none or when several share the exact name (the id tells them
+    apart); AmbiguousTenantError, listing them, when the part matches several."""
     require_platform_tables(engine)  # a database that is not StoreFlow's says so
     with transaction(engine) as conn:
         rows = conn.execute(
@@ -57,11 +77,16 @@ def find_tenant(engine: Engine, key: str) -> TenantRef:
             .order_by((tenants.c.id == key).desc())
             .limit(2)
         ).all()
-    if not rows:
-        raise UsageError(f"unknown tenant {key!r}")
     if len(rows) > 1 and rows[0].id != key:
         raise UsageError(f"several tenants are named {key!r}; give the tenant id")
-    return TenantRef(str(rows[0].id), str(rows[0].name), rows[0].status)
+    if rows:
+        return TenantRef(str(rows[0].id), str(rows[0].name), rows[0].status)
+    found = search_tenants(engine, key, limit=candidates + 1) if key.strip() else []
+    if not found:
+        raise UsageError(f"unknown tenant {key!r}")
+    if len(found) > 1:
+        raise AmbiguousTenantError(key, found[:candidates], more=len(found) > candidates)
+    return found[0]
 
 
-__all__ = ["TenantRef", "find_tenant", "get_tenant", "search_tenants"]
+__all__ = ["AmbiguousTenantError", "TenantRef", "find_tenant", "get_tenant", "search_tenants"]

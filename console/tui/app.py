@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import threading
 from collections.abc import Callable
+from datetime import date
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -381,6 +382,8 @@ class OpsApp(App[int]):
              partial(self.open_outbox, status="dead")),
             ("view: Alerts", "Recent alerts and their deliveries", self.open_alerts),
             ("view: Analytics", "A tenant's cached daily analytics", self.open_analytics),
+            ("view: Analytics by day", "Every tenant's cached value for a day: sort, totals, "
+             "missing; verify", self.open_analytics_day),
             ("view: Help", "Every key on every screen", self.action_help),
         ]
         if isinstance(screen, OpsScreen):
@@ -416,6 +419,11 @@ class OpsApp(App[int]):
         from console.tui.screens.analytics import AnalyticsScreen
 
         self._push_view(AnalyticsScreen(tenant_id))
+
+    def open_analytics_day(self, day: date | None = None) -> None:
+        from console.tui.screens.analytics_day import AnalyticsDayScreen
+
+        self._push_view(AnalyticsDayScreen(day))
 
     def open_run(self, run_id: int) -> None:
         from console.tui.screens.run_detail import RunDetailScreen

@@ -9,6 +9,7 @@ from textual.message import Message
 
 from jobs.alerts import AlertRecord
 from jobs.analytics import DayValue
+from jobs.analytics_day import AnalyticsDay, Verification
 from jobs.audit import AuditAction
 from jobs.outbox import OutboxEntry
 from jobs.overview import Overview
@@ -146,3 +147,17 @@ class TestAlertSent(Message):
     def __init__(self, outcomes: Sequence[tuple[str, str, str | None]]) -> None:
         super().__init__()
         self.outcomes = outcomes  # per target: label, status (sent | dead), error
+
+
+class DayLoaded(Message):
+    """Every tenant's cached value for one day (the analytics day view)."""
+
+    def __init__(self, day: AnalyticsDay) -> None:
+        super().__init__()
+        self.day = day
+
+
+class DayVerified(Message):
+    def __init__(self, result: Verification) -> None:
+        super().__init__()
+        self.result = result

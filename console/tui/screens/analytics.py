@@ -42,20 +42,25 @@ class AnalyticsScreen(OpsScreen):
                 tooltip="Aggregate the highlighted day again (for every tenant; asks first)"),
         Binding("r", "reload", "Reload", id="analytics-reload",
                 tooltip="Read the cached values again"),
+        Binding("d", "day_view", "All tenants", id="analytics-day-view",
+                tooltip="Every tenant's value for the highlighted day (or yesterday)"),
     ]
     PALETTE = (("analytics: Choose tenant", "Search a tenant by name or id", "find_tenant"),
                ("analytics: Recompute day", "Aggregate the highlighted day again", "recompute"),
-               ("analytics: Reload", "Read the cached values again", "reload"))
+               ("analytics: Reload", "Read the cached values again", "reload"),
+               ("analytics: All tenants for the day", "Every tenant's cached value for the "
+                "highlighted day, sortable, with totals", "day_view"))
 
-    def __init__(self, tenant_id: str | None = None) -> None:
+    def __init__(self, tenant_id: str | None = None, until: date | None = None) -> None:
         super().__init__()
         self.initial_tenant = tenant_id
+        self.until = until  # the range's last day; yesterday when not given
         self.tenant: TenantRef | None = None
         self.days: list[DayValue] = []
         self.matches: list[TenantRef] = []
 
     def compose(self) -> ComposeResult:
-        until = self._yesterday()
+        until = self.until or self._yesterday()
         yield Header()
         yield StatusBar(id="status")
         with Horizontal(id="analytics-controls"):
@@ -257,6 +262,9 @@ class AnalyticsScreen(OpsScreen):
                     "cached values with a fresh time to live."),
             yes="Recompute", open_result=False, audit_as=AuditAction.RECOMPUTE,
         )
+
+    def action_day_view(self) -> None:
+        self.ops.open_analytics_day(self.highlighted_day if self.days else None)
 
     def on_job_finished(self, purpose: RunPurpose, report: RunReport) -> None:
         if purpose.job_id == analytics.JOB_ID and not report.dry_run:

@@ -15,12 +15,14 @@ from textual.widgets import Label, Static
 
 from console.tui.screens.alerts import AlertsScreen
 from console.tui.screens.analytics import AnalyticsScreen
+from console.tui.screens.analytics_day import AnalyticsDayScreen
 from console.tui.screens.base import WRITING_ACTIONS
 from console.tui.screens.history import HistoryScreen
 from console.tui.screens.jobs import JobsScreen
 from console.tui.screens.outbox import OutboxScreen
 from console.tui.screens.preview import PreviewScreen
 from console.tui.screens.run_detail import RunDetailScreen
+from console.tui.screens.verify import VerifyScreen
 
 if TYPE_CHECKING:
     from console.tui.app import OpsApp
@@ -31,6 +33,8 @@ SECTIONS: tuple[tuple[str, type[object]], ...] = (
     ("Run detail", RunDetailScreen),
     ("Preview", PreviewScreen),
     ("Analytics", AnalyticsScreen),
+    ("Analytics by day", AnalyticsDayScreen),
+    ("Verify a day", VerifyScreen),
     ("Outbox", OutboxScreen),
     ("Alerts", AlertsScreen),
 )

@@ -62,6 +62,8 @@ class JobsScreen(OpsScreen):
                 tooltip="The highlighted job's runs, newest first (also: enter)"),
         Binding("a", "analytics", "Analytics", id="view-analytics",
                 tooltip="A tenant's cached daily analytics"),
+        Binding("d", "analytics_day", "Day", id="view-analytics-day",
+                tooltip="Analytics for a day across every tenant (yesterday first)"),
         Binding("o", "outbox", "Outbox", id="view-outbox", tooltip="The email outbox"),
         Binding("l", "alerts", "Alerts", id="view-alerts",
                 tooltip="Recent alerts (failing, recovered, overdue) and their deliveries"),
@@ -342,6 +344,9 @@ class JobsScreen(OpsScreen):
 
     def action_analytics(self) -> None:
         self.ops.open_analytics()
+
+    def action_analytics_day(self) -> None:
+        self.ops.open_analytics_day()
 
     def action_outbox(self) -> None:
         self.ops.open_outbox()
