@@ -37,6 +37,7 @@ from sqlalchemy import (
     event,
     func,
     inspect,
+    text,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -212,6 +213,8 @@ ops_runs = Table(
     Index("ops_runs_status_idx", "status"),
     # /metrics: each job's newest success and its running runs, by lookup (migration 0004_n).
     Index("ops_runs_job_status_idx", "job_id", "status", "finished_at"),
+    # Problems over a window: the runs created since then (migration 0007_p).
+    Index("ops_runs_created_idx", "created_at"),
 )
 
 ops_run_items = Table(
@@ -227,6 +230,10 @@ ops_run_items = Table(
     Column("detail", JSON, nullable=True),
     Column("error", Text, nullable=True),
     Index("ops_run_items_run_idx", "run_id", "seq"),
+    # The failed items of a run, without reading its other items: the problems view
+    # groups them over a month of runs (migration 0007_p). Partial: errors are few.
+    Index("ops_run_items_errors_idx", "run_id", "seq",
+          postgresql_where=text("status = 'error'"), sqlite_where=text("status = 'error'")),
 )
 
 ops_email_outbox = Table(
@@ -251,7 +258,10 @@ ops_email_outbox = Table(
     Column("claimed_by", String(64), nullable=True),
     Column("claimed_until", UTCDateTime, nullable=True),
     Index("ops_email_outbox_status_idx", "status", "next_attempt_at"),
-    Index("ops_email_outbox_tenant_idx", "tenant_id"),
+    # The outbox is paged newest first by id (keyset, never OFFSET): a tenant's and a
+    # status's emails each in id order (migration 0007_p).
+    Index("ops_email_outbox_tenant_idx", "tenant_id", "id"),
+    Index("ops_email_outbox_status_id_idx", "status", "id"),
 )
 
 ops_cache = Table(

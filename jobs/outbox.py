@@ -14,12 +14,13 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.engine import Connection, Engine
 
 from jobs.db import insert_ignore, ops_email_outbox, transaction
-from jobs.errors import InvalidRecipientError
+from jobs.errors import InvalidRecipientError, UsageError
 from jobs.text import one_line
+from jobs.timeutil import iso
 
 KINDS = ("subscription_expired", "subscription_suspended", "renewal_reminder", "payment_due")
 ALERT_KIND = "alert"  # an alert event to an operator (jobs.alerts), not a tenant email
@@ -65,8 +66,18 @@ class OutboxEntry:
             "status": self.status,
             "attempts": self.attempts,
             "idempotency_key": self.idempotency_key,
+            "created_at": iso(self.created_at),
+            "sent_at": iso(self.sent_at),
             "last_error": self.last_error,
         }
+
+
+@dataclass(frozen=True)
+class OutboxPage:
+    """One page of a search, newest first; `next_before` asks for the page after it."""
+
+    entries: tuple[OutboxEntry, ...]
+    next_before: int | None  # None: this is the last page
 
 
 _env = Environment(
@@ -170,6 +181,61 @@ def list_entries(engine: Engine, *, status: str | None = None, tenant_id: str | 
         q = q.where(ops_email_outbox.c.tenant_id == tenant_id)
     with transaction(engine) as conn:
         return [_entry(r) for r in conn.execute(q)]
+
+
+# A search by a part of a tenant's name looks at this many matching tenants at most.
+TENANT_MATCHES = 200
+
+
+def search(engine: Engine, *, text: str = "", status: str | None = None,
+           tenant_id: str | None = None, before: int | None = None,
+           limit: int = 100) -> OutboxPage:
+    """The newest emails (below id `before`) of `status` and `tenant_id`, whose recipient,
+    subject, tenant id or tenant name contains `text` (any case).
+
+    Paged by key, never by OFFSET: each page starts below the last id shown, so page 500
+    costs what page 1 costs. A tenant's and a status's emails are read in id order from
+    their indexes; a text search walks the outbox newest first and stops at a full page."""
+    o = ops_email_outbox
+    q = select(o).order_by(o.c.id.desc()).limit(limit + 1)
+    if before is not None:
+        q = q.where(o.c.id < before)
+    if status:
+        q = q.where(o.c.status == status)
+    if tenant_id:
+        q = q.where(o.c.tenant_id == tenant_id)
+    needle = text.strip().lower()
+    if needle:
+        matches = [func.lower(o.c.recipient).contains(needle, autoescape=True),
+                   func.lower(o.c.subject).contains(needle, autoescape=True),
+                   func.lower(o.c.tenant_id).contains(needle, autoescape=True)]
+        named = _tenants_named(engine, needle)
+        if named:
+            matches.append(o.c.tenant_id.in_(named))
+        q = q.where(or_(*matches))
+    with transaction(engine) as conn:
+        rows = [_entry(r) for r in conn.execute(q)]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return OutboxPage(tuple(rows), rows[-1].id if more and rows else None)
+
+
+def _tenants_named(engine: Engine, needle: str) -> list[str]:
+    """Ids of tenants whose name contains `needle`; none when the database has no
+    platform tables (the outbox is still readable there)."""
+    from jobs.tenants import search_tenants
+
+    try:
+        return [t.id for t in search_tenants(engine, needle, limit=TENANT_MATCHES)]
+    except UsageError:
+        return []
+
+
+def get_entry(engine: Engine, email_id: int) -> OutboxEntry | None:
+    with transaction(engine) as conn:
+        row = conn.execute(select(ops_email_outbox).where(ops_email_outbox.c.id == email_id)
+                           ).first()
+    return None if row is None else _entry(row)
 
 
 def counts_by_status(engine: Engine) -> dict[str, int]:

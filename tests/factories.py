@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -82,3 +83,50 @@ def add_cart_item(engine: Engine, tenant_id: str, product_id: str, created_at: d
                                              customer_id=None, quantity=quantity,
                                              created_at=created_at))
     return cid
+
+
+def add_run(engine: Engine, job_id: str, status: str, at: datetime, *,
+            items: Sequence[tuple[str | None, str, str, str | None]] = (),
+            error: str | None = None, trigger: str = "manual") -> int:
+    """A finished run created and started at `at` (a missed one never started), with items
+    (tenant_id, action, status, error); tenants are named `Store <id>`."""
+    from jobs.db import ops_run_items, ops_runs
+
+    ran = status != "missed"
+    with engine.begin() as c:
+        run_id = int(c.execute(ops_runs.insert().values(
+            job_id=job_id, trigger=trigger, status=status, started_by="tests@host",
+            reference_time=at, created_at=at, started_at=at if ran else None,
+            finished_at=at, processed=len(items),
+            errors=sum(1 for i in items if i[2] == "error"), error=error)
+        ).inserted_primary_key[0])
+        if items:
+            c.execute(ops_run_items.insert(), [
+                {"run_id": run_id, "seq": n, "tenant_id": tid,
+                 "tenant_name": None if tid is None else f"Store {tid}", "action": action,
+                 "status": item_status, "error": err, "detail": {}}
+                for n, (tid, action, item_status, err) in enumerate(items)])
+    return run_id
+
+
+def add_email(engine: Engine, tenant_id: str | None, *, at: datetime, status: str = "pending",
+              subject: str | None = None, recipient: str | None = None,
+              kind: str = "subscription_expired", attempts: int = 0,
+              last_error: str | None = None) -> int:
+    """An email in the outbox, queued at `at` (and sent 30 s later when `sent`)."""
+    from datetime import timedelta
+
+    from jobs.db import ops_email_outbox
+
+    key = f"{kind}:{tenant_id}:{next(_ids)}"
+    with engine.begin() as c:
+        return int(c.execute(ops_email_outbox.insert().values(
+            idempotency_key=key, tenant_id=tenant_id, kind=kind,
+            recipient=recipient or f"owner-{tenant_id}@example.com",
+            subject=subject or f"Your StoreFlow subscription for Store {tenant_id} has expired",
+            body_text=f"Hello Store {tenant_id},\n\nyour subscription has expired.\n",
+            body_html=f"<p>Hello <b>Store {tenant_id}</b>,</p><p>your subscription has "
+                      "expired.</p>",
+            status=status, attempts=attempts, next_attempt_at=at, last_error=last_error,
+            created_at=at, sent_at=at + timedelta(seconds=30) if status == "sent" else None)
+        ).inserted_primary_key[0])
