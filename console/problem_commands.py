@@ -33,7 +33,8 @@ def cmd_problems(ctx: CliContext, args: argparse.Namespace) -> int:
     groups = problems.groups(ctx.engine, since=since, job_id=job_id)
     scope = f" of {job_id}" if job_id else " across jobs"
     if not groups:
-        ctx.err(f"no problems{scope} in the last {problems.window_label(window)} (since {stamp(since, zone=True)})")
+        ctx.err(f"no problems{scope} in the last {problems.window_label(window)} "
+                f"(since {stamp(since, zone=True)})")
         return ExitCode.OK
     total = sum(g.count for g in groups)
     ctx.err(f"{plural(total, 'problem')}{scope} in the last {problems.window_label(window)} "

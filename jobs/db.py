@@ -264,6 +264,17 @@ ops_email_outbox = Table(
     Index("ops_email_outbox_status_id_idx", "status", "id"),
 )
 
+# What the outbox search reads: one lower-case line per email (its recipient, subject and
+# tenant id), written when the email is queued and never changed, as those never change.
+# A search scans this narrow table, not the outbox's rows with their bodies: 1,000,000
+# emails are ~120 MB here against ~1 GB there (migration 0007_p).
+ops_email_search = Table(
+    "ops_email_search",
+    ops,
+    Column("email_id", Id, primary_key=True, autoincrement=False),
+    Column("text", Text, nullable=False),
+)
+
 ops_cache = Table(
     "ops_cache",
     ops,

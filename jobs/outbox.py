@@ -14,10 +14,10 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, literal, or_, select
 from sqlalchemy.engine import Connection, Engine
 
-from jobs.db import insert_ignore, ops_email_outbox, transaction
+from jobs.db import insert_ignore, ops_email_outbox, ops_email_search, transaction
 from jobs.errors import InvalidRecipientError, UsageError
 from jobs.text import one_line
 from jobs.timeutil import iso
@@ -110,9 +110,14 @@ def render(kind: str, *, idempotency_key: str, tenant_id: str | None, recipient:
     return Email(idempotency_key, tenant_id, kind, to, subject, text, html)
 
 
+def search_text(recipient: str, subject: str, tenant_id: str | None) -> str:
+    """What the outbox search matches an email on (ops_email_search)."""
+    return f"{recipient} {subject} {tenant_id or ''}".lower()
+
+
 def queue(conn: Connection, email: Email, *, now: datetime, run_id: int | None) -> bool:
     """Insert the email unless its key exists; True when it was queued now."""
-    return bool(
+    queued = bool(
         insert_ignore(
             conn,
             ops_email_outbox,
@@ -135,6 +140,13 @@ def queue(conn: Connection, email: Email, *, now: datetime, run_id: int | None) 
             ["idempotency_key"],
         )
     )
+    if queued:
+        text = search_text(email.recipient, email.subject, email.tenant_id)
+        conn.execute(ops_email_search.insert().from_select(
+            ["email_id", "text"],
+            select(ops_email_outbox.c.id, literal(text)).where(
+                ops_email_outbox.c.idempotency_key == email.idempotency_key)))
+    return queued
 
 
 def existing_keys(conn: Connection, keys: Iterable[str]) -> set[str]:
@@ -195,7 +207,9 @@ def search(engine: Engine, *, text: str = "", status: str | None = None,
 
     Paged by key, never by OFFSET: each page starts below the last id shown, so page 500
     costs what page 1 costs. A tenant's and a status's emails are read in id order from
-    their indexes; a text search walks the outbox newest first and stops at a full page."""
+    their indexes; a text search reads ops_email_search, a narrow lower-case copy of
+    each email's recipient, subject and tenant id, plus the ids of the tenants whose
+    name matches."""
     o = ops_email_outbox
     q = select(o).order_by(o.c.id.desc()).limit(limit + 1)
     if before is not None:
@@ -206,9 +220,9 @@ def search(engine: Engine, *, text: str = "", status: str | None = None,
         q = q.where(o.c.tenant_id == tenant_id)
     needle = text.strip().lower()
     if needle:
-        matches = [func.lower(o.c.recipient).contains(needle, autoescape=True),
-                   func.lower(o.c.subject).contains(needle, autoescape=True),
-                   func.lower(o.c.tenant_id).contains(needle, autoescape=True)]
+        s = ops_email_search
+        matches = [o.c.id.in_(select(s.c.email_id).where(
+            s.c.text.contains(needle, autoescape=True)))]
         named = _tenants_named(engine, needle)
         if named:
             matches.append(o.c.tenant_id.in_(named))

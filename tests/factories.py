@@ -116,17 +116,21 @@ def add_email(engine: Engine, tenant_id: str | None, *, at: datetime, status: st
     """An email in the outbox, queued at `at` (and sent 30 s later when `sent`)."""
     from datetime import timedelta
 
+    from sqlalchemy import select
+
     from jobs.db import ops_email_outbox
+    from jobs.outbox import Email, queue
 
     key = f"{kind}:{tenant_id}:{next(_ids)}"
+    name = f"Store {tenant_id}"
+    email = Email(key, tenant_id, kind, recipient or f"owner-{tenant_id}@example.com",
+                  subject or f"Your StoreFlow subscription for {name} has expired",
+                  f"Hello {name},\n\nyour subscription has expired.\n",
+                  f"<p>Hello <b>{name}</b>,</p><p>your subscription has expired.</p>")
     with engine.begin() as c:
-        return int(c.execute(ops_email_outbox.insert().values(
-            idempotency_key=key, tenant_id=tenant_id, kind=kind,
-            recipient=recipient or f"owner-{tenant_id}@example.com",
-            subject=subject or f"Your StoreFlow subscription for Store {tenant_id} has expired",
-            body_text=f"Hello Store {tenant_id},\n\nyour subscription has expired.\n",
-            body_html=f"<p>Hello <b>Store {tenant_id}</b>,</p><p>your subscription has "
-                      "expired.</p>",
-            status=status, attempts=attempts, next_attempt_at=at, last_error=last_error,
-            created_at=at, sent_at=at + timedelta(seconds=30) if status == "sent" else None)
-        ).inserted_primary_key[0])
+        queue(c, email, now=at, run_id=None)  # as the jobs queue it: searchable
+        c.execute(ops_email_outbox.update().where(ops_email_outbox.c.idempotency_key == key)
+                  .values(status=status, attempts=attempts, last_error=last_error,
+                          sent_at=at + timedelta(seconds=30) if status == "sent" else None))
+        return int(c.execute(select(ops_email_outbox.c.id).where(
+            ops_email_outbox.c.idempotency_key == key)).scalar_one())

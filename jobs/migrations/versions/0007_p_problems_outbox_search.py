@@ -30,9 +30,22 @@ def upgrade() -> None:
                     unique=False)
     op.create_index('ops_email_outbox_status_id_idx', 'ops_email_outbox', ['status', 'id'],
                     unique=False)
+    # The search's narrow copy of each email's recipient, subject and tenant id, in lower
+    # case, so a search scans ~120 bytes per email instead of rows with their bodies.
+    op.create_table(
+        'ops_email_search',
+        sa.Column('email_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'),
+                  autoincrement=False, nullable=False),
+        sa.Column('text', sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint('email_id'),
+    )
+    op.execute("INSERT INTO ops_email_search (email_id, text) "
+               "SELECT id, lower(recipient || ' ' || subject || ' ' || coalesce(tenant_id, '')) "
+               "FROM ops_email_outbox")
 
 
 def downgrade() -> None:
+    op.drop_table('ops_email_search')
     op.drop_index('ops_email_outbox_status_id_idx', table_name='ops_email_outbox')
     op.drop_index('ops_email_outbox_tenant_idx', table_name='ops_email_outbox')
     op.create_index('ops_email_outbox_tenant_idx', 'ops_email_outbox', ['tenant_id'],
