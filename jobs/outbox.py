@@ -14,8 +14,9 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from sqlalchemy import func, literal, or_, select
+from sqlalchemy import func, literal, select
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql import Select
 
 from jobs.db import insert_ignore, ops_email_outbox, ops_email_search, transaction
 from jobs.errors import InvalidRecipientError, UsageError
@@ -210,25 +211,32 @@ def search(engine: Engine, *, text: str = "", status: str | None = None,
     their indexes; a text search reads ops_email_search, a narrow lower-case copy of
     each email's recipient, subject and tenant id, plus the ids of the tenants whose
     name matches."""
-    o = ops_email_outbox
-    q = select(o).order_by(o.c.id.desc()).limit(limit + 1)
-    if before is not None:
-        q = q.where(o.c.id < before)
-    if status:
-        q = q.where(o.c.status == status)
-    if tenant_id:
-        q = q.where(o.c.tenant_id == tenant_id)
+    o, s = ops_email_outbox, ops_email_search
     needle = text.strip().lower()
-    if needle:
-        s = ops_email_search
-        matches = [o.c.id.in_(select(s.c.email_id).where(
-            s.c.text.contains(needle, autoescape=True)))]
+
+    def page(q: Select[Any], key: Any) -> Select[Any]:
+        q = q.order_by(key.desc()).limit(limit + 1)
+        if before is not None:
+            q = q.where(key < before)
+        if status:
+            q = q.where(o.c.status == status)
+        if tenant_id:
+            q = q.where(o.c.tenant_id == tenant_id)
+        return q
+
+    if not needle:
+        queries = [page(select(o), o.c.id)]
+    else:
+        # Two reads, each in key order from its own index, merged here: one OR over both
+        # would make the database read every match of both before the first page.
+        queries = [page(select(o).select_from(s.join(o, o.c.id == s.c.email_id))
+                        .where(s.c.text.contains(needle, autoescape=True)), s.c.email_id)]
         named = _tenants_named(engine, needle)
         if named:
-            matches.append(o.c.tenant_id.in_(named))
-        q = q.where(or_(*matches))
+            queries.append(page(select(o).where(o.c.tenant_id.in_(named)), o.c.id))
     with transaction(engine) as conn:
-        rows = [_entry(r) for r in conn.execute(q)]
+        found = {r.id: r for q in queries for r in conn.execute(q)}
+    rows = [_entry(found[i]) for i in sorted(found, reverse=True)[: limit + 1]]
     more = len(rows) > limit
     rows = rows[:limit]
     return OutboxPage(tuple(rows), rows[-1].id if more and rows else None)

@@ -359,6 +359,10 @@ class OpsApp(App[int]):
             ("view: Jobs", "The jobs, their schedules and last runs", self.show_jobs),
             ("view: Outbox", "Emails: pending, sent, failed, dead", self.open_outbox),
             ("view: Analytics", "A tenant's cached daily analytics", self.open_analytics),
+            ("view: Problems", "Failed items and runs of every job, by error",
+             self.open_problems),
+            ("view: Timeline", "Every job's slots over the next 24 h or 7 days",
+             self.open_timeline),
             ("view: Help", "Every key on every screen", self.action_help),
         ]
         if isinstance(screen, OpsScreen):
@@ -390,10 +394,20 @@ class OpsApp(App[int]):
 
         self._push_view(AnalyticsScreen(tenant_id))
 
-    def open_run(self, run_id: int) -> None:
+    def open_run(self, run_id: int, *, search: str = "", errors_only: bool = False) -> None:
         from console.tui.screens.run_detail import RunDetailScreen
 
-        self.push_screen(RunDetailScreen(run_id))
+        self.push_screen(RunDetailScreen(run_id, search=search, errors_only=errors_only))
+
+    def open_problems(self) -> None:
+        from console.tui.screens.problems import ProblemsScreen
+
+        self._push_view(ProblemsScreen())
+
+    def open_timeline(self) -> None:
+        from console.tui.screens.timeline import TimelineScreen
+
+        self._push_view(TimelineScreen())
 
     def show_jobs(self) -> None:
         while len(self.screen_stack) > 2 and not isinstance(self.screen, JobsScreen):

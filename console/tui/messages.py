@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from textual.message import Message
 
 from jobs.analytics import DayValue
-from jobs.outbox import OutboxEntry
+from jobs.outbox import OutboxEntry, OutboxPage
 from jobs.overview import Overview
+from jobs.problems import Problem, ProblemGroup
 from jobs.records import ItemResult, Progress, RunRecord, RunReport
 from jobs.tenants import TenantRef
 
@@ -131,3 +132,30 @@ class EmailsRetried(Message):
         super().__init__()
         self.ids = ids
         self.changed = changed
+
+
+class OutboxPageLoaded(Message):
+    """A page of an outbox search; `after` is the key it started below (None: the first)."""
+
+    def __init__(self, page: OutboxPage, after: int | None, generation: int,
+                 counts: dict[str, int]) -> None:
+        super().__init__()
+        self.page = page
+        self.after = after
+        self.generation = generation  # which search it answers; older answers are dropped
+        self.counts = counts
+
+
+class ProblemsLoaded(Message):
+    def __init__(self, groups: Sequence[ProblemGroup], generation: int) -> None:
+        super().__init__()
+        self.groups = groups
+        self.generation = generation
+
+
+class ProblemLinesLoaded(Message):
+    def __init__(self, group: ProblemGroup, lines: Sequence[Problem], generation: int) -> None:
+        super().__init__()
+        self.group = group
+        self.lines = lines
+        self.generation = generation
