@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from textual.message import Message
 
 from jobs.analytics import DayValue
-from jobs.outbox import OutboxEntry, OutboxPage
+from jobs.outbox import OutboxPage
 from jobs.overview import Overview
 from jobs.problems import Problem, ProblemGroup
 from jobs.records import ItemResult, Progress, RunRecord, RunReport
 from jobs.tenants import TenantRef
+from jobs.timeline import Timeline
 
 
 class Connected(Message):
@@ -120,13 +121,6 @@ class AnalyticsLoaded(Message):
         self.days = days
 
 
-class OutboxLoaded(Message):
-    def __init__(self, entries: Sequence[OutboxEntry], counts: dict[str, int]) -> None:
-        super().__init__()
-        self.entries = entries
-        self.counts = counts
-
-
 class EmailsRetried(Message):
     def __init__(self, ids: Sequence[int], changed: int) -> None:
         super().__init__()
@@ -159,3 +153,9 @@ class ProblemLinesLoaded(Message):
         self.group = group
         self.lines = lines
         self.generation = generation
+
+
+class TimelineLoaded(Message):
+    def __init__(self, timeline: Timeline) -> None:
+        super().__init__()
+        self.timeline = timeline

@@ -19,7 +19,9 @@ from console.tui.screens.history import HistoryScreen
 from console.tui.screens.jobs import JobsScreen
 from console.tui.screens.outbox import OutboxScreen
 from console.tui.screens.preview import PreviewScreen
+from console.tui.screens.problems import ProblemsScreen
 from console.tui.screens.run_detail import RunDetailScreen
+from console.tui.screens.timeline import TimelineScreen
 
 if TYPE_CHECKING:
     from console.tui.app import OpsApp
@@ -31,6 +33,8 @@ SECTIONS: tuple[tuple[str, type[object]], ...] = (
     ("Preview", PreviewScreen),
     ("Analytics", AnalyticsScreen),
     ("Outbox", OutboxScreen),
+    ("Problems", ProblemsScreen),
+    ("Timeline", TimelineScreen),
 )
 
 

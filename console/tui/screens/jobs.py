@@ -49,6 +49,10 @@ class JobsScreen(OpsScreen):
         Binding("a", "analytics", "Analytics", id="view-analytics",
                 tooltip="A tenant's cached daily analytics"),
         Binding("o", "outbox", "Outbox", id="view-outbox", tooltip="The email outbox"),
+        Binding("e", "problems", "Problems", id="view-problems",
+                tooltip="Failed items and failed runs of every job, grouped by error"),
+        Binding("l", "timeline", "Timeline", id="view-timeline",
+                tooltip="Every job's slots over the next 24 h or 7 days, DST changes marked"),
         Binding("r", "refresh", "Refresh", id="refresh", show=False,
                 tooltip="Read everything again now (it also refreshes every few seconds)"),
     ]
@@ -277,6 +281,12 @@ class JobsScreen(OpsScreen):
 
     def action_outbox(self) -> None:
         self.ops.open_outbox()
+
+    def action_problems(self) -> None:
+        self.ops.open_problems()
+
+    def action_timeline(self) -> None:
+        self.ops.open_timeline()
 
     def action_refresh(self) -> None:
         self.ops.refresh_data()
