@@ -38,17 +38,20 @@ class ClockChange:
     after_name: str  # CET
 
     @property
-    def describe(self) -> str:
-        """`clocks go back 1 h: 03:00 CEST becomes 02:00 CET`."""
-        shift = self.after - self.before
-        hours = abs(shift.total_seconds()) / 3600
-        amount = f"{hours:g} h" if hours >= 1 else f"{abs(int(shift.total_seconds())) // 60} min"
+    def wall_clocks(self) -> str:
+        """`03:00 CEST → 02:00 CET`: the local time before and after the change."""
         tz = ZoneInfo(self.timezone)
-        old = (self.at.astimezone(tz) - shift).replace(tzinfo=None)
         new = self.at.astimezone(tz)
-        verb = "go back" if shift < timedelta(0) else "go forward"
-        return (f"clocks {verb} {amount}: {old:%H:%M} {self.before_name} becomes "
-                f"{new:%H:%M} {self.after_name}")
+        old = (new - (self.after - self.before)).replace(tzinfo=None)
+        return f"{old:%H:%M} {self.before_name} → {new:%H:%M} {self.after_name}"
+
+    @property
+    def describe(self) -> str:
+        """`clocks go back 1 h`, `clocks go forward 30 min`."""
+        shift = self.after - self.before
+        minutes = abs(int(shift.total_seconds())) // 60
+        amount = f"{minutes / 60:g} h" if minutes >= 60 else f"{minutes} min"
+        return f"clocks go {'back' if shift < timedelta(0) else 'forward'} {amount}"
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,12 @@ class Slot:
     at: datetime  # UTC
     local: datetime  # in the job's zone (its tzname says CET or CEST)
     change: ClockChange | None = None  # the first slot after a change of its zone's offset
+
+    @property
+    def in_skipped_hour(self) -> bool:
+        """Due in the hour the clocks skipped: cron fires it as they change."""
+        return (self.change is not None and self.change.at == self.at
+                and self.change.after > self.change.before)
 
 
 @dataclass(frozen=True)

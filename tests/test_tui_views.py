@@ -121,8 +121,8 @@ async def test_timeline_across_the_autumn_dst_change(engine: Engine, env: dict[s
         assert "Next 24 h from Sat 24 Oct 12:00 UTC" in text(
             screen.query_one("#timeline-title", Label))
         jobs = text(screen.query_one("#timeline-jobs", Static)).splitlines()
-        assert jobs[1].startswith("payment-reminders") and "paused: none of them fires" in jobs[1]
-        assert jobs[3].startswith("cleanup") and "disabled (enabled = false)" in jobs[3]
+        assert jobs[1].startswith("payment-reminders") and "paused: none fires" in jobs[1]
+        assert jobs[3].startswith("cleanup") and "enabled = false: none fires" in jobs[3]
         table = screen.query_one("#timeline", DataTable)
         rows = [(cell(table, k.value, "utc"), cell(table, k.value, "local"),
                  cell(table, k.value, "job"), cell(table, k.value, "state"),
@@ -131,8 +131,8 @@ async def test_timeline_across_the_autumn_dst_change(engine: Engine, env: dict[s
         assert around == [
             ("Sun 25 Oct 00:00", "Sun 25 Oct 02:00 CEST", "analytics-aggregate", "active", ""),
             ("Sun 25 Oct 00:30", "Sun 25 Oct 02:30 CEST", "expiry-checker", "active", ""),
-            ("Sun 25 Oct 01:00", "Europe/Berlin", "", "",
-             "⏰ clocks go back 1 h: 03:00 CEST becomes 02:00 CET"),
+            ("Sun 25 Oct 01:00", "03:00 CEST → 02:00 CET", "Europe/Berlin", "",
+             "⏰ clocks go back 1 h"),
             # the hourly job fires in both copies of 02:00; the 02:30 job once
             ("Sun 25 Oct 01:00", "Sun 25 Oct 02:00 CET", "analytics-aggregate", "active",
              "first slot on CET; the repeated hour's second copy"),

@@ -140,7 +140,7 @@ class ProblemsScreen(OpsScreen):
                 Text(f"No failed items or runs in the last {self.window_label}.", style="green"))
             return
         title.update(Text.assemble(("Lines", "bold"), f" of {group.job_id}'s error ",
-                                   (f"({group.count:,})", "dim")))
+                                   (f"({group.count:,}; enter opens a line's run)", "dim")))
         self._detail(group, None)
         since = (self.loaded_at or self.session.clock()) - problems.WINDOWS[self.window_index]
         self._load_lines(self.generation, group, since)
@@ -165,8 +165,8 @@ class ProblemsScreen(OpsScreen):
         if event.group.count > len(self.lines):
             self.query_one("#lines-title", Label).update(Text.assemble(
                 ("Lines", "bold"), f" of {event.group.job_id}'s error ",
-                (f"(the newest {len(self.lines):,} of {event.group.count:,}; "
-                 "storeflow-ops problems --json lists them all)", "dim")))
+                (f"(the newest {len(self.lines):,} of {event.group.count:,}: "
+                 "storeflow-ops problems --json lists all; enter opens a line's run)", "dim")))
 
     @on(DataTable.RowHighlighted, "#problem-lines")
     def _line_moved(self) -> None:

@@ -84,11 +84,11 @@ class TimelineScreen(OpsScreen):
             jobs.append(f"{j.schedule.expression:<14} {j.schedule.timezone:<16} ")
             jobs.append_text(state_text(j.state))
             count = plural(len(j.slots), "slot") + ("+" if j.more else "")
-            jobs.append(f"  {count}", style="dim")
+            jobs.append(" " * (10 - len(j.state)) + count, style="dim")
             if j.state == "paused":
-                jobs.append(" — paused: none of them fires", style="yellow")
+                jobs.append(" — paused: none fires", style="yellow")
             elif j.state == "disabled":
-                jobs.append(" — disabled (enabled = false): none of them fires", style="dim")
+                jobs.append(" — enabled = false: none fires", style="dim")
             if j.more:
                 jobs.append(f" — the first {MAX_SLOTS} shown", style="dim")
         self.query_one("#timeline-jobs", Static).update(jobs)
@@ -102,7 +102,8 @@ class TimelineScreen(OpsScreen):
         for i, (_, item) in enumerate(rows):
             if isinstance(item, ClockChange):
                 table.add_row(Text(f"{item.at:%a %d %b %H:%M}", style="bold magenta"),
-                              Text(item.timezone, style="bold magenta"), "", "",
+                              Text(item.wall_clocks, style="bold magenta"),
+                              Text(item.timezone, style="bold magenta"), "",
                               Text(f"⏰ {item.describe}", style="bold magenta"), key=f"c{i}")
                 continue
             state = states[item.job_id]
@@ -129,7 +130,9 @@ class TimelineScreen(OpsScreen):
 
 def _note(slot: Slot, fires: bool) -> str:
     parts = [] if fires else ["will not fire"]
-    if slot.change is not None:
+    if slot.in_skipped_hour:
+        parts.append("in the skipped hour: fires at the change")
+    elif slot.change is not None:
         parts.append(f"first slot on {slot.local.tzname()}")
     if slot.local.fold:
         parts.append("the repeated hour's second copy")
