@@ -156,6 +156,9 @@ class OutboxScreen(OpsScreen):
                                  0)
                     table.move_cursor(row=index)
             self.counts = event.counts
+            if entries:  # as wide as the newest id, which is the longest
+                widths = self.query_one("#emails", FitTable)
+                widths.set_width("id", max(2, len(str(entries[0].id))))
         self.next_before = event.page.next_before
         self._show_counts()
         self._read(now)

@@ -139,7 +139,7 @@ class ProblemsScreen(OpsScreen):
             self.query_one("#problem-detail", Static).update(
                 Text(f"No failed items or runs in the last {self.window_label}.", style="green"))
             return
-        title.update(Text.assemble(("Lines", "bold"), f" of {group.job_id}'s error ",
+        title.update(Text.assemble(("Lines", "bold"), f" of this error in {group.job_id} ",
                                    (f"({group.count:,}; enter opens a line's run)", "dim")))
         self._detail(group, None)
         since = (self.loaded_at or self.session.clock()) - problems.WINDOWS[self.window_index]
@@ -164,7 +164,7 @@ class ProblemsScreen(OpsScreen):
                           key=str(i))
         if event.group.count > len(self.lines):
             self.query_one("#lines-title", Label).update(Text.assemble(
-                ("Lines", "bold"), f" of {event.group.job_id}'s error ",
+                ("Lines", "bold"), f" of this error in {event.group.job_id} ",
                 (f"(the newest {len(self.lines):,} of {event.group.count:,}: "
                  "storeflow-ops problems --json lists all; enter opens a line's run)", "dim")))
 

@@ -72,10 +72,10 @@ class TimelineScreen(OpsScreen):
         tl = self.timeline = event.timeline
         window = window_label(tl.end - tl.start)
         whose = ("the live runners' schedules" if tl.source == "runner"
-                 else "this console's configuration (no runner is alive)")
+                 else "local configuration (no runner alive)")
         self.query_one("#timeline-title", Label).update(Text.assemble(
             ("Next " + window, "bold"), f" from {tl.start:%a %d %b %H:%M} UTC · {whose}",
-            ("  (w: 24 h / 7 days)", "dim")))
+            ("  w: 24 h/7 days", "dim")))
         jobs = Text()
         for j in tl.jobs:
             if jobs:
@@ -131,7 +131,7 @@ class TimelineScreen(OpsScreen):
 def _note(slot: Slot, fires: bool) -> str:
     parts = [] if fires else ["will not fire"]
     if slot.in_skipped_hour:
-        parts.append("in the skipped hour: fires at the change")
+        parts.append("in the skipped hour")
     elif slot.change is not None:
         parts.append(f"first slot on {slot.local.tzname()}")
     if slot.local.fold:
