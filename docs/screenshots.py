@@ -1,7 +1,7 @@
 """Make the README's screenshots from the app itself, on the demo database at a fixed
 moment:
 
-    python docs/screenshots.py        # writes docs/jobs.svg and docs/analytics.svg
+    python docs/screenshots.py   # writes docs/jobs.svg, analytics.svg, problems.svg, timeline.svg
 """
 
 from __future__ import annotations
@@ -54,6 +54,14 @@ async def main() -> None:
         app.open_analytics(tenant.id)
         await settle(app, pilot)
         app.save_screenshot(str(HERE / "analytics.svg"))
+        app.open_problems()
+        await settle(app, pilot)
+        await pilot.press("w")  # the last 7 days
+        await settle(app, pilot)
+        app.save_screenshot(str(HERE / "problems.svg"))
+        app.open_timeline()
+        await settle(app, pilot)
+        app.save_screenshot(str(HERE / "timeline.svg"))
 
 
 if __name__ == "__main__":
