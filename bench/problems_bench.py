@@ -293,6 +293,12 @@ def main() -> int:
             ("status failed + text 'store 01'", {"status": "failed", "text": "store 01"}),
             ("text nothing matches ('zzz-nowhere')", {"text": "zzz-nowhere"}),
         ]
+        def scan() -> Any:
+            with psycopg.connect(schema_url(args.url, schema)) as conn:
+                return conn.execute("SELECT count(*) FROM ops_email_search").fetchone()
+
+        med, lo, hi, _ = timed(scan, args.repeat)
+        row("reference: count(*) of ops_email_search (what a full search reads)", med, lo, hi)
         for label, kw in cases:
             med, lo, hi, page = timed(lambda kw=kw: outbox.search(engine, limit=100, **kw),
                                       args.repeat)
