@@ -2,7 +2,7 @@
 grouped by their error, for the console's problems view and the CLI's `problems`.
 
 A problem is a run item whose status is `error` (one tenant, one reason), or a run that
-ended `failed`, `interrupted` or `missed` (the run's own error; no tenant). The window is
+ended `failed`, `timed_out`, `interrupted` or `missed` (the run's own error; no tenant). The window is
 on the run's creation time, which every run has (a missed slot never started). Grouping
 and counting happen in the database: a month of history can hold millions of items, and
 only the failed ones, found through the partial index `ops_run_items_errors_idx`, are
@@ -30,8 +30,10 @@ from jobs.timeutil import iso
 # The windows the console cycles through; the CLI's --since takes any duration.
 WINDOWS = (timedelta(hours=24), timedelta(days=7), timedelta(days=30))
 DEFAULT_WINDOW = WINDOWS[0]
-# Runs that ended without doing their work: their own error is the problem.
-FAILED_RUN_STATUSES = (RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.MISSED)
+# Runs that ended without doing their work: their own error is the problem. `timed_out`
+# is the status a run cut off by its job's timeout ends with.
+FAILED_RUN_STATUSES = (str(RunStatus.FAILED), str(RunStatus.INTERRUPTED), str(RunStatus.MISSED),
+                       "timed_out")
 NO_ERROR_TEXT = "(no error text)"
 
 
@@ -113,7 +115,7 @@ def _problems(since: datetime, job_id: str | None) -> CompoundSelect[Any]:
                r.c.started_at, r.c.status, cast(null(), String).label("tenant_id"),
                cast(null(), String).label("tenant_name"), cast(null(), String).label("action"),
                func.coalesce(r.c.error, r.c.status).label("error"))
-        .where(r.c.status.in_([str(s) for s in FAILED_RUN_STATUSES]), r.c.created_at >= since)
+        .where(r.c.status.in_(FAILED_RUN_STATUSES), r.c.created_at >= since)
     )
     if job_id is not None:
         items = items.where(r.c.job_id == job_id)

@@ -32,6 +32,8 @@ def seed_problems(engine: Engine) -> dict[str, int]:
                         items=[("t-a", "cached", "ok", None)]),
         "older": add_run(engine, "expiry-checker", "partial", now - timedelta(days=3), items=[
             ("t-e", "expired", "error", BAD)]),
+        "timed": add_run(engine, "analytics-aggregate", "timed_out", now - timedelta(days=2),
+                         error="timed out after 30m"),
         "oldest": add_run(engine, "expiry-checker", "partial", now - timedelta(days=40), items=[
             ("t-f", "expired", "error", BAD)]),
     }
@@ -58,14 +60,17 @@ def test_problems_json_lists_failed_items_and_runs_of_the_window(
     assert [(r["run_id"], r["tenant_id"]) for r in week] == [
         (runs["recent"], "t-b"), (runs["recent"], "t-c"), (runs["recent"], "t-d"),
         (runs["older"], "t-e")]
-    assert len(run_json(run_cli, "problems", "--since", "60d")) == 7
+    assert len(run_json(run_cli, "problems", "--since", "60d")) == 8
+    timed = run_json(run_cli, "problems", "--since", "7d", "--job", "analytics-aggregate")
+    assert [(r["run_id"], r["status"], r["error"]) for r in timed] == [
+        (runs["timed"], "timed_out", "timed out after 30m")]
 
 
 def test_problems_text_groups_by_error_with_counts(engine: Engine, run_cli: Any) -> None:  # noqa: F811
     seed_problems(engine)
     code, out, err = run_cli("problems", "--since", "7d")
     assert code == 0, err
-    assert "6 problems across jobs in the last 7 days" in err
+    assert "7 problems across jobs in the last 7 days" in err
     lines = out.splitlines()
     assert lines[0].split() == ["COUNT", "JOB", "TENANTS", "RUNS", "LAST", "ERROR"]
     first = lines[1].split()
