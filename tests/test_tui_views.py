@@ -114,7 +114,7 @@ async def test_timeline_across_the_autumn_dst_change(engine: Engine, env: dict[s
                  cache_factory=lambda e: TableCache(e, clock=now.timestamp))
     async with app.run_test(size=(140, 40)) as pilot:
         await settle(app, pilot)
-        await pilot.press("l")
+        await pilot.press("n")
         await settle(app, pilot)
         screen = screen_of(app)
         assert isinstance(screen, TimelineScreen)
@@ -200,3 +200,7 @@ async def test_outbox_searches_by_tenant_recipient_subject_and_pages(
         assert table.row_count == (PAGE + 30) // 2
         assert {e.status for e in screen.entries} == {"pending"}
         assert all(e.tenant_id == "t-acme" for e in screen.entries)
+
+        app.open_outbox(status="dead", search="harbor")  # opened on a search, e.g. from a line
+        await settle(app, pilot)
+        assert [e.id for e in screen_of(app).entries] == [blue]  # type: ignore[attr-defined]

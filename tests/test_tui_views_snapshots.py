@@ -38,4 +38,4 @@ def test_timeline_screen(snap_compare: Any, tmp_path: Path) -> None:
                              env={}, cwd=tmp_path)
     app = OpsApp(settings, clock=lambda: now, engine=engine, refresh_seconds=0,
                  cache_factory=lambda e: TableCache(e, clock=now.timestamp))
-    assert snap_compare(app, terminal_size=SIZE, run_before=_then("l"))
+    assert snap_compare(app, terminal_size=SIZE, run_before=_then("n"))

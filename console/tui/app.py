@@ -384,10 +384,10 @@ class OpsApp(App[int]):
 
         self._push_view(HistoryScreen(job_id))
 
-    def open_outbox(self) -> None:
+    def open_outbox(self, status: str | None = None, search: str = "") -> None:
         from console.tui.screens.outbox import OutboxScreen
 
-        self._push_view(OutboxScreen())
+        self._push_view(OutboxScreen(status=status, search=search))
 
     def open_analytics(self, tenant_id: str | None = None) -> None:
         from console.tui.screens.analytics import AnalyticsScreen

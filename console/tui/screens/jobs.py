@@ -51,7 +51,7 @@ class JobsScreen(OpsScreen):
         Binding("o", "outbox", "Outbox", id="view-outbox", tooltip="The email outbox"),
         Binding("e", "problems", "Problems", id="view-problems",
                 tooltip="Failed items and failed runs of every job, grouped by error"),
-        Binding("l", "timeline", "Timeline", id="view-timeline",
+        Binding("n", "timeline", "Timeline", id="view-timeline",
                 tooltip="Every job's slots over the next 24 h or 7 days, DST changes marked"),
         Binding("r", "refresh", "Refresh", id="refresh", show=False,
                 tooltip="Read everything again now (it also refreshes every few seconds)"),

@@ -49,9 +49,10 @@ class OutboxScreen(OpsScreen):
                ("email: Search", "By tenant name or id, recipient or subject", "search"),
                ("email: Read", "Scroll the highlighted email", "read"))
 
-    def __init__(self, search: str = "") -> None:
+    def __init__(self, status: str | None = None, search: str = "") -> None:
         super().__init__()
         self.entries: list[OutboxEntry] = []
+        self.initial_status = status  # e.g. "dead"
         self.initial_search = search
         self.generation = 0
         self.next_before: int | None = None  # the key of the next page; None: no more
@@ -67,7 +68,7 @@ class OutboxScreen(OpsScreen):
                         placeholder="Search tenant, recipient, subject  (/)",
                         id="email-search")
             yield Select([(s, s) for s in STATUSES], prompt="All statuses", id="status-filter",
-                         allow_blank=True)
+                         allow_blank=True, value=self.initial_status or Select.NULL)
         yield Label("", id="outbox-counts")
         yield FitTable(stretch="subject", id="emails", cursor_type="row", zebra_stripes=True)
         with VerticalScroll(id="email-view"):
