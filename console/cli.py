@@ -35,6 +35,8 @@ HANDLERS: dict[str, str] = {
     "outbox": "console.commands:cmd_outbox",
     "outbox send": "console.mail_commands:cmd_outbox_send",
     "outbox retry": "console.mail_commands:cmd_outbox_retry",
+    "outbox show": "console.commands:cmd_outbox_show",
+    "problems": "console.problem_commands:cmd_problems",
     "pause": "console.commands:cmd_pause",
     "resume": "console.commands:cmd_resume",
     "status": "console.commands:cmd_status",
@@ -160,10 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
     json_arg(sp)
 
     sp = add_parser("outbox", help="the email outbox")
-    sp.add_argument("action", nargs="?", choices=("send", "retry"), help="deliver now / retry")
-    sp.add_argument("ids", nargs="*", type=int, metavar="ID", help="retry: the emails")
+    sp.add_argument("action", nargs="?", choices=("send", "retry", "show"),
+                    help="deliver now / retry / one email's body")
+    sp.add_argument("ids", nargs="*", type=int, metavar="ID",
+                    help="retry: the emails; show: the email")
     sp.add_argument("--status", choices=("pending", "sent", "failed", "dead"))
+    sp.add_argument("--tenant", metavar="T", help="one tenant's emails: its id or name")
+    sp.add_argument("--search", metavar="TEXT",
+                    help="emails whose recipient, subject, tenant id or name contains TEXT")
     sp.add_argument("--limit", type=int, default=50, metavar="N")
+    sp.add_argument("--html", action="store_true", help="show: the HTML body, not the text")
+    json_arg(sp)
+
+    sp = add_parser("problems", help="failed items and failed runs across jobs, by error")
+    sp.add_argument("--since", metavar="DURATION", default="24h",
+                    help="how far back: 24h (default), 7d, 90m, or seconds")
+    sp.add_argument("--job", metavar="JOB", help=f"only this job: {', '.join(JOB_IDS)}")
     json_arg(sp)
 
     for name in ("pause", "resume"):

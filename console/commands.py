@@ -360,21 +360,30 @@ def cmd_analytics(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(ctx: CliContext, args: argparse.Namespace) -> int:
-    from jobs.outbox import counts_by_status, list_entries
+    from jobs.outbox import counts_by_status, search
 
     if args.limit < 1:
         raise UsageError("--limit: must be at least 1")
-    entries = list_entries(ctx.engine, status=args.status, limit=args.limit)
+    if args.html:
+        raise UsageError("--html goes with `outbox show ID`")
+    tenant = find_tenant(ctx.engine, args.tenant) if args.tenant else None
+    page = search(ctx.engine, text=args.search or "", status=args.status,
+                  tenant_id=None if tenant is None else tenant.id, limit=args.limit)
+    entries = page.entries
     if ctx.json:
         ctx.emit_json([e.to_json() for e in entries])
         return ExitCode.OK
     rows = [(e.id, e.kind, e.tenant_id or "-", e.recipient, e.status, e.attempts,
-             stamp(e.created_at, zone=True), e.subject) for e in entries]
+             stamp(e.created_at, zone=True), stamp(e.sent_at, zone=True, missing="-"),
+             e.subject) for e in entries]
     if rows:
-        ctx.out(table(("ID", "KIND", "TENANT", "TO", "STATUS", "ATTEMPTS", "QUEUED", "SUBJECT"),
-                      rows))
+        ctx.out(table(("ID", "KIND", "TENANT", "TO", "STATUS", "ATTEMPTS", "QUEUED", "SENT",
+                       "SUBJECT"), rows))
+        if page.next_before is not None:
+            ctx.err(f"the newest {len(rows):,} shown; --limit shows more")
     else:
-        ctx.err("the outbox is empty" if args.status is None else f"no {args.status} emails")
+        ctx.err("no emails match" if (args.search or tenant) else
+                "the outbox is empty" if args.status is None else f"no {args.status} emails")
     pending = counts_by_status(ctx.engine).get("pending", 0)
     if pending and not ctx.settings.smtp_url:
         ctx.err(
@@ -383,6 +392,26 @@ def cmd_outbox(ctx: CliContext, args: argparse.Namespace) -> int:
             "Set SMTP_URL (smtp://user:pass@host:port) and MAIL_FROM, then run "
             "`storeflow-ops outbox send` or the runner."
         )
+    return ExitCode.OK
+
+
+def cmd_outbox_show(ctx: CliContext, args: argparse.Namespace) -> int:
+    """One email's text body (or, with --html, its HTML body) on stdout, exactly as
+    queued; its headers on stderr, so a pipe gets the body alone."""
+    from jobs.outbox import get_entry
+
+    if len(args.ids) != 1:
+        raise UsageError("outbox show takes one email ID")
+    entry = get_entry(ctx.engine, args.ids[0])
+    if entry is None:
+        raise UsageError(f"no email with id {args.ids[0]}")
+    body = entry.body_html if args.html else entry.body_text
+    if ctx.json:
+        ctx.emit_json({**entry.to_json(), "body": body,
+                       "format": "html" if args.html else "text"})
+        return ExitCode.OK
+    ctx.err(f"email {entry.id} · {entry.status} · to {entry.recipient} · {entry.subject}")
+    ctx.out(body.rstrip("\n"))
     return ExitCode.OK
 
 

@@ -1,8 +1,8 @@
 """Make the README's screenshots from the app itself, on the demo database at a fixed
 moment:
 
-    python docs/screenshots.py        # writes docs/jobs.svg, docs/analytics.svg,
-                                      # docs/analytics-day.svg and docs/verify.svg
+    python docs/screenshots.py        # writes docs/jobs.svg, analytics.svg, analytics-day.svg,
+                                      # verify.svg, problems.svg and timeline.svg
 """
 
 from __future__ import annotations
@@ -56,6 +56,14 @@ async def main() -> None:
         app.open_analytics(tenant.id)
         await settle(app, pilot)
         app.save_screenshot(str(HERE / "analytics.svg"))
+        app.open_problems()
+        await settle(app, pilot)
+        await pilot.press("w")  # the last 7 days
+        await settle(app, pilot)
+        app.save_screenshot(str(HERE / "problems.svg"))
+        app.open_timeline()
+        await settle(app, pilot)
+        app.save_screenshot(str(HERE / "timeline.svg"))
 
         # Every tenant's yesterday; then verified after an order changed and a value was lost.
         app.open_analytics_day()

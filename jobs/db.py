@@ -37,6 +37,7 @@ from sqlalchemy import (
     event,
     func,
     inspect,
+    text,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -212,7 +213,8 @@ ops_runs = Table(
     Index("ops_runs_status_idx", "status"),
     # /metrics: each job's newest success and its running runs, by lookup (migration 0004_n).
     Index("ops_runs_job_status_idx", "job_id", "status", "finished_at"),
-    # Retention finds old runs by age (migration 0006_r).
+    # Retention finds old runs by age (migration 0006_r); problems, the runs created in
+    # a window (migration 0007_p).
     Index("ops_runs_created_idx", "created_at"),
 )
 
@@ -229,6 +231,10 @@ ops_run_items = Table(
     Column("detail", JSON, nullable=True),
     Column("error", Text, nullable=True),
     Index("ops_run_items_run_idx", "run_id", "seq"),
+    # The failed items of a run, without reading its other items: the problems view
+    # groups them over a month of runs (migration 0007_p). Partial: errors are few.
+    Index("ops_run_items_errors_idx", "run_id", "seq",
+          postgresql_where=text("status = 'error'"), sqlite_where=text("status = 'error'")),
 )
 
 ops_email_outbox = Table(
@@ -253,9 +259,23 @@ ops_email_outbox = Table(
     Column("claimed_by", String(64), nullable=True),
     Column("claimed_until", UTCDateTime, nullable=True),
     Index("ops_email_outbox_status_idx", "status", "next_attempt_at"),
-    Index("ops_email_outbox_tenant_idx", "tenant_id"),
     # Retention: sent, dead and failed emails by age (migration 0006_r).
     Index("ops_email_outbox_status_created_idx", "status", "created_at"),
+    # The outbox is paged newest first by id (keyset, never OFFSET): a tenant's and a
+    # status's emails each in id order (migration 0007_p).
+    Index("ops_email_outbox_tenant_idx", "tenant_id", "id"),
+    Index("ops_email_outbox_status_id_idx", "status", "id"),
+)
+
+# What the outbox search reads: one lower-case line per email (its recipient, subject and
+# tenant id), written when the email is queued and never changed, as those never change.
+# A search scans this narrow table, not the outbox's rows with their bodies: 1,000,000
+# emails are ~120 MB here against ~1 GB there (migration 0007_p).
+ops_email_search = Table(
+    "ops_email_search",
+    ops,
+    Column("email_id", Id, primary_key=True, autoincrement=False),
+    Column("text", Text, nullable=False),
 )
 
 ops_cache = Table(

@@ -39,6 +39,7 @@ from jobs.db import (
     ops_alert_deliveries,
     ops_alerts,
     ops_email_outbox,
+    ops_email_search,
     ops_leases,
     ops_run_items,
     ops_runs,
@@ -317,10 +318,19 @@ def _prune_all(p: _Pruner, cut: Cutoffs, counts: dict[str, int]) -> bool:
             return False
         counts["runs"] += p.delete(delete(ops_runs).where(r.id.in_([x.id for x in rows]), old))
 
-    n = p.delete_limited(ops_email_outbox, _old_emails(cut))
-    if n is None:
-        return False
-    counts["emails"] += n
+    e = ops_email_outbox.c
+    while True:
+        if not p.go_on():
+            return False
+        ids = [x.id for x in p.read(select(e.id).where(_old_emails(cut))
+                                    .order_by(e.id).limit(p.batch))]
+        if not ids:
+            break
+        # An email's search line goes with it: a search must never find a pruned email.
+        p.delete(delete(ops_email_search).where(ops_email_search.c.email_id.in_(ids)))
+        counts["emails"] += p.delete(delete(ops_email_outbox).where(e.id.in_(ids)))
+        if len(ids) < p.batch:
+            break
 
     a = ops_alerts.c
     after = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -87,7 +88,7 @@ def add_cart_item(engine: Engine, tenant_id: str, product_id: str, created_at: d
 # --- old history, for retention: rows as the run path and the outbox write them -------------
 
 
-def add_run(engine: Engine, job_id: str, status: str, created_at: datetime, *,
+def add_old_run(engine: Engine, job_id: str, status: str, created_at: datetime, *,
             items: int = 0, trigger: str = "schedule") -> int:
     """A run created at `created_at` (finished a minute later unless running), with
     `items` item rows."""
@@ -114,7 +115,7 @@ def add_run(engine: Engine, job_id: str, status: str, created_at: datetime, *,
     return int(run_id)
 
 
-def add_email(engine: Engine, status: str, created_at: datetime,
+def add_old_email(engine: Engine, status: str, created_at: datetime,
               sent_at: datetime | None = None) -> int:
     from jobs.db import ops_email_outbox
 
@@ -142,3 +143,54 @@ def add_alert(engine: Engine, at: datetime, deliveries: int = 1) -> int:
                  "target_label": "https://hook", "status": "sent", "attempts": 1}
                 for i in range(deliveries)])
     return alert_id
+
+
+def add_run(engine: Engine, job_id: str, status: str, at: datetime, *,
+            items: Sequence[tuple[str | None, str, str, str | None]] = (),
+            error: str | None = None, trigger: str = "manual") -> int:
+    """A finished run created and started at `at` (a missed one never started), with items
+    (tenant_id, action, status, error); tenants are named `Store <id>`."""
+    from jobs.db import ops_run_items, ops_runs
+
+    ran = status != "missed"
+    with engine.begin() as c:
+        run_id = int(c.execute(ops_runs.insert().values(
+            job_id=job_id, trigger=trigger, status=status, started_by="tests@host",
+            reference_time=at, created_at=at, started_at=at if ran else None,
+            finished_at=at, processed=len(items),
+            errors=sum(1 for i in items if i[2] == "error"), error=error)
+        ).inserted_primary_key[0])
+        if items:
+            c.execute(ops_run_items.insert(), [
+                {"run_id": run_id, "seq": n, "tenant_id": tid,
+                 "tenant_name": None if tid is None else f"Store {tid}", "action": action,
+                 "status": item_status, "error": err, "detail": {}}
+                for n, (tid, action, item_status, err) in enumerate(items)])
+    return run_id
+
+
+def add_email(engine: Engine, tenant_id: str | None, *, at: datetime, status: str = "pending",
+              subject: str | None = None, recipient: str | None = None,
+              kind: str = "subscription_expired", attempts: int = 0,
+              last_error: str | None = None) -> int:
+    """An email in the outbox, queued at `at` (and sent 30 s later when `sent`)."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from jobs.db import ops_email_outbox
+    from jobs.outbox import Email, queue
+
+    key = f"{kind}:{tenant_id}:{next(_ids)}"
+    name = f"Store {tenant_id}"
+    email = Email(key, tenant_id, kind, recipient or f"owner-{tenant_id}@example.com",
+                  subject or f"Your StoreFlow subscription for {name} has expired",
+                  f"Hello {name},\n\nyour subscription has expired.\n",
+                  f"<p>Hello <b>{name}</b>,</p><p>your subscription has expired.</p>")
+    with engine.begin() as c:
+        queue(c, email, now=at, run_id=None)  # as the jobs queue it: searchable
+        c.execute(ops_email_outbox.update().where(ops_email_outbox.c.idempotency_key == key)
+                  .values(status=status, attempts=attempts, last_error=last_error,
+                          sent_at=at + timedelta(seconds=30) if status == "sent" else None))
+        return int(c.execute(select(ops_email_outbox.c.id).where(
+            ops_email_outbox.c.idempotency_key == key)).scalar_one())

@@ -86,3 +86,27 @@ def test_runs_that_ended_before_the_counter_existed_are_counted_once(db_url: str
             "SELECT status, count FROM ops_run_counts WHERE job_id = 'cleanup'")).all())
     engine.dispose()
     assert counts == {"succeeded": 2, "failed": 1}
+
+
+def test_emails_queued_before_the_search_existed_are_found(db_url: str) -> None:
+    """Upgrading a database with an outbox copies each email's recipient, subject and
+    tenant into the search table, so older emails are found like new ones."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from jobs.migrate import _config
+    from jobs.outbox import search
+
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        command.upgrade(_config(conn), "0004_n")
+        conn.execute(text(
+            "INSERT INTO ops_email_outbox (idempotency_key, tenant_id, kind, recipient, subject, "
+            "body_text, body_html, status, attempts, created_at) VALUES ('k1', 't-old', "
+            "'payment_due', 'Owner@Old.example', 'Payment due for Old Shop', 't', 'h', "
+            "'sent', 1, '2026-11-28 00:00:00')"))
+    upgrade(engine)
+    found = [e.idempotency_key for e in search(engine, text="old shop").entries]
+    by_recipient = [e.idempotency_key for e in search(engine, text="owner@old").entries]
+    engine.dispose()
+    assert found == ["k1"] and by_recipient == ["k1"]

@@ -32,7 +32,7 @@ from jobs.db import (
 from jobs.presence import who_am_i
 from jobs.settings import JOB_IDS, HistoryConfig, Settings
 from tests.conftest import EXE, cli
-from tests.factories import add_alert, add_email, add_run
+from tests.factories import add_alert, add_old_email, add_old_run
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -68,35 +68,35 @@ def seed(engine: Engine, now: datetime = NOW) -> dict[str, Any]:
 
     r = {
         # expiry-checker, oldest first: ids grow with age going down.
-        "failed_400": add_run(engine, "expiry-checker", "failed", days(400), items=2),
-        "partial_380": add_run(engine, "expiry-checker", "partial", days(380), items=1),
-        "missed_370": add_run(engine, "expiry-checker", "missed", days(370)),
-        "running_369": add_run(engine, "expiry-checker", "running", days(369), items=1),
-        "ok_100": add_run(engine, "expiry-checker", "succeeded", days(100), items=3),
-        "failed_100": add_run(engine, "expiry-checker", "failed", days(100.2), items=1),
-        "skipped_200": add_run(engine, "expiry-checker", "skipped", days(200)),
+        "failed_400": add_old_run(engine, "expiry-checker", "failed", days(400), items=2),
+        "partial_380": add_old_run(engine, "expiry-checker", "partial", days(380), items=1),
+        "missed_370": add_old_run(engine, "expiry-checker", "missed", days(370)),
+        "running_369": add_old_run(engine, "expiry-checker", "running", days(369), items=1),
+        "ok_100": add_old_run(engine, "expiry-checker", "succeeded", days(100), items=3),
+        "failed_100": add_old_run(engine, "expiry-checker", "failed", days(100.2), items=1),
+        "skipped_200": add_old_run(engine, "expiry-checker", "skipped", days(200)),
         # The newest three, however old: kept.
-        "ok_99": add_run(engine, "expiry-checker", "succeeded", days(99), items=1),
-        "ok_98": add_run(engine, "expiry-checker", "succeeded", days(98), items=1),
-        "ok_89": add_run(engine, "expiry-checker", "succeeded", days(89), items=1),
+        "ok_99": add_old_run(engine, "expiry-checker", "succeeded", days(99), items=1),
+        "ok_98": add_old_run(engine, "expiry-checker", "succeeded", days(98), items=1),
+        "ok_89": add_old_run(engine, "expiry-checker", "succeeded", days(89), items=1),
         # cleanup has only two runs, both old: the newest three are all it has.
-        "cleanup_1": add_run(engine, "cleanup", "succeeded", days(500), items=1),
-        "cleanup_2": add_run(engine, "cleanup", "failed", days(400), items=1),
+        "cleanup_1": add_old_run(engine, "cleanup", "succeeded", days(500), items=1),
+        "cleanup_2": add_old_run(engine, "cleanup", "failed", days(400), items=1),
         # payment-reminders: a manual run past 90 days goes like a slot's.
-        "manual_91": add_run(engine, "payment-reminders", "succeeded", days(91), items=2,
+        "manual_91": add_old_run(engine, "payment-reminders", "succeeded", days(91), items=2,
                              trigger="manual"),
-        "pr_ok_1": add_run(engine, "payment-reminders", "succeeded", days(1)),
-        "pr_ok_2": add_run(engine, "payment-reminders", "succeeded", days(0.5)),
-        "pr_ok_3": add_run(engine, "payment-reminders", "succeeded", days(0)),
+        "pr_ok_1": add_old_run(engine, "payment-reminders", "succeeded", days(1)),
+        "pr_ok_2": add_old_run(engine, "payment-reminders", "succeeded", days(0.5)),
+        "pr_ok_3": add_old_run(engine, "payment-reminders", "succeeded", days(0)),
     }
     gone_runs = [r["failed_400"], r["partial_380"], r["missed_370"], r["ok_100"],
                  r["manual_91"]]
     e = {
-        "sent_31": add_email(engine, "sent", days(31.5), sent_at=days(31)),
-        "sent_29": add_email(engine, "sent", days(40), sent_at=days(29)),  # sent late: kept
-        "dead_366": add_email(engine, "dead", days(366)),
-        "failed_200": add_email(engine, "failed", days(200)),
-        "pending_400": add_email(engine, "pending", days(400)),
+        "sent_31": add_old_email(engine, "sent", days(31.5), sent_at=days(31)),
+        "sent_29": add_old_email(engine, "sent", days(40), sent_at=days(29)),  # sent late: kept
+        "dead_366": add_old_email(engine, "dead", days(366)),
+        "failed_200": add_old_email(engine, "failed", days(200)),
+        "pending_400": add_old_email(engine, "pending", days(400)),
     }
     a = {"old": add_alert(engine, days(91), deliveries=2), "new": add_alert(engine, days(89))}
     with transaction(engine) as c:

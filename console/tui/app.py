@@ -384,6 +384,10 @@ class OpsApp(App[int]):
             ("view: Analytics", "A tenant's cached daily analytics", self.open_analytics),
             ("view: Analytics by day", "Every tenant's cached value for a day: sort, totals, "
              "missing; verify", self.open_analytics_day),
+            ("view: Problems", "Failed items and runs of every job, by error",
+             self.open_problems),
+            ("view: Timeline", "Every job's slots over the next 24 h or 7 days",
+             self.open_timeline),
             ("view: Help", "Every key on every screen", self.action_help),
         ]
         if isinstance(screen, OpsScreen):
@@ -405,10 +409,10 @@ class OpsApp(App[int]):
 
         self._push_view(HistoryScreen(job_id))
 
-    def open_outbox(self, status: str | None = None) -> None:
+    def open_outbox(self, status: str | None = None, search: str = "") -> None:
         from console.tui.screens.outbox import OutboxScreen
 
-        self._push_view(OutboxScreen(status=status))
+        self._push_view(OutboxScreen(status=status, search=search))
 
     def open_alerts(self) -> None:
         from console.tui.screens.alerts import AlertsScreen
@@ -425,10 +429,20 @@ class OpsApp(App[int]):
 
         self._push_view(AnalyticsDayScreen(day))
 
-    def open_run(self, run_id: int) -> None:
+    def open_run(self, run_id: int, *, search: str = "", errors_only: bool = False) -> None:
         from console.tui.screens.run_detail import RunDetailScreen
 
-        self.push_screen(RunDetailScreen(run_id))
+        self.push_screen(RunDetailScreen(run_id, search=search, errors_only=errors_only))
+
+    def open_problems(self) -> None:
+        from console.tui.screens.problems import ProblemsScreen
+
+        self._push_view(ProblemsScreen())
+
+    def open_timeline(self) -> None:
+        from console.tui.screens.timeline import TimelineScreen
+
+        self._push_view(TimelineScreen())
 
     def show_jobs(self) -> None:
         while len(self.screen_stack) > 2 and not isinstance(self.screen, JobsScreen):

@@ -11,10 +11,12 @@ from jobs.alerts import AlertRecord
 from jobs.analytics import DayValue
 from jobs.analytics_day import AnalyticsDay, Verification
 from jobs.audit import AuditAction
-from jobs.outbox import OutboxEntry
+from jobs.outbox import OutboxPage
 from jobs.overview import Overview
+from jobs.problems import Problem, ProblemGroup
 from jobs.records import ItemResult, Progress, RunRecord, RunReport
 from jobs.tenants import TenantRef
+from jobs.timeline import Timeline
 
 
 class Connected(Message):
@@ -123,13 +125,6 @@ class AnalyticsLoaded(Message):
         self.days = days
 
 
-class OutboxLoaded(Message):
-    def __init__(self, entries: Sequence[OutboxEntry], counts: dict[str, int]) -> None:
-        super().__init__()
-        self.entries = entries
-        self.counts = counts
-
-
 class EmailsRetried(Message):
     def __init__(self, ids: Sequence[int], changed: int) -> None:
         super().__init__()
@@ -161,3 +156,36 @@ class DayVerified(Message):
     def __init__(self, result: Verification) -> None:
         super().__init__()
         self.result = result
+
+
+class OutboxPageLoaded(Message):
+    """A page of an outbox search; `after` is the key it started below (None: the first)."""
+
+    def __init__(self, page: OutboxPage, after: int | None, generation: int,
+                 counts: dict[str, int]) -> None:
+        super().__init__()
+        self.page = page
+        self.after = after
+        self.generation = generation  # which search it answers; older answers are dropped
+        self.counts = counts
+
+
+class ProblemsLoaded(Message):
+    def __init__(self, groups: Sequence[ProblemGroup], generation: int) -> None:
+        super().__init__()
+        self.groups = groups
+        self.generation = generation
+
+
+class ProblemLinesLoaded(Message):
+    def __init__(self, group: ProblemGroup, lines: Sequence[Problem], generation: int) -> None:
+        super().__init__()
+        self.group = group
+        self.lines = lines
+        self.generation = generation
+
+
+class TimelineLoaded(Message):
+    def __init__(self, timeline: Timeline) -> None:
+        super().__init__()
+        self.timeline = timeline

@@ -21,7 +21,9 @@ from console.tui.screens.history import HistoryScreen
 from console.tui.screens.jobs import JobsScreen
 from console.tui.screens.outbox import OutboxScreen
 from console.tui.screens.preview import PreviewScreen
+from console.tui.screens.problems import ProblemsScreen
 from console.tui.screens.run_detail import RunDetailScreen
+from console.tui.screens.timeline import TimelineScreen
 from console.tui.screens.verify import VerifyScreen
 
 if TYPE_CHECKING:
@@ -37,6 +39,8 @@ SECTIONS: tuple[tuple[str, type[object]], ...] = (
     ("Verify a day", VerifyScreen),
     ("Outbox", OutboxScreen),
     ("Alerts", AlertsScreen),
+    ("Problems", ProblemsScreen),
+    ("Timeline", TimelineScreen),
 )
 
 

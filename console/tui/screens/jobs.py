@@ -69,6 +69,10 @@ class JobsScreen(OpsScreen):
                 tooltip="Recent alerts (failing, recovered, overdue) and their deliveries"),
         Binding("w", "attention", "Attention", id="jobs-attention", show=False,
                 tooltip="Move to the attention strip (enter on a line goes to the thing)"),
+        Binding("e", "problems", "Problems", id="view-problems",
+                tooltip="Failed items and failed runs of every job, grouped by error"),
+        Binding("n", "timeline", "Timeline", id="view-timeline",
+                tooltip="Every job's slots over the next 24 h or 7 days, DST changes marked"),
         Binding("r", "refresh", "Refresh", id="refresh", show=False,
                 tooltip="Read everything again now (it also refreshes every few seconds)"),
     ]
@@ -360,6 +364,12 @@ class JobsScreen(OpsScreen):
             strip.focus()
         else:
             self.notify("Nothing needs attention.", markup=False)
+
+    def action_problems(self) -> None:
+        self.ops.open_problems()
+
+    def action_timeline(self) -> None:
+        self.ops.open_timeline()
 
     def action_refresh(self) -> None:
         self.ops.refresh_data()

@@ -54,10 +54,12 @@ class RunDetailScreen(OpsScreen):
     PALETTE = (("run: Errors only", "Show only the failed items (again: all)", "toggle_errors"),
                ("run: Search", "Filter items by tenant id or name", "search"))
 
-    def __init__(self, run_id: int) -> None:
+    def __init__(self, run_id: int, *, search: str = "", errors_only: bool = False) -> None:
         super().__init__()
         self.run_id = run_id
         self.record: RunRecord | None = None
+        self.search = search  # opened on one tenant's items (from the problems view)
+        self.errors_only = errors_only
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -68,6 +70,10 @@ class RunDetailScreen(OpsScreen):
 
     def on_mount(self) -> None:
         self.sub_title = f"Run #{self.run_id}"
+        if self.errors_only:
+            self.query_one(ItemsView).errors_only = True  # reloads the items
+        if self.search:
+            self.query_one("#item-search", Input).value = self.search  # so does this
         self._load()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="run-detail")

@@ -55,6 +55,14 @@ class FitTable(RowTable):
     def on_resize(self, _: events.Resize) -> None:
         self.fit()
 
+    def set_width(self, key: str, width: int) -> None:
+        """Give a fixed column another width (e.g. ids that grew a digit); the free-text
+        column takes up the difference."""
+        column = self.columns.get(ColumnKey(key))
+        if column is not None and column.width != width:
+            column.width = width
+            self.fit()
+
     def fit(self) -> None:
         columns = self.columns
         target = next((c for c in columns.values() if c.key.value == self.stretch), None)
