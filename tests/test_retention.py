@@ -17,12 +17,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from jobs import retention
+from jobs import outbox, retention
 from jobs.audit import recent
 from jobs.db import (
     ops_alert_deliveries,
     ops_alerts,
     ops_email_outbox,
+    ops_email_search,
     ops_leases,
     ops_run_counts,
     ops_run_items,
@@ -32,7 +33,7 @@ from jobs.db import (
 from jobs.presence import who_am_i
 from jobs.settings import JOB_IDS, HistoryConfig, Settings
 from tests.conftest import EXE, cli
-from tests.factories import add_alert, add_old_email, add_old_run
+from tests.factories import add_alert, add_email, add_old_email, add_old_run
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -141,6 +142,24 @@ def test_prune_keeps_exactly_what_the_rules_say_and_its_dry_run_counts_it(
     again = retention.prune(engine, settings, NOW, actor="ops@laptop", holder="test")
     assert again.total == 0 and retention.count(engine, settings, NOW).total == 0
     assert len(recent(engine)) == 1
+
+
+def test_a_pruned_email_leaves_no_search_line_behind(engine: Engine, settings: Settings) -> None:
+    """The outbox search reads its own copy of each email's words: pruning an email must
+    take that copy too, or a search would count emails that are gone."""
+    old = add_email(engine, "t-old", at=NOW - timedelta(days=40), status="sent",
+                    subject="Renewal for t-old")
+    new = add_email(engine, "t-new", at=NOW - timedelta(days=1), status="sent",
+                    subject="Renewal for t-new")
+    assert {e.id for e in outbox.search(engine, text="renewal").entries} == {old, new}
+
+    done = retention.prune(engine, settings, NOW, actor="ops@laptop", holder="test", batch=1,
+                           clock=lambda: NOW)
+    assert done.deleted()["emails"] == 1
+    with transaction(engine) as c:
+        lines = c.execute(select(ops_email_search.c.email_id)).scalars().all()
+    assert lines == [new]
+    assert [e.id for e in outbox.search(engine, text="renewal").entries] == [new]
 
 
 def test_two_runners_pruning_at_once_one_prunes_the_other_skips(
