@@ -10,17 +10,20 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
-import redis
-from hiredis import pack_command
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
 from jobs.db import insert_ignore, ops_cache, transaction
 from jobs.errors import CacheRefusedError, UnreachableError, UsageError
 from jobs.redaction import redact
+
+# redis-py is imported where Redis is used: a tenth of a second that the commands and the
+# console's first screen, which never touch the cache, need not pay.
+if TYPE_CHECKING:
+    import redis
 
 # Seconds since the epoch (`time.time`): what the embedded cache measures expiry with.
 EpochClock = Callable[[], float]
@@ -53,6 +56,8 @@ class Cache(Protocol):
 def check_redis_url(url: str) -> None:
     """UsageError unless redis-py can use `url` (scheme, port, database number, options);
     nothing is connected, so a malformed URL is refused before any work starts."""
+    import redis
+
     try:
         redis.ConnectionPool.from_url(url)
         parts = urlsplit(url)
@@ -68,6 +73,8 @@ class RedisCache:
     """Redis; writes are pipelined `SET key value EX ttl`."""
 
     def __init__(self, url: str, prefix: str = "", client: redis.Redis | None = None) -> None:
+        import redis
+
         self.url = url
         self.prefix = prefix
         if client is None:
@@ -81,6 +88,8 @@ class RedisCache:
         return f"redis {redact(self.url)}"
 
     def _guard(self, what: Callable[[], object]) -> object:
+        import redis
+
         try:
             return what()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -101,6 +110,8 @@ class RedisCache:
         self._guard(self._client.ping)
 
     def set_many(self, values: Mapping[str, str], ttl: int) -> None:
+        from hiredis import pack_command
+
         def write() -> None:
             # A pipeline of identical SETs, sent as one buffer packed by hiredis and answered
             # one reply per key on a connection of redis-py's pool (its timeouts and error
