@@ -48,7 +48,10 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/bench_perf"
-EXE = str(Path(sys.executable).with_name("storeflow-ops"))  # this venv's entry point
+# What the `storeflow-ops` entry point runs, from this bench's own tree (first on sys.path),
+# so a copy of another commit measures that commit's job, whatever is installed.
+LAUNCH = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+          "from console.cli import main; raise SystemExit(main())")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 ANALYTICS_NOW = datetime(2026, 11, 28, 1, 0, tzinfo=UTC)  # aggregates 2026-11-27 (UTC)
@@ -498,7 +501,8 @@ def spawn(variant: str, args: argparse.Namespace, schema: str, prefix: str
     report's "process_seconds" is the whole process, timed from outside."""
     if variant in PROCESS_VARIANTS:
         job, now = PROCESS_VARIANTS[variant]
-        cmd = [EXE, "trigger", job, "--json", "--now", now.isoformat()]
+        cmd = [sys.executable, "-c", LAUNCH, str(ROOT), "trigger", job, "--json", "--now",
+               now.isoformat()]
         env = {"DATABASE_URL": schema_url(args.url, schema), "PATH": os.environ.get("PATH", ""),
                "HOME": os.environ.get("HOME", "/root"),
                "STOREFLOW_CACHE_PREFIX": f"{prefix}{variant}:"}
