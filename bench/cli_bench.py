@@ -143,7 +143,7 @@ def main() -> int:
         f"{load_after[2]:.2f} after",
         f"demo database: {args.tenants} tenants (storeflow-ops demo --no-tui); "
         f"medians of {args.runs} whole-process runs, trees alternating",
-        *[f"  {name}: {root}" for name, root in trees.items()],
+        *[f"  {name}: {'this checkout' if root == ROOT else root}" for name, root in trees.items()],
         "",
     ]
     header = ["command", "tree", "wall ms", "min", "max", "CPU ms", "exit", "target ms", ""]
