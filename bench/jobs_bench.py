@@ -1,18 +1,25 @@
-"""Benchmark of analytics-aggregate and cleanup at platform scale (issue 2). PostgreSQL only.
+"""Benchmark of analytics-aggregate and cleanup at platform scale, and how their cost grows.
+PostgreSQL only.
 
-    python bench/jobs_bench.py                 # full scale: 10,000 tenants, 2M orders, ~5M lines
-    python bench/jobs_bench.py --scale 0.1     # a quick run
+    python bench/jobs_bench.py                       # 1x: 10,000 tenants, 2M orders, ~5M lines
+    python bench/jobs_bench.py --scale 1,2,4         # the growth table: 1x, 2x and 4x
+    python bench/jobs_bench.py --scale 0.1 --repeat 1 --only cleanup   # a quick run
     BENCH_PG_URL=postgresql://... python bench/jobs_bench.py --repeat 5
 
-It builds its own schema with set-based SQL (generate_series), then times, in one run:
-- analytics-aggregate through the real job (jobs.runs.execute), against hand-written single
-  statements doing the same aggregation and against a per-tenant loop (3 queries and one
-  cache write per tenant, as the seed's route did); all write the same values to the same
-  kind of cache (see VARIANT_NOTES);
-- cleanup through the real job, against one unbatched DELETE per kind, restoring the data
-  from template tables before every run.
-Each variant runs in its own subprocess, so its peak RSS (ru_maxrss from wait4) is its own.
-The schema is dropped at the end (unless --keep).
+The data of each scale is built once with set-based SQL (generate_series) into its own
+schema (`jobs_x1`, `jobs_x2`, ...) of the database `bench_perf` (created when missing) and
+kept for the next run (--rebuild builds it again, --drop removes it at the end). Then, in
+one run, side by side, the order alternating:
+- analytics-aggregate through the real job, as an operator runs it (a whole
+  `storeflow-ops trigger` process) and in-process (jobs.runs.execute), against hand-written
+  single statements doing the same aggregation and a per-tenant loop (3 queries and one
+  cache write per tenant, as the seed's route did; information only); all write the same
+  values to the same kind of cache (see VARIANT_NOTES);
+- cleanup through the real job, as a whole process and in-process, against the three plain
+  DELETEs in one transaction; the two tables it changes are rebuilt from templates,
+  vacuumed, analysed and checkpointed before every run of every variant.
+Each variant runs in its own process, so its peak RSS (ru_maxrss from wait4) is its own;
+"s" is the work as timed inside the process, "process s" the whole process from outside.
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +47,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/bench_perf"
+# What the `storeflow-ops` entry point runs, from this bench's own tree (first on sys.path),
+# so a copy of another commit measures that commit's job, whatever is installed.
+LAUNCH = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+          "from console.cli import main; raise SystemExit(main())")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 ANALYTICS_NOW = datetime(2026, 11, 28, 1, 0, tzinfo=UTC)  # aggregates 2026-11-27 (UTC)
@@ -48,10 +60,16 @@ CLEANUP_NOW = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)  # the Sunday slot
 RETENTION_DAYS = 30
 CUTOFF = CLEANUP_NOW - timedelta(days=RETENTION_DAYS)
 
-ANALYTICS_VARIANTS = ("analytics-job", "analytics-sql", "analytics-sql-tuned", "analytics-sql-lateral",
-                      "analytics-loop")
-CLEANUP_VARIANTS = ("cleanup-job", "cleanup-unbatched")
+ANALYTICS_VARIANTS = ("analytics-job-process", "analytics-job", "analytics-sql",
+                      "analytics-sql-tuned", "analytics-sql-lateral", "analytics-loop")
+CLEANUP_VARIANTS = ("cleanup-job-process", "cleanup-job", "cleanup-unbatched")
+# Run as `storeflow-ops trigger JOB --json --now ...`, in a folder without schedules.toml.
+PROCESS_VARIANTS = {"analytics-job-process": ("analytics-aggregate", ANALYTICS_NOW),
+                    "cleanup-job-process": ("cleanup", CLEANUP_NOW)}
 VARIANT_NOTES = {
+    "analytics-job-process": "`storeflow-ops trigger analytics-aggregate --json` as an operator "
+                             "runs it: interpreter start, imports, settings, the run below, "
+                             "the JSON report on stdout",
     "analytics-job": "the real job through jobs.runs.execute: its statement (jobs.analytics."
                      "day_statement, 3 GROUP BY subqueries, planned with jobs.analytics."
                      "plan_for_a_day), 10 pipelined cache writes of 1,000 keys, and the run's "
@@ -67,11 +85,14 @@ VARIANT_NOTES = {
                              "then the same cache writes; measured as an alternative plan",
     "analytics-loop": "per tenant: its 3 queries (orders+revenue, new customers, products "
                       "sold) and its own cache write (one set_many of 1 key: one round trip)",
+    "cleanup-job-process": "`storeflow-ops trigger cleanup --json` as an operator runs it "
+                           "(no instrumentation)",
     "cleanup-job": "the real job: batches of at most batch_size rows, each its own "
                    "transaction, per-tenant counts and run items (rows per DELETE observed "
                    "with pg_stat_get_xact_tuples_deleted before and after each statement)",
-    "cleanup-unbatched": "3 DELETE statements (stale, orphan lines, orphan carts) in autocommit, "
-                         "nothing counted per tenant",
+    "cleanup-unbatched": "the same work done plainly: 3 DELETE statements (stale carts; order "
+                         "lines whose order is gone, by NOT EXISTS; cart items whose product "
+                         "is gone) in one transaction, nothing counted per tenant",
 }
 
 
@@ -439,7 +460,7 @@ def child(variant: str, url: str, schema: str, cache_kind: str, prefix: str) -> 
         out["summary"] = {"tenants": tenants}
     elif variant == "cleanup-unbatched":
         deleted, seconds = [], []
-        with pg_connect(url, schema) as conn:
+        with pg_connect(url, schema) as conn, conn.transaction():
             for stmt in CLEANUP_SQL:
                 t0 = time.perf_counter()
                 deleted.append(conn.execute(stmt, {"cutoff": CUTOFF}).rowcount)
@@ -450,10 +471,6 @@ def child(variant: str, url: str, schema: str, cache_kind: str, prefix: str) -> 
     else:
         raise SystemExit(f"unknown variant {variant}")
     out["seconds"] = time.perf_counter() - started
-    if variant.startswith("analytics"):
-        with pg_connect(url, schema) as conn:
-            ids = [r[0] for r in conn.execute("SELECT id FROM tenants ORDER BY id")]
-        out["digest"] = cache_digest(cache, ids)
     engine.dispose()
     return out
 
@@ -467,28 +484,80 @@ class Outcome:
     rss_mb: list[float]
     last: dict[str, Any]
     failed: str | None = None
+    process_seconds: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
         return statistics.median(self.seconds) if self.seconds else float("nan")
 
+    @property
+    def process_median(self) -> float:
+        return statistics.median(self.process_seconds) if self.process_seconds else float("nan")
 
-def spawn(variant: str, args: argparse.Namespace, schema: str, prefix: str) -> tuple[dict[str, Any], float]:
-    """Run a variant in a child process: (its report, its peak RSS in MB, from wait4)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--url", args.url,
-           "--schema", schema, "--cache", args.cache, "--prefix", prefix]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT)
+
+def spawn(variant: str, args: argparse.Namespace, schema: str, prefix: str
+          ) -> tuple[dict[str, Any], float]:
+    """Run a variant in a child process: (its report, its peak RSS in MB, from wait4). The
+    report's "process_seconds" is the whole process, timed from outside."""
+    if variant in PROCESS_VARIANTS:
+        job, now = PROCESS_VARIANTS[variant]
+        cmd = [sys.executable, "-c", LAUNCH, str(ROOT), "trigger", job, "--json", "--now",
+               now.isoformat()]
+        env = {"DATABASE_URL": schema_url(args.url, schema), "PATH": os.environ.get("PATH", ""),
+               "HOME": os.environ.get("HOME", "/root"),
+               "STOREFLOW_CACHE_PREFIX": f"{prefix}{variant}:"}
+        if args.cache == "redis":
+            env["REDIS_URL"] = REDIS_URL
+    else:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--url",
+               args.url, "--schema", schema, "--cache", args.cache, "--prefix", prefix]
+        env = dict(os.environ)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.TemporaryDirectory() as cwd:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env,
+                                cwd=cwd if variant in PROCESS_VARIANTS else ROOT)
         _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         text, errors = out.read().decode(), err.read().decode()
     rss_mb = usage.ru_maxrss / 1024  # kilobytes on Linux
-    if proc.returncode != 0 or not text.strip():
+    if variant in PROCESS_VARIANTS:
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = {}
+        if proc.returncode != 0 or "status" not in doc:
+            tail = " | ".join(errors.strip().splitlines()[-3:])
+            return {"failed": f"exit {proc.returncode}: {tail}"}, rss_mb
+        results = doc.get("results") or {}
+        report = {"status": doc["status"], "summary": results.get("summary") or {},
+                  "items": len(results.get("items") or []), "seconds": wall}
+    elif proc.returncode != 0 or not text.strip():
         tail = " | ".join(errors.strip().splitlines()[-3:])
         return {"failed": f"exit {proc.returncode}: {tail}"}, rss_mb
-    return json.loads(text.strip().splitlines()[-1]), rss_mb
+    else:
+        report = json.loads(text.strip().splitlines()[-1])
+    report["process_seconds"] = wall
+    if variant.startswith("analytics"):  # read afterwards, outside every variant's time
+        report["digest"] = digest_of(args, schema, f"{prefix}{variant}:")
+    return report, rss_mb
+
+
+def digest_of(args: argparse.Namespace, schema: str, prefix: str) -> str:
+    """The digest of what a job process cached (read by this process afterwards)."""
+    from jobs.db import make_engine
+
+    engine = make_engine(schema_url(args.url, schema))
+    try:
+        cache = open_cache(args.cache, engine, prefix)
+        with pg_connect(args.url, schema) as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM tenants ORDER BY id")]
+        return cache_digest(cache, ids)
+    finally:
+        engine.dispose()
 
 
 def run_variants(variants: tuple[str, ...], args: argparse.Namespace, schema: str, prefix: str,
@@ -508,9 +577,11 @@ def run_variants(variants: tuple[str, ...], args: argparse.Namespace, schema: st
                 log(f"  {variant:<21} run {rep + 1}: FAILED {outcome.failed}")
                 continue
             outcome.seconds.append(report["seconds"])
+            outcome.process_seconds.append(report["process_seconds"])
             outcome.rss_mb.append(rss)
             outcome.last = report
-            log(f"  {variant:<21} run {rep + 1}: {report['seconds']:8.2f} s  peak RSS {rss:6.1f} MB")
+            log(f"  {variant:<21} run {rep + 1}: {report['seconds']:8.2f} s  process "
+                f"{report['process_seconds']:6.2f} s  peak RSS {rss:6.1f} MB")
     return results
 
 
@@ -529,77 +600,139 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def report(analytics: Mapping[str, Outcome], cleanup: Mapping[str, Outcome],
-           sizes: Sizes, args: argparse.Namespace) -> str:
-    out: list[str] = ["variants"]
-    out += [f"  {name:<22} {note}" for name, note in VARIANT_NOTES.items()]
-    out.append("")
-    job, sql, tuned, lateral, loop = (analytics[v] for v in ANALYTICS_VARIANTS)
-    rows = [["analytics-aggregate", "median s", "min s", "max s", "vs job", "peak RSS MB", "digest"]]
-    for name, o in analytics.items():
-        if o.failed and not o.seconds:
-            rows.append([name, "failed", "", "", "", "", o.failed[:60]])
-            continue
-        rows.append([name, f"{o.median:.2f}", f"{min(o.seconds):.2f}", f"{max(o.seconds):.2f}",
-                     f"{o.median / job.median:.2f}x" if job.seconds else "",
-                     f"{max(o.rss_mb):.0f}", str(o.last.get("digest", ""))])
-    out.append(table(rows))
-    digests = {o.last.get("digest") for o in analytics.values() if o.seconds}
-    out.append(f"same cached values in every variant: {'yes' if len(digests) == 1 else 'NO'}")
-    out.append("")
-    cj, cu = (cleanup[v] for v in CLEANUP_VARIANTS)
-    rows = [["cleanup", "median s", "min s", "max s", "vs unbatched", "peak RSS MB",
-             "max rows/DELETE", "stale", "orphan lines", "orphan carts"]]
-    for name, o in cleanup.items():
-        if o.failed and not o.seconds:
-            rows.append([name, "failed", "", "", "", "", "", "", "", o.failed[:60]])
-            continue
-        s = o.last.get("summary", {})
-        rows.append([name, f"{o.median:.2f}", f"{min(o.seconds):.2f}", f"{max(o.seconds):.2f}",
-                     f"{o.median / cu.median:.2f}x" if cu.seconds else "",
-                     f"{max(o.rss_mb):.0f}", f"{o.last.get('deletes', {}).get('max_rows', 0):,}",
-                     f"{s.get('stale_cart_items', 0):,}", f"{s.get('orphaned_order_products', 0):,}",
-                     f"{s.get('orphaned_cart_items', 0):,}"])
-    out.append(table(rows))
-    if cj.seconds:
-        s, d = cj.last["summary"], cj.last.get("deletes", {})
-        out.append(f"cleanup job summary: {s.get('batches')} batches of at most {s.get('batch_size')} "
-                   f"rows; observed {d.get('statements')} DELETE statements, the largest "
-                   f"{d.get('max_rows', 0):,} rows")
-    if cu.seconds:
-        per_kind = cu.last["summary"].get("seconds_per_kind")
-        out.append(f"unbatched DELETEs, seconds per kind (stale, orphan lines, orphan carts): "
-                   f"{per_kind}")
-    out.append("")
-    out.append("targets")
-    if job.seconds and sql.seconds and loop.seconds:
-        out.append(f"  analytics job within 1.5x of one statement: {job.median / sql.median:.2f}x "
-                   f"{verdict(job.median <= 1.5 * sql.median)}")
-        statements = [o.median for o in (sql, tuned, lateral) if o.seconds]
-        best = min(statements)
-        out.append(f"    (vs the fastest hand-written statement, {best:.2f} s: "
-                   f"{job.median / best:.2f}x {verdict(job.median <= 1.5 * best)})")
-        out.append(f"  analytics job >= 10x faster than per-tenant loop: "
-                   f"{loop.median / job.median:.1f}x {verdict(loop.median >= 10 * job.median)}")
-    if cj.seconds and cu.seconds:
-        out.append(f"  cleanup job within 1.5x of unbatched DELETEs: {cj.median / cu.median:.2f}x "
-                   f"{verdict(cj.median <= 1.5 * cu.median)}")
-        batch_ok = cj.last.get("deletes", {}).get("max_rows", 0) <= cj.last["summary"]["batch_size"]
-        out.append(f"  cleanup rows per DELETE <= batch size: {verdict(batch_ok)}")
-    peaks = [max(o.rss_mb) for o in (job, cj) if o.rss_mb]
+def report(analytics: Mapping[str, Outcome], cleanup: Mapping[str, Outcome]) -> str:
+    out: list[str] = []
+
+    def rows_for(results: Mapping[str, Outcome], base: Outcome, extra: Callable[[Outcome], list[str]],
+                 head: list[str]) -> str:
+        rows = [head]
+        for name, o in results.items():
+            if o.failed and not o.seconds:
+                rows.append([name, "failed", *[""] * (len(head) - 3), o.failed[:60]])
+                continue
+            rows.append([name, f"{o.median:.2f}", f"{min(o.seconds):.2f}", f"{max(o.seconds):.2f}",
+                         f"{o.process_median:.2f}",
+                         f"{o.median / base.median:.2f}x" if base.seconds else "",
+                         f"{max(o.rss_mb):.0f}", *extra(o)])
+        return table(rows)
+
+    if analytics:
+        sql = analytics["analytics-sql"]
+        out.append(rows_for(analytics, sql, lambda o: [str(o.last.get("digest", ""))],
+                            ["analytics-aggregate", "median s", "min s", "max s", "process s",
+                             "vs sql", "peak RSS MB", "digest"]))
+        digests = {o.last.get("digest") for o in analytics.values() if o.seconds}
+        out.append(f"same cached values in every variant: {'yes' if len(digests) == 1 else 'NO'}")
+        out.append("")
+    if cleanup:
+        def counts(o: Outcome) -> list[str]:
+            s = o.last.get("summary", {})
+            rows = o.last.get("deletes", {}).get("max_rows")
+            return ["-" if rows is None else f"{rows:,}", f"{s.get('stale_cart_items', 0):,}",
+                    f"{s.get('orphaned_order_products', 0):,}",
+                    f"{s.get('orphaned_cart_items', 0):,}"]
+
+        out.append(rows_for(cleanup, cleanup["cleanup-unbatched"], counts,
+                            ["cleanup", "median s", "min s", "max s", "process s",
+                             "vs unbatched", "peak RSS MB", "max rows/DELETE", "stale",
+                             "orphan lines", "orphan carts"]))
+        cj, cu = cleanup["cleanup-job"], cleanup["cleanup-unbatched"]
+        if cj.seconds:
+            s, d = cj.last["summary"], cj.last.get("deletes", {})
+            out.append(f"cleanup job summary: {s.get('batches')} batches of at most "
+                       f"{s.get('batch_size')} rows; observed {d.get('statements')} DELETE "
+                       f"statements, the largest {d.get('max_rows', 0):,} rows")
+        if cu.seconds:
+            out.append("unbatched DELETEs, seconds per kind (stale, orphan lines, orphan carts): "
+                       f"{cu.last['summary'].get('seconds_per_kind')}")
+        out.append("")
+    return "\n".join(out)
+
+
+def targets(analytics: Mapping[str, Outcome], cleanup: Mapping[str, Outcome]) -> list[str]:
+    out = []
+    if analytics:
+        job, proc, sql = (analytics[v] for v in ("analytics-job", "analytics-job-process",
+                                                 "analytics-sql"))
+        if proc.seconds and sql.seconds:
+            out.append(f"  analytics job (whole process) within 1.2x of the hand-written statement: "
+                       f"{proc.median / sql.median:.2f}x {verdict(proc.median <= 1.2 * sql.median)}"
+                       f"  (in-process: {job.median / sql.median:.2f}x)")
+    if cleanup:
+        job, proc, plain = (cleanup[v] for v in ("cleanup-job", "cleanup-job-process",
+                                                 "cleanup-unbatched"))
+        if proc.seconds and plain.seconds:
+            out.append(f"  cleanup job (whole process) within 1.3x of the three DELETEs: "
+                       f"{proc.median / plain.median:.2f}x "
+                       f"{verdict(proc.median <= 1.3 * plain.median)}"
+                       f"  (in-process: {job.median / plain.median:.2f}x)")
+        if job.seconds:
+            batch_ok = job.last.get("deletes", {}).get("max_rows", 0) <= job.last["summary"]["batch_size"]
+            out.append(f"  cleanup rows per DELETE <= batch size: {verdict(batch_ok)}")
+    peaks = [max(o.rss_mb) for name, o in [*analytics.items(), *cleanup.items()]
+             if o.rss_mb and "job" in name]
     if peaks:
         out.append(f"  job process peak RSS < 250 MB: {max(peaks):.0f} MB {verdict(max(peaks) < 250)}")
-    return "\n".join(out)
+    return out
+
+
+def growth(by_scale: Mapping[float, tuple[Mapping[str, Outcome], Mapping[str, Outcome]]]) -> str:
+    """Each job against its baseline at every scale, and the cost relative to 1x."""
+    rows = [["job", "scale", "baseline s", "job s", "job process s", "process/baseline",
+             "baseline vs first", "job process vs first", "job peak RSS MB"]]
+    pairs = (("analytics-aggregate", 0, "analytics-sql", "analytics-job", "analytics-job-process"),
+             ("cleanup", 1, "cleanup-unbatched", "cleanup-job", "cleanup-job-process"))
+    for name, i, base_v, job_v, proc_v in pairs:
+        first: tuple[float, float] | None = None
+        for scale, results in sorted(by_scale.items()):
+            res = results[i]
+            if not res or not (res[base_v].seconds and res[proc_v].seconds):
+                continue
+            base, job, proc = res[base_v], res[job_v], res[proc_v]
+            if first is None:
+                first = (base.median, proc.median)
+            rss = max(max(job.rss_mb, default=0), max(proc.rss_mb, default=0))
+            rows.append([name, f"{scale:g}x", f"{base.median:.2f}", f"{job.median:.2f}",
+                         f"{proc.median:.2f}", f"{proc.median / base.median:.2f}x",
+                         f"{base.median / first[0]:.2f}x", f"{proc.median / first[1]:.2f}x",
+                         f"{rss:.0f}"])
+    return table(rows)
+
+
+def ensure_database(url: str) -> None:
+    """Create the benchmark's database when it does not exist (from the server's `postgres`)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    name = parts.path.strip("/")
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def built_sizes(url: str, schema: str) -> str | None:
+    with pg_connect(url) as conn:
+        row = conn.execute("SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
+                           "AND table_name = 'bench_built'", (schema,)).fetchone()
+        if row is None:
+            return None
+        found = conn.execute(f'SELECT sizes FROM "{schema}".bench_built').fetchone()
+        return None if found is None else str(found[0])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--scale", type=float, default=1.0, help="1.0 = 10,000 tenants (default)")
+    parser.add_argument("--scale", default="1", help="1 = 10,000 tenants; several: 1,2,4")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each variant (default 3)")
+    parser.add_argument("--only", choices=("analytics", "cleanup"), help="one job's variants")
     parser.add_argument("--url", default=os.environ.get("BENCH_PG_URL", DEFAULT_URL))
     parser.add_argument("--cache", choices=("redis", "table"), default="redis",
                         help=f"redis at REDIS_URL ({REDIS_URL}) or the embedded ops_cache table")
-    parser.add_argument("--keep", action="store_true", help="keep the schema afterwards")
+    parser.add_argument("--rebuild", action="store_true", help="build the data again")
+    parser.add_argument("--drop", action="store_true", help="drop each scale's schema at the end")
+    parser.add_argument("--build-only", action="store_true", help="build the data and stop")
+    parser.add_argument("--out", help="also write the report to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--schema", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -613,37 +746,81 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.db import make_engine
     from jobs.migrate import upgrade
 
+    lines: list[str] = []
+
     def log(line: str) -> None:
+        lines.append(line)
         print(line, flush=True)
 
-    sizes = Sizes.at(args.scale)
+    ensure_database(args.url)
     tag = uuid.uuid4().hex[:8]
-    schema, prefix = f"bench_jobs_{tag}", f"bench-jobs:{tag}:"
-    log(f"jobs_bench  scale {args.scale}  repeat {args.repeat}  cache {args.cache}  "
-        f"schema {schema}  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    log(f"data: {sizes.tenants:,} tenants, {sizes.orders:,} orders ({sizes.day_orders:,} on {DAY}), "
-        f"{sizes.carts:,} cart items ({sizes.carts // 2:,} stale), {sizes.orphans:,} orphans of each kind")
+    prefix = f"bench-jobs:{tag}:"
+    scales = [float(x) for x in args.scale.split(",")]
+    load = os.getloadavg()
+    log(f"jobs_bench  scales {args.scale}  repeat {args.repeat}  cache {args.cache}  "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC  {os.cpu_count()} cpus  load average "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    by_scale: dict[float, tuple[dict[str, Outcome], dict[str, Outcome]]] = {}
+    summaries: list[str] = []
     try:
-        started = time.perf_counter()
-        build(args.url, schema, sizes, log)
-        engine = make_engine(schema_url(args.url, schema))
-        upgrade(engine)
-        engine.dispose()
-        log(f"built in {time.perf_counter() - started:.0f} s")
-        with pg_connect(args.url, schema) as conn:  # warm the caches for the first variant
-            conn.execute(ANALYTICS_SQL, {"start": datetime(2026, 11, 27, tzinfo=UTC),
-                                         "end": datetime(2026, 11, 28, tzinfo=UTC)}).fetchall()
-        log("analytics-aggregate")
-        analytics = run_variants(ANALYTICS_VARIANTS, args, schema, prefix, None, log)
-        log("cleanup (data restored from templates before each run)")
-        cleanup = run_variants(CLEANUP_VARIANTS, args, schema, prefix,
-                               lambda: restore(args.url, schema), log)
+        for scale in scales:
+            sizes = Sizes.at(scale)
+            schema = f"jobs_x{scale:g}".replace(".", "_")
+            log("")
+            log(f"== scale {scale:g}x, schema {schema}: {sizes.tenants:,} tenants, "
+                f"{sizes.orders:,} orders ({sizes.day_orders:,} on {DAY}), {sizes.carts:,} cart "
+                f"items ({sizes.carts // 2:,} stale), {sizes.orphans:,} orphans of each kind")
+            if args.rebuild or built_sizes(args.url, schema) != repr(sizes):
+                with pg_connect(args.url) as conn:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                started = time.perf_counter()
+                build(args.url, schema, sizes, log)
+                engine = make_engine(schema_url(args.url, schema))
+                upgrade(engine)
+                engine.dispose()
+                with pg_connect(args.url, schema) as conn:
+                    conn.execute("CREATE TABLE bench_built (sizes text)")
+                    conn.execute("INSERT INTO bench_built VALUES (%s)", (repr(sizes),))
+                log(f"built in {time.perf_counter() - started:.0f} s")
+            else:
+                log("data kept from an earlier run")
+            if args.build_only:
+                continue
+            analytics: dict[str, Outcome] = {}
+            cleanup: dict[str, Outcome] = {}
+            if args.only != "cleanup":
+                with pg_connect(args.url, schema) as conn:  # warm the caches for the first variant
+                    conn.execute(ANALYTICS_SQL, {"start": datetime(2026, 11, 27, tzinfo=UTC),
+                                                 "end": datetime(2026, 11, 28, tzinfo=UTC)}).fetchall()
+                log("analytics-aggregate")
+                analytics = run_variants(ANALYTICS_VARIANTS, args, schema, prefix, None, log)
+            if args.only != "analytics":
+                log("cleanup (the two tables rebuilt, vacuumed, analysed, checkpointed before each run)")
+                cleanup = run_variants(CLEANUP_VARIANTS, args, schema, prefix,
+                                       partial(restore, args.url, schema), log)
+                restore(args.url, schema)  # leave the data as built for the next run
+            by_scale[scale] = (analytics, cleanup)
+            summaries.append(f"scale {scale:g}x\n{report(analytics, cleanup)}targets\n"
+                             + "\n".join(targets(analytics, cleanup)))
+            if args.drop:
+                with pg_connect(args.url) as conn:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        if args.build_only:
+            return 0
+        load = os.getloadavg()
         log("")
-        log(report(analytics, cleanup, sizes, args))
+        log(f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        log("variants")
+        for name, note in VARIANT_NOTES.items():
+            log(f"  {name:<22} {note}")
+        for text in summaries:
+            log("")
+            log(text)
+        log("")
+        log("growth (job process = the whole `storeflow-ops trigger` process; vs first = the time "
+            "against the first scale's, to compare with the ratio of the scales)")
+        log(growth(by_scale))
     finally:
-        if not args.keep:
-            with pg_connect(args.url) as conn:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         if args.cache == "redis":
             import redis
 
@@ -651,6 +828,8 @@ def main(argv: list[str] | None = None) -> int:
             keys = list(client.scan_iter(match=prefix + "*", count=1000))
             for start in range(0, len(keys), 1000):
                 client.delete(*keys[start : start + 1000])
+        if args.out:
+            Path(args.out).write_text("\n".join(lines) + "\n")
     return 0
 
 

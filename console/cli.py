@@ -1,23 +1,29 @@
 """`storeflow-ops`: the command line. Data on stdout, diagnostics on stderr, exit codes
-from jobs.errors.ExitCode, and never a traceback for an expected error."""
+from jobs.errors.ExitCode, and never a traceback for an expected error.
+
+Operators run it in scripts and loops, so it answers at once: this module imports only
+what parsing the arguments needs (`--help` loads neither SQLAlchemy nor the settings),
+and each command imports its own module, and what that needs, when it runs
+(tests/test_cli_imports.py holds it to that; bench/cli_bench.py times it)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from importlib import import_module
+from typing import TYPE_CHECKING
 
-from console.context import CliContext
-from console.formatting import terminal_safe
 from jobs.errors import ExitCode, JobRunningError, OpsError, UsageError
+from jobs.job_ids import JOB_IDS
 from jobs.redaction import has_secret, scrub
-from jobs.settings import JOB_IDS, Overrides, load_settings
+
+if TYPE_CHECKING:
+    from console.context import CliContext
 
 # command -> "module:function"; imported on demand so `storeflow-ops jobs` never pays for Textual.
 HANDLERS: dict[str, str] = {
@@ -47,6 +53,12 @@ HANDLERS: dict[str, str] = {
     "audit": "console.lifecycle_commands:cmd_audit",
     "history prune": "console.lifecycle_commands:cmd_history_prune",
 }
+
+
+# The commands that open the cache: a malformed REDIS_URL is refused before they start.
+# The others never connect to it, and checking it would load redis-py for nothing. The
+# demo uses its own embedded cache.
+CACHE_COMMANDS = frozenset({None, "tui", "run", "trigger", "preview", "analytics"})
 
 
 class _UsageExit(SystemExit):
@@ -266,14 +278,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         args.read_only = False
     wants_json = bool(getattr(args, "json", False))
+    import logging
+
+    from console.formatting import terminal_safe
+
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="storeflow-ops: %(levelname)s %(name)s: %(message)s")
     try:
         if args.command in (None, "tui"):
             require_terminal("for scheduled work use `storeflow-ops run` (the headless "
                              "runner), for scripts the commands: `storeflow-ops --help`")
+        from console.context import CliContext
+        from jobs.settings import Overrides, load_settings
+
         settings = load_settings(Overrides(args.config, args.database_url, args.cache_url))
-        if settings.cache_url and args.command != "demo":  # the demo uses its own cache
+        if settings.cache_url and args.command in CACHE_COMMANDS:
             from jobs.cache import check_redis_url
 
             check_redis_url(settings.cache_url)

@@ -41,7 +41,6 @@ from jobs.overview import STALE_REASON, Overview, load_overview
 from jobs.presence import Presence, who_am_i
 from jobs.records import ItemStatus, Progress, RunnerKind, RunParams, RunRecord, RunReport, parse_day
 from jobs.redaction import redact
-from jobs.registry import check_run, get_job
 from jobs.runner_schedules import EffectiveSchedules
 from jobs.tenants import find_tenant
 from jobs.timeutil import iso, parse_timestamp, utc_now
@@ -201,6 +200,8 @@ def _stop_on_signals(stop: threading.Event, ctx: CliContext) -> Iterator[None]:
 
 
 def cmd_trigger(ctx: CliContext, args: argparse.Namespace) -> int:
+    from jobs.registry import check_run, get_job  # the jobs themselves: only a run needs them
+
     job_id = get_job(args.job).id
     dry_run = args.command == "preview" or bool(getattr(args, "dry_run", False))
     now = _parse_now(args.now)
@@ -277,6 +278,8 @@ def _items_table(report: RunReport) -> str:
 
 
 def cmd_history(ctx: CliContext, args: argparse.Namespace) -> int:
+    from jobs.registry import get_job
+
     job_id = get_job(args.job).id if args.job else None
     if args.limit < 1:
         raise UsageError("--limit: must be at least 1")
@@ -419,6 +422,8 @@ def cmd_outbox_show(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def _set_paused(ctx: CliContext, args: argparse.Namespace, paused: bool) -> int:
+    from jobs.registry import get_job
+
     job_id = get_job(args.job).id
     changed = runs.set_paused(ctx.engine, job_id, paused, by=who_am_i(), now=utc_now(),
                               reason=args.reason)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, TextIO
-
-from sqlalchemy.engine import Engine
+from typing import TYPE_CHECKING, Any, TextIO
 
 from console.formatting import terminal_safe
-from jobs.cache import Cache, open_cache
-from jobs.db import check_reachable, make_engine
-from jobs.migrate import ensure_schema
 from jobs.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from jobs.cache import Cache
 
 
 @dataclass
@@ -27,12 +27,17 @@ class CliContext:
     def engine(self) -> Engine:
         """The database, reachable and with current ops_ tables (or UnreachableError; a
         SQLite file that does not exist is a UsageError, see make_engine)."""
+        from jobs.db import check_reachable, make_engine
+        from jobs.migrate import ensure_schema
+
         engine = make_engine(self.settings.database_url, create=False)
         check_reachable(engine)
         ensure_schema(engine)
         return engine
 
     def cache(self) -> Cache:
+        from jobs.cache import open_cache  # redis-py, for the commands that read the cache
+
         return open_cache(self.settings.cache_url, self.engine, self.settings.cache_prefix)
 
     # Text output goes through terminal_safe: whatever data it quotes, no control

@@ -8,8 +8,6 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from rich.text import Text
-
 # Here too, for the console's screens: the plain words are shared with the CLI.
 from jobs.humanize import ago as ago
 from jobs.humanize import amount as amount
@@ -24,6 +22,8 @@ from jobs.humanize import span as span
 from jobs.humanize import stamp as stamp
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from jobs.overview import ScheduleState
 
 STATUS_STYLES: dict[str, str] = {
@@ -44,6 +44,8 @@ STATUS_STYLES: dict[str, str] = {
 
 
 def status_text(status: str) -> Text:
+    from rich.text import Text  # the screens' styling: the CLI's commands need none of Rich
+
     return Text(status, style=STATUS_STYLES.get(status, ""))
 
 
@@ -56,6 +58,8 @@ STATE_STYLES: dict[ScheduleState, str] = {
 
 
 def state_text(state: ScheduleState) -> Text:
+    from rich.text import Text
+
     return Text(state, style=STATE_STYLES[state])
 
 

@@ -50,13 +50,11 @@ import hashlib
 import hmac
 import json
 import logging
-import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -410,6 +408,9 @@ def signature(secret: str, body: bytes) -> str:
 def post(url: str, payload: dict[str, Any], *, secret: str | None,
          timeout: float) -> Outcome:
     """POST one event to one webhook. Never raises; errors never quote the URL."""
+    import ssl  # here, with http.client: only a run that alerts needs them
+    from http.client import HTTPConnection, HTTPException, HTTPSConnection
+
     body = webhook_body(url, payload)
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
     if secret:

@@ -11,11 +11,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
-import redis
-from hiredis import pack_command
 from sqlalchemy import Text, any_, bindparam, delete, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
@@ -24,6 +22,11 @@ from sqlalchemy.sql.elements import ColumnElement
 from jobs.db import insert_ignore, is_sqlite, ops_cache, transaction
 from jobs.errors import CacheRefusedError, UnreachableError, UsageError
 from jobs.redaction import redact
+
+# redis-py is imported where Redis is used: a tenth of a second that the commands and the
+# console's first screen, which never touch the cache, need not pay.
+if TYPE_CHECKING:
+    import redis
 
 READ_BATCH = 5_000  # keys per round trip when reading many
 # Values and TTLs of KEYS in one reply: [value1, ttl1, value2, ttl2, ...] (nil: no key).
@@ -67,6 +70,8 @@ class Cache(Protocol):
 def check_redis_url(url: str) -> None:
     """UsageError unless redis-py can use `url` (scheme, port, database number, options);
     nothing is connected, so a malformed URL is refused before any work starts."""
+    import redis
+
     try:
         redis.ConnectionPool.from_url(url)
         parts = urlsplit(url)
@@ -82,6 +87,8 @@ class RedisCache:
     """Redis; writes are pipelined `SET key value EX ttl`."""
 
     def __init__(self, url: str, prefix: str = "", client: redis.Redis | None = None) -> None:
+        import redis
+
         self.url = url
         self.prefix = prefix
         if client is None:
@@ -97,6 +104,8 @@ class RedisCache:
         return f"redis {redact(self.url)}"
 
     def _guard(self, what: Callable[[], object]) -> object:
+        import redis
+
         try:
             return what()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -117,6 +126,8 @@ class RedisCache:
         self._guard(self._client.ping)
 
     def set_many(self, values: Mapping[str, str], ttl: int) -> None:
+        from hiredis import pack_command
+
         def write() -> None:
             # A pipeline of identical SETs, sent as one buffer packed by hiredis and answered
             # one reply per key on a connection of redis-py's pool (its timeouts and error
@@ -153,6 +164,9 @@ class RedisCache:
             self._guard(write)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, CachedValue]:
+        import redis
+        from hiredis import pack_command
+
         keys = list(keys)
 
         def read() -> list[object]:

@@ -95,6 +95,9 @@ class Kind:
 class Tally:
     deleted: Counter[str | None] = field(default_factory=Counter)
     batches: int = 0
+    # Tenants (None: rows without one) first deleted from since the ledger last wrote
+    # their items: each batch's own newcomers, so no batch walks every tenant so far.
+    fresh: set[str | None] = field(default_factory=set)
 
     @property
     def total(self) -> int:
@@ -104,8 +107,11 @@ class Tally:
         """One DELETE's outcome: its row count, and the tenant of each row when known."""
         if rows:
             if tenant_ids is None:
+                if None not in self.deleted:
+                    self.fresh.add(None)
                 self.deleted[None] += rows
             else:
+                self.fresh.update(set(tenant_ids).difference(self.deleted))
                 self.deleted.update(tenant_ids)
             self.batches += 1
 
@@ -150,7 +156,6 @@ class Ledger:
         self.size = size
         self.tallies: dict[str, Tally] = {}
         self._names: dict[str, str] = {}
-        self._stored: set[tuple[str, str | None]] = set()
         self._stored_at = time.monotonic()
 
     def start(self, action: str) -> Tally:
@@ -172,13 +177,12 @@ class Ledger:
         if time.monotonic() - self._stored_at >= self.REWRITE_SECONDS:
             self._store(conn)
             return
-        new = [(action, t) for action, tally in self.tallies.items() for t in tally.deleted
-               if (action, t) not in self._stored]
+        new = [(action, t) for action, tally in self.tallies.items() for t in tally.fresh]
         if new:
             self.ctx.sink.store(conn, self._items(conn, new), self.summary(), append=True)
-            self._stored.update(new)
         else:
             self.ctx.sink.note(conn, self.summary())
+        self._forget_fresh()
 
     def finish(self) -> None:
         with transaction(self.ctx.engine) as conn:
@@ -187,8 +191,12 @@ class Ledger:
     def _store(self, conn: Connection) -> None:
         keys = [(action, t) for action, tally in self.tallies.items() for t in tally.deleted]
         self.ctx.sink.store(conn, self._items(conn, keys), self.summary())
-        self._stored = set(keys)
+        self._forget_fresh()
         self._stored_at = time.monotonic()
+
+    def _forget_fresh(self) -> None:
+        for tally in self.tallies.values():
+            tally.fresh.clear()
 
     def _items(self, conn: Connection, keys: list[tuple[str, str | None]]) -> list[ItemResult]:
         """Items for `keys` (kind, tenant): per kind, the rows without a tenant first."""

@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice, takewhile
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from cron_descriptor import CasingTypeEnum, ExpressionDescriptor, Options
 from croniter import CroniterBadDateError, CroniterError, croniter
 
 from jobs.humanize import plural
@@ -134,6 +133,9 @@ class CronSchedule:
         return list(takewhile(lambda slot: slot <= before_or_at, self.slots_after(since)))
 
     def describe(self) -> str:
+        # Imported here: only the human listings describe a schedule.
+        from cron_descriptor import CasingTypeEnum, ExpressionDescriptor, Options
+
         fields = list(self._fields)
         if len(fields) == len(_FIELD_NAMES):
             # cron-descriptor reads a 6-field expression with seconds first

@@ -1,24 +1,38 @@
-"""Creating and migrating the ops_ tables (Alembic), on demand and on first use."""
+"""Creating and migrating the ops_ tables (Alembic), on demand and on first use.
+
+Every command and the console check the tables on start. When the version table already
+holds the newest revision, that check is one query: the newest revision is read from the
+migration scripts' own `revision =` / `down_revision =` lines, and Alembic (a fifth of a
+second to import) is loaded only when there is something to upgrade, or when the scripts
+are not one straight line."""
 
 from __future__ import annotations
 
+import re
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from jobs.db import transaction
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 _SCRIPTS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "ops_alembic_version"
 _LOCK_KEY = 0x5F0_0B5  # pg_advisory_xact_lock key for migrations ("sf ops")
 
+_REVISION = re.compile(r"^revision\s*(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
+_DOWN_REVISION = re.compile(r"^down_revision\s*(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
+
 
 def _config(conn: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(_SCRIPTS))
     if conn is not None:
@@ -27,17 +41,53 @@ def _config(conn: Connection | None = None) -> Config:
 
 
 def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_config()).get_current_head()
 
 
+@cache
+def scripted_head() -> str | None:
+    """The newest revision as the scripts name it, without Alembic: the one revision no
+    other script revises. None when that is not one revision (no scripts, branches), or a
+    script does not say: then Alembic's own reading decides."""
+    revisions: set[str] = set()
+    revised: set[str] = set()
+    for path in (_SCRIPTS / "versions").glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        found, down = _REVISION.search(source), _DOWN_REVISION.search(source)
+        if found is None or down is None:
+            return None
+        revisions.add(found[1])
+        revised.update(re.findall(r"['\"]([^'\"]+)['\"]", down[1]))
+    heads = revisions - revised
+    return heads.pop() if len(heads) == 1 else None
+
+
 def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         return ctx.get_current_revision()
 
 
+def _stored_revision(engine: Engine) -> str | None:
+    """What the version table holds, read plainly; None when it is missing or holds not
+    exactly one revision (Alembic then looks for itself)."""
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+    except DBAPIError:
+        return None
+    return str(rows[0][0]) if len(rows) == 1 else None
+
+
 def upgrade(engine: Engine) -> tuple[str | None, str | None]:
     """Bring the ops_ tables to the newest revision; returns (before, after)."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
     before = current_revision(engine)
     head = head_revision()
     if before != head:
@@ -55,6 +105,8 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Upgrade when needed: what the runner and the console do on start."""
-    if current_revision(engine) != head_revision():
-        upgrade(engine)
+    """Upgrade when needed: what the runner, the commands and the console do on start."""
+    head = scripted_head()
+    if head is not None and _stored_revision(engine) == head:
+        return
+    upgrade(engine)

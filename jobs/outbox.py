@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from email_validator import EmailNotValidError, validate_email
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from sqlalchemy import func, literal, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
@@ -22,6 +21,9 @@ from jobs.db import insert_ignore, ops_email_outbox, ops_email_search, transacti
 from jobs.errors import InvalidRecipientError, UsageError
 from jobs.text import one_line
 from jobs.timeutil import iso
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 KINDS = ("subscription_expired", "subscription_suspended", "renewal_reminder", "payment_due")
 ALERT_KIND = "alert"  # an alert event to an operator (jobs.alerts), not a tenant email
@@ -81,18 +83,27 @@ class OutboxPage:
     next_before: int | None  # None: this is the last page
 
 
-_env = Environment(
-    loader=PackageLoader("jobs", "templates"),
-    autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-)
+@cache
+def _env() -> Environment:
+    """The templates, loaded when the first email is rendered: Jinja2 and the address
+    checker cost the commands that only list runs or the outbox a few hundredths of a
+    second of imports."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    return Environment(
+        loader=PackageLoader("jobs", "templates"),
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
 
 
 def check_recipient(address: str) -> str:
     """The normalised address, or InvalidRecipientError with the reason."""
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         return validate_email(address, check_deliverability=False).normalized
     except EmailNotValidError as exc:
@@ -105,9 +116,9 @@ def render(kind: str, *, idempotency_key: str, tenant_id: str | None, recipient:
         raise ValueError(f"unknown email kind {kind!r}")
     to = check_recipient(recipient)
     # Subjects become headers: no CR, LF or other line breaks from tenant data may reach them.
-    subject = one_line(_env.get_template(f"{kind}.subject.txt").render(**context))
-    text = _env.get_template(f"{kind}.txt").render(**context)
-    html = _env.get_template(f"{kind}.html").render(subject=subject, **context)
+    subject = one_line(_env().get_template(f"{kind}.subject.txt").render(**context))
+    text = _env().get_template(f"{kind}.txt").render(**context)
+    html = _env().get_template(f"{kind}.html").render(subject=subject, **context)
     return Email(idempotency_key, tenant_id, kind, to, subject, text, html)
 
 

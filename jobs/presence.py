@@ -7,7 +7,6 @@ as `cli` and `console` while they run a job, so their runs can be recovered too.
 
 from __future__ import annotations
 
-import getpass
 import os
 import socket
 import threading
@@ -40,6 +39,8 @@ def silent_or_stopped(now: datetime, stale_after: float) -> ColumnElement[bool]:
 
 def who_am_i() -> str:
     """`user@host`, for runs started by the CLI and the console."""
+    import getpass  # with termios: not needed to list runners
+
     try:
         user = getpass.getuser()
     except (KeyError, OSError):

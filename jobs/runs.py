@@ -17,14 +17,12 @@ import time
 from collections.abc import Callable, Container
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, and_, func, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
-from jobs import alerts, audit
-from jobs.cache import Cache, open_cache
-from jobs.context import ItemSink, ProgressCallback, RunContext
+from jobs import audit
 from jobs.db import (
     insert_ignore,
     ops_job_state,
@@ -46,13 +44,26 @@ from jobs.records import (
     RunStatus,
     Trigger,
 )
-from jobs.registry import check_reference_time, check_run, get_job
 from jobs.settings import JOB_IDS, Settings
 from jobs.slots import RETRIED_STATUSES
 from jobs.timeouts import RunDeadline, timeout_text
 from jobs.timeutil import Clock, utc_now
 
+# What only running a job needs (the jobs themselves, the cache, the alerts) is imported
+# where a run starts or ends: reading the history or the jobs' state, as the commands and
+# the console's first screen do, loads none of it.
+if TYPE_CHECKING:
+    from jobs.cache import Cache
+    from jobs.context import ItemSink, ProgressCallback
+
 log = logging.getLogger("storeflow.runs")
+
+
+def _run_ended(engine: Engine, settings: Settings | None, run_id: int, *, now: datetime
+               ) -> None:
+    from jobs import alerts
+
+    alerts.run_ended(engine, settings, run_id, now=now)
 
 
 # --- locks and staleness ---------------------------------------------------------------------
@@ -236,6 +247,8 @@ def record_missed(engine: Engine, job_id: str, slots: list[datetime], *, runner_
         n = insert_ignore(conn, ops_runs, rows, ["job_id", "scheduled_for", "attempt"])
         _count_runs(conn, job_id, RunStatus.MISSED, n)
     if n:
+        from jobs import alerts
+
         alerts.slots_missed(engine, settings, job_id, slots)
     return n
 
@@ -284,7 +297,7 @@ def recover_stale_runs(engine: Engine, now: datetime, stale_after: float, *,
                     .values(active_run_id=None)
                 )
     for run_id in recovered:
-        alerts.run_ended(engine, settings, run_id, now=now)
+        _run_ended(engine, settings, run_id, now=now)
     return [r for r in (get_run(engine, i) for i in recovered) if r is not None]
 
 
@@ -301,7 +314,7 @@ def abandon_run(engine: Engine, job_id: str, run_id: int, now: datetime, reason:
         _count_runs(conn, job_id, RunStatus.FAILED, changed)
         _release_lock(conn, job_id, run_id)
     if changed:
-        alerts.run_ended(engine, settings, run_id, now=now)
+        _run_ended(engine, settings, run_id, now=now)
     return bool(changed)
 
 
@@ -327,7 +340,7 @@ def release_orphaned_runs(engine: Engine, runner_id: str, live: Container[int],
                 _release_lock(conn, job_id, run_id)
                 released.append(run_id)
     for run_id in released:
-        alerts.run_ended(engine, settings, run_id, now=now)
+        _run_ended(engine, settings, run_id, now=now)
     return released
 
 
@@ -441,6 +454,10 @@ def execute(
     is audited in the transaction that creates it: `audit_as` (a trigger, or an analytics
     recompute) by `actor` (default `started_by`) for `reason`.
     """
+    from jobs.cache import open_cache
+    from jobs.context import ItemSink, RunContext
+    from jobs.registry import check_reference_time, check_run
+
     params = params or RunParams()
     spec = check_run(settings, job_id, params, now)
     job = settings.job(job_id)
@@ -515,7 +532,7 @@ def execute(
     finished = clock()
     if run_id is not None and not dry_run:
         _finish(engine, job_id, run_id, sink, status, summary, error, finished)
-        alerts.run_ended(engine, settings, run_id, now=finished)
+        _run_ended(engine, settings, run_id, now=finished)
     return RunReport(
         job_id=job_id, run_id=None if dry_run else run_id, trigger=trigger, dry_run=dry_run,
         status=status, reference_time=now, started_at=started, finished_at=finished,
@@ -673,6 +690,8 @@ def set_paused(engine: Engine, job_id: str, paused: bool, *, by: str, now: datet
     """Pause or resume; returns whether the state changed. Resuming records `resumed_at`,
     from which the runner counts slots, so no burst of old slots follows. A change is
     audited in its own transaction; a pause of a paused job changes and records nothing."""
+    from jobs.registry import get_job
+
     get_job(job_id)
     with transaction(engine) as conn:
         _ensure_state(conn, job_id)

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 from jobs.cron import CronError, CronSchedule
 from jobs.db import default_sqlite_path
 from jobs.errors import ConfigError, OpsError
+from jobs.job_ids import JOB_IDS as JOB_IDS
 
-JOB_IDS = ("expiry-checker", "payment-reminders", "analytics-aggregate", "cleanup")
 DEFAULTS_FILE = Path(__file__).with_name("default_schedules.toml")
 
 Concurrency = Literal["forbid", "allow"]

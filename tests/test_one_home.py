@@ -96,9 +96,10 @@ def test_one_line_and_the_yes_no_words_are_defined_once() -> None:
 
 
 def test_the_analytics_job_id_is_written_in_the_job_list_and_the_job_only() -> None:
-    # jobs.settings lists every job and the keys each takes; everything else says
-    # jobs.analytics.JOB_ID.
-    assert modules_naming(sources(), ANALYTICS_JOB) == {"jobs/settings.py", "jobs/analytics.py"}
+    # jobs.job_ids lists every job, jobs.settings the keys each takes; everything else
+    # says jobs.analytics.JOB_ID.
+    assert modules_naming(sources(), ANALYTICS_JOB) == {"jobs/job_ids.py", "jobs/settings.py",
+                                                        "jobs/analytics.py"}
 
 
 def test_schedule_modules_are_named_by_what_they_hold() -> None:
