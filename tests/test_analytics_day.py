@@ -183,6 +183,9 @@ async def test_day_view_sorts_totals_marks_missing_and_opens_a_tenant(
         assert [cell(table, "t-a", c) for c in ("orders", "revenue", "newCustomers",
                                                   "productsSold")] == ["2", "120.50", "0", "3"]
         assert "1 missing" in text(screen.query_one("#day-summary", Static))
+        # The TTLs of the rows on screen, read once the page is shown.
+        assert re.fullmatch(r"\d+[dh] \d+[hm]", cell(table, "t-a", "ttl"))
+        assert cell(table, "t-d", "ttl") == ""
 
         await pilot.press("2")  # orders, most first
         assert column(table, "name")[1:] == ["Blue Fern Goods", "Amber Fern", "Cedar Oak",
@@ -191,6 +194,8 @@ async def test_day_view_sorts_totals_marks_missing_and_opens_a_tenant(
         assert column(table, "name")[1:] == ["Cedar Oak", "Amber Fern", "Blue Fern Goods",
                                              "Dusty Lantern"]
         assert "by orders ↑" in text(screen.query_one("#day-summary", Static))
+        await settle(app, pilot)  # the page shown again, its TTLs read again
+        assert re.fullmatch(r"\d+[dh] \d+[hm]", cell(table, "t-b", "ttl"))
 
         await pilot.press("down", "enter")  # Amber Fern
         await settle(app, pilot)
