@@ -182,7 +182,7 @@ def time_read_day(url: str, cache_kind: str, runs: int) -> list[float]:
     out = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        day = read_day(engine, cache, DAY)
+        day = read_day(engine, cache, DAY, ttls=False)  # as the day view reads it
         out.append(time.perf_counter() - t0)
         assert day.totals.tenants > 0
     engine.dispose()
@@ -304,7 +304,7 @@ def main() -> int:
         label = "Redis" if kind == "redis" else "embedded ops_cache"
         log(f"{label}: read {ms(read)}; open {ms(opened)}; re-sort {ms(resorted)}")
         lines += [f"  cache: {label}",
-                  f"    read_day (tenants + every value)  {ms(read)}",
+                  f"    read_day as the view reads it     {ms(read)}",
                   f"    day view opened, first page shown {ms(opened)}   target < 1000 ms  "
                   f"{'met' if statistics.median(opened) < 1 else 'NOT met'}",
                   f"    re-sorted (2/3/5/1 in turn)       {ms(resorted)}   target < 300 ms  "
