@@ -4,7 +4,7 @@
     python bench/analytics_day_bench.py [--tenants 100000] [--runs 7] [--scale 1.0]
                                         [--repeat 5] [--skip-verify] [--out bench/results-tui.txt]
 
-1. Day view: a database of its own (`bench_dayview`, built once and kept) with --tenants
+1. Day view: a database of its own (`bench_dayview`, or $BENCH_DAY_DATABASE; built once, kept) with --tenants
    tenants and a cached value for each but 1% of them, in Redis and in the embedded
    ops_cache table. Headless console (Textual's test driver): timed from opening the day
    view to its first page shown with the totals; then a re-sort (keys 2, 3, 5, 1 in turn:
@@ -42,8 +42,10 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-DATABASE = "bench_dayview"
-PREFIX = "bench-dayview:"
+# A branch's own database and Redis prefix (BENCH_DAY_DATABASE), so two branches measured at
+# once do not rebuild or migrate each other's data.
+DATABASE = os.environ.get("BENCH_DAY_DATABASE", "bench_dayview")
+PREFIX = DATABASE.replace("_", "-") + ":"
 DAY = date(2026, 11, 27)
 NOW = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 SECTION = "analytics_day_bench"
