@@ -10,20 +10,23 @@ day view and `storeflow-ops analytics --all` / `analytics verify` are faces of t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import gc
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from operator import attrgetter
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import literal, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import and_, literal, null, or_, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql import Select
 
 from jobs import runs
 from jobs.analytics import JOB_ID, cache_key, cents, money
-from jobs.cache import Cache, TableCache
+from jobs.cache import Cache, RedisCache, TableCache
 from jobs.db import ops_cache, require_platform_tables, tenants, transaction
 from jobs.errors import OpsError, UsageError
 from jobs.records import RunParams, RunStatus, Trigger
@@ -95,52 +98,94 @@ def tenant_names(engine: Engine) -> list[tuple[str, str]]:
     """Every tenant's (id, name), by id."""
     require_platform_tables(engine)
     with transaction(engine) as conn:
-        rows = conn.execute(select(tenants.c.id, tenants.c.name).order_by(tenants.c.id)).all()
-    return [(str(i), str(n)) for i, n in rows]
+        return _driver_rows(conn, select(tenants.c.id, tenants.c.name).order_by(tenants.c.id))
 
 
-def read_day(engine: Engine, cache: Cache, day: date) -> AnalyticsDay:
+def _driver_rows(conn: Connection, statement: Select[Any]) -> list[Any]:
+    """The rows as the driver returns them (plain tuples), not a SQLAlchemy Row each: for
+    statements whose columns need no conversion (text), 100,000 rows in a third of the time."""
+    result = conn.execute(statement)
+    try:
+        return list(result.cursor.fetchall())
+    finally:
+        result.close()
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off while a day's 100,000 tuples are made: none of them
+    can form a cycle, yet each allocation counts towards a collection that walks every one
+    made so far, which doubled the read's CPU."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def read_day(engine: Engine, cache: Cache, day: date, *, ttls: bool = True) -> AnalyticsDay:
     """Every tenant with its cached value for `day` (a value that is absent, expired or
     unreadable is missing): the tenants in one query, their values in batches (Redis), or
-    both in one query joining the embedded cache's table, which lives in the same database."""
+    both in one query joining the embedded cache's table, which lives in the same database.
+
+    `ttls=False` leaves every `ttl` None and reads the values alone (one MGET per batch on
+    Redis): for a face that shows the TTLs of a page at a time (`read_ttls`)."""
     before, after = cache_key("\0", day).split("\0")  # each key is before + id + after
-    if isinstance(cache, TableCache):
-        found = _joined(engine, cache, before, after)
-    else:
-        names = tenant_names(engine)
-        keys = [before + tenant_id + after for tenant_id, _ in names]
-        values = cache.get_many(keys)
-        found = []
-        for (tenant_id, name), key in zip(names, keys, strict=True):
-            cached = values.get(key)
-            found.append((tenant_id, name, None, None) if cached is None
-                         else (tenant_id, name, cached.value, cached.ttl))
-    rows = tuple(_tenant_day(*row) for row in found)
-    return AnalyticsDay(day, rows, totals(rows))
+    with _collector_paused():
+        if isinstance(cache, TableCache):
+            found = _joined(engine, cache, before, after, ttls)
+        else:
+            names = tenant_names(engine)
+            keys = [before + tenant_id + after for tenant_id, _ in names]
+            if isinstance(cache, RedisCache) and not ttls:
+                texts = cache.values(keys)
+                found = [(tenant_id, name, text, None)
+                         for (tenant_id, name), text in zip(names, texts, strict=True)]
+            else:
+                values = cache.get_many(keys)
+                found = []
+                for (tenant_id, name), key in zip(names, keys, strict=True):
+                    cached = values.get(key)
+                    found.append((tenant_id, name, None, None) if cached is None
+                                 else (tenant_id, name, cached.value, cached.ttl))
+        rows = tuple([_tenant_day(*row) for row in found])
+        return AnalyticsDay(day, rows, totals(rows))
 
 
-def _joined(engine: Engine, cache: TableCache, before: str, after: str
+def read_ttls(cache: Cache, day: date, tenant_ids: Iterable[str]) -> dict[str, int | None]:
+    """Seconds left on each tenant's value for `day` (None: no expiry), for the tenants
+    whose value is still there: the TTLs of the rows a face shows, read when it shows them."""
+    keys = {cache_key(tenant_id, day): tenant_id for tenant_id in tenant_ids}
+    return {keys[key]: value.ttl for key, value in cache.get_many(keys).items()}
+
+
+def _joined(engine: Engine, cache: TableCache, before: str, after: str, ttls: bool
             ) -> list[tuple[str, str, str | None, int | None]]:
-    """tenants LEFT JOIN ops_cache on each tenant's key for the day: one statement, a hash
-    join, where looking up 100,000 keys given as a parameter takes several times longer."""
+    """tenants LEFT JOIN ops_cache on each tenant's live key for the day: one statement, a
+    hash join, where looking up 100,000 keys given as a parameter takes several times
+    longer. Expiry is checked in the join, as TableCache's sweep checks it, so without
+    `ttls` no timestamp comes back to be converted (~0.7 s for 100,000 on a busy machine)."""
     key = literal(before) + tenants.c.id + literal(after)
     require_platform_tables(engine)
     now = cache.now()
+    live = and_(ops_cache.c.key == key,
+                or_(ops_cache.c.expires_at.is_(None), ops_cache.c.expires_at > now))
+    expires = ops_cache.c.expires_at if ttls else null()
+    statement = (select(tenants.c.id, tenants.c.name, ops_cache.c.value, expires)
+                 .select_from(tenants.outerjoin(ops_cache, live)).order_by(tenants.c.id))
     with transaction(engine) as conn:
-        rows = conn.execute(
-            select(tenants.c.id, tenants.c.name, key, ops_cache.c.value, ops_cache.c.expires_at)
-            .select_from(tenants.outerjoin(ops_cache, ops_cache.c.key == key))
-            .order_by(tenants.c.id)
-        ).all()
-    out: list[tuple[str, str, str | None, int | None]] = []
-    for tenant_id, name, k, value, expires in rows:
-        cached = None if value is None else cache.live(k, value, expires, now)
-        out.append((str(tenant_id), str(name), None, None) if cached is None
-                   else (str(tenant_id), str(name), cached.value, cached.ttl))
-    return out
+        if not ttls:
+            return _driver_rows(conn, statement)  # (id, name, value or None, None)
+        rows = conn.execute(statement).all()
+    return [(tenant_id, name, value, None if value is None or left is None
+             else int((left - now).total_seconds()))
+            for tenant_id, name, value, left in rows]
 
 
 _NUMBERS = (int, float)  # what a figure may be; bool is not (type(), not isinstance)
+_new = tuple.__new__  # a TenantDay without the Python frame of its generated __new__
 
 
 def _tenant_day(tenant_id: str, name: str, text: str | None, ttl: int | None) -> TenantDay:
@@ -148,17 +193,17 @@ def _tenant_day(tenant_id: str, name: str, text: str | None, ttl: int | None) ->
     not one the dashboard could read (not JSON, not an object, a figure absent or not a
     number). Written for speed: it runs once per tenant."""
     if text is None:
-        return TenantDay(tenant_id, name)
+        return _new(TenantDay, (tenant_id, name, None, None, None, None, None))
     try:
         v = orjson.loads(text)
         orders, revenue = v["orders"], v["revenue"]
         new, sold = v["newCustomers"], v["productsSold"]
     except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
-        return TenantDay(tenant_id, name)
+        return _new(TenantDay, (tenant_id, name, None, None, None, None, None))
     if (type(orders) not in _NUMBERS or type(revenue) not in _NUMBERS
             or type(new) not in _NUMBERS or type(sold) not in _NUMBERS):
-        return TenantDay(tenant_id, name)
-    return TenantDay(tenant_id, name, int(orders), revenue, int(new), int(sold), ttl)
+        return _new(TenantDay, (tenant_id, name, None, None, None, None, None))
+    return _new(TenantDay, (tenant_id, name, int(orders), revenue, int(new), int(sold), ttl))
 
 
 def _figures(text: str) -> dict[str, Any] | None:
@@ -194,11 +239,15 @@ def sort_day(rows: Sequence[TenantDay], field: str = DEFAULT_SORT,
     present = [r for r in rows if r.orders is not None]
     absent = [r for r in rows if r.orders is None]
     if field == "name":
-        present.sort(key=lambda r: r.name.casefold(), reverse=descending)
-        absent.sort(key=lambda r: r.name.casefold(), reverse=descending)
+        present.sort(key=_folded_name, reverse=descending)
+        absent.sort(key=_folded_name, reverse=descending)
     else:
-        present.sort(key=attrgetter(field), reverse=descending)
+        present.sort(key=itemgetter(TenantDay._fields.index(field)), reverse=descending)
     return present + absent
+
+
+def _folded_name(r: TenantDay) -> str:
+    return r.name.casefold()
 
 
 def day_json(day: AnalyticsDay, rows: Sequence[TenantDay]) -> dict[str, Any]:
@@ -299,6 +348,7 @@ __all__ = [
     "Verification",
     "day_json",
     "read_day",
+    "read_ttls",
     "sort_day",
     "tenant_names",
     "totals",

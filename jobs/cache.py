@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
@@ -221,6 +221,38 @@ class RedisCache:
 
     def get(self, key: str) -> CachedValue | None:
         return self.get_many([key]).get(key)
+
+    def values(self, keys: Sequence[str]) -> list[str | None]:
+        """The value of each key (None: absent or expired), without TTLs: one MGET per
+        batch, every batch sent before the first reply is read, so a read of 100,000 keys
+        waits for Redis once rather than once per batch, and each reply is one flat array
+        hiredis parses in C (half the size of values and TTLs)."""
+
+        def read() -> list[str | None]:
+            batches = [keys[start:start + READ_BATCH] for start in range(0, len(keys), READ_BATCH)]
+            payload = b"".join([
+                pack_command(("MGET", *[self.prefix + k for k in batch]))  # type: ignore[arg-type]
+                for batch in batches
+            ])
+            pool = self._client.connection_pool
+            conn = pool.get_connection()
+            out: list[str | None] = []
+            try:
+                conn.send_packed_command([payload])  # type: ignore[no-untyped-call]
+                for _ in batches:
+                    out.extend(conn.read_response())
+            except BaseException:
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                raise
+            finally:
+                pool.release(conn)
+            return out
+
+        if not keys:
+            return []
+        raw = self._guard(read)
+        assert isinstance(raw, list)
+        return raw
 
 
 class TableCache:

@@ -27,7 +27,7 @@ from console.tui.screens.confirm import ConfirmScreen
 from console.tui.screens.verify import VerifyScreen
 from jobs import runs
 from jobs.analytics import JOB_ID, cache_key
-from jobs.analytics_day import read_day, sort_day
+from jobs.analytics_day import read_day, read_ttls, sort_day
 from jobs.cache import Cache, RedisCache, TableCache
 from jobs.db import ops_cache, orders
 from jobs.records import RunParams
@@ -101,6 +101,12 @@ def test_read_day_sorts_totals_and_marks_missing(engine: Engine, settings: Setti
     assert by["t-a"].figures() == {"orders": 2, "revenue": 120.5, "newCustomers": 0,
                                    "productsSold": 3}
     assert by["t-a"].ttl is not None and 0 < by["t-a"].ttl <= 86_400
+    # Without TTLs (the day view's read), the same figures; the TTLs read for a page.
+    bare = read_day(engine, cache, DAY, ttls=False)
+    assert bare.totals == day.totals
+    assert bare.tenants == tuple(r._replace(ttl=None) for r in day.tenants)
+    ttls = read_ttls(cache, DAY, ["t-a", "t-d"])
+    assert list(ttls) == ["t-a"] and abs((ttls["t-a"] or 0) - by["t-a"].ttl) <= 5
 
     def ids(field: str, descending: bool | None = None) -> list[str]:
         return [r.tenant_id for r in sort_day(day.tenants, field, descending)]
@@ -126,11 +132,13 @@ def test_an_expired_or_unreadable_value_is_missing(engine: Engine, settings: Set
     aggregate(engine, settings, cache)
     cache.set_many({cache_key("t-b", DAY): '{"orders": "3"}',  # not a figure the dashboard reads
                     cache_key("t-c", DAY): "not json"}, ttl=60)
-    day = read_day(engine, cache, DAY)
-    assert [r.tenant_id for r in day.tenants if r.missing] == ["t-b", "t-c"]
+    for ttls in (True, False):
+        day = read_day(engine, cache, DAY, ttls=ttls)
+        assert [r.tenant_id for r in day.tenants if r.missing] == ["t-b", "t-c"]
     if isinstance(cache, TableCache):  # its clock can be moved: past every value's TTL
         clock_value[0] += 2 * 86_400
         assert read_day(engine, cache, DAY).totals.missing == 4
+        assert read_day(engine, cache, DAY, ttls=False).totals.missing == 4
 
 
 def test_redis_reads_the_same_without_scripts(redis_url: str, redis_prefix: str) -> None:
@@ -146,6 +154,8 @@ def test_redis_reads_the_same_without_scripts(redis_url: str, redis_prefix: str)
     assert {k: v.value for k, v in with_scripts.items()} == {
         k: v.value for k, v in without.items()}
     assert all(290 < (v.ttl or 0) <= 300 for v in [*with_scripts.values(), *without.values()])
+    # Values alone (MGET, every batch sent at once), in the order asked, None where absent.
+    assert cache.values(keys) == [str(i) if i < 12_000 else None for i in range(0, 12_500, 3)]
 
 
 # --- the console ----------------------------------------------------------------------------
@@ -173,6 +183,9 @@ async def test_day_view_sorts_totals_marks_missing_and_opens_a_tenant(
         assert [cell(table, "t-a", c) for c in ("orders", "revenue", "newCustomers",
                                                   "productsSold")] == ["2", "120.50", "0", "3"]
         assert "1 missing" in text(screen.query_one("#day-summary", Static))
+        # The TTLs of the rows on screen, read once the page is shown.
+        assert re.fullmatch(r"\d+[dh] \d+[hm]", cell(table, "t-a", "ttl"))
+        assert cell(table, "t-d", "ttl") == ""
 
         await pilot.press("2")  # orders, most first
         assert column(table, "name")[1:] == ["Blue Fern Goods", "Amber Fern", "Cedar Oak",
@@ -181,6 +194,8 @@ async def test_day_view_sorts_totals_marks_missing_and_opens_a_tenant(
         assert column(table, "name")[1:] == ["Cedar Oak", "Amber Fern", "Blue Fern Goods",
                                              "Dusty Lantern"]
         assert "by orders ↑" in text(screen.query_one("#day-summary", Static))
+        await settle(app, pilot)  # the page shown again, its TTLs read again
+        assert re.fullmatch(r"\d+[dh] \d+[hm]", cell(table, "t-b", "ttl"))
 
         await pilot.press("down", "enter")  # Amber Fern
         await settle(app, pilot)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 
 from textual.message import Message
 
@@ -150,6 +151,16 @@ class DayLoaded(Message):
     def __init__(self, day: AnalyticsDay) -> None:
         super().__init__()
         self.day = day
+
+
+class DayTtlsRead(Message):
+    """The TTLs left on the values of the day view's rows on screen (by tenant id; a
+    tenant whose value has gone since is absent)."""
+
+    def __init__(self, day: date, ttls: dict[str, int | None]) -> None:
+        super().__init__()
+        self.day = day
+        self.ttls = ttls
 
 
 class DayVerified(Message):

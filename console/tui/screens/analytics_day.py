@@ -17,13 +17,13 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 from textual.worker import Worker, WorkerState
 
 from console.formatting import amount, number, plural, span
-from console.tui.messages import DayLoaded, RunPurpose
+from console.tui.messages import DayLoaded, DayTtlsRead, RunPurpose
 from console.tui.screens.base import OpsScreen
 from console.tui.widgets.run_progress import RunProgress
 from console.tui.widgets.status_bar import StatusBar
 from console.tui.widgets.tables import RowTable
 from jobs import analytics
-from jobs.analytics_day import FIGURES, AnalyticsDay, TenantDay, read_day, sort_day
+from jobs.analytics_day import FIGURES, AnalyticsDay, TenantDay, read_day, read_ttls, sort_day
 from jobs.errors import OpsError
 from jobs.records import RunReport
 
@@ -119,7 +119,22 @@ class AnalyticsDayScreen(OpsScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="analytics-day")
     def _read(self, day: date) -> None:
-        self.post_message(DayLoaded(read_day(self.session.db(), self.session.cache(), day)))
+        # Figures only: the TTLs of the 100 rows on screen are read when a page is shown,
+        # not 100,000 of them here (on Redis a TTL a key, half of what the read carries).
+        self.post_message(DayLoaded(read_day(self.session.db(), self.session.cache(), day,
+                                             ttls=False)))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="analytics-day-ttls")
+    def _read_ttls(self, day: date, tenant_ids: list[str]) -> None:
+        self.post_message(DayTtlsRead(day, read_ttls(self.session.cache(), day, tenant_ids)))
+
+    def on_day_ttls_read(self, event: DayTtlsRead) -> None:
+        if event.day != self.day:
+            return
+        table = self.query_one("#day-table", DataTable)
+        for tenant_id, ttl in event.ttls.items():
+            if tenant_id in table.rows:  # else on a page turned since
+                table.update_cell(tenant_id, "ttl", _ttl(ttl))
 
     def on_day_loaded(self, event: DayLoaded) -> None:
         if event.day.day != self.day:
@@ -177,11 +192,13 @@ class AnalyticsDayScreen(OpsScreen):
         # Fixed only once it exists: DataTable cannot draw a fixed row it does not have.
         table.fixed_rows = 1
         first = self.page * PAGE_SIZE
-        for r in self.rows[first:first + PAGE_SIZE]:
+        shown = self.rows[first:first + PAGE_SIZE]
+        for r in shown:
             table.add_row(*_tenant_row(r), key=r.tenant_id)
         table.move_cursor(row=min(max(cursor, 0), table.row_count - 1), animate=False)
         self._summarise()
-        self.refresh_bindings()
+        if self.day is not None:
+            self._read_ttls(self.day, [r.tenant_id for r in shown if not r.missing])
 
     def _summarise(self) -> None:
         assert self.loaded is not None
@@ -294,4 +311,8 @@ def _tenant_row(r: TenantDay) -> tuple[str | Text, ...]:
             Text(amount(r.revenue), justify="right"),
             Text(number(r.newCustomers), justify="right"),
             Text(number(r.productsSold), justify="right"),
-            "no expiry" if r.ttl is None else span(timedelta(seconds=r.ttl)))
+            "")  # the TTL: filled in once read (DayTtlsRead)
+
+
+def _ttl(seconds: int | None) -> str:
+    return "no expiry" if seconds is None else span(timedelta(seconds=seconds))
