@@ -227,6 +227,7 @@ class RedisCache:
         batch, every batch sent before the first reply is read, so a read of 100,000 keys
         waits for Redis once rather than once per batch, and each reply is one flat array
         hiredis parses in C (half the size of values and TTLs)."""
+        from hiredis import pack_command
 
         def read() -> list[str | None]:
             batches = [keys[start:start + READ_BATCH] for start in range(0, len(keys), READ_BATCH)]
