@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -43,6 +45,18 @@ def cli(env: dict[str, str], *args: str, cwd: Path | None = None,
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "internal error" not in proc.stderr, proc.stderr
     return proc
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
+    """Poll `check` until it returns something true, and return that; fail after `timeout`
+    seconds. How tests wait for an event in another process: never a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _unavailable(what: str, reason: str) -> None:

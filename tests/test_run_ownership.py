@@ -27,9 +27,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from jobs.db import ops_runs, tenants
-from tests.conftest import EXE, cli
+from tests.conftest import EXE, cli, wait_until
 from tests.test_http import TOKEN, free_port
-from tests.test_runner_processes import wait_until
 
 pytestmark = pytest.mark.slow
 
