@@ -24,6 +24,10 @@ from sqlalchemy.engine import Connection, Engine, RootTransaction
 from jobs.db import make_engine, tenants
 from tests.conftest import wait_until
 
+# The tenants of a gated run (PostgreSQL), and the ones in its middle the gate may hold.
+N_GATED = 20
+GATE_IDS = [f"t{i:05d}" for i in range(5, 15)]
+
 # A run writes its progress (`processed`) at most this often (jobs.context.ItemSink).
 FLUSH_SECONDS = 1.0
 
@@ -63,15 +67,6 @@ class RowGate:
         self._engine.dispose()
 
 
-@contextmanager
-def row_gate(db_url: str) -> Iterator[RowGate]:
-    gate = RowGate(db_url)
-    try:
-        yield gate
-    finally:
-        gate.close()
-
-
 def hold_run_with_progress(gate: RowGate, gate_ids: list[str],
                            running: Callable[[], Any]) -> tuple[Any, str]:
     """With the first of `gate_ids` already held: wait until a run waits on it, then let
@@ -92,3 +87,64 @@ def hold_run_with_progress(gate: RowGate, gate_ids: list[str],
         gate.release(current)
         wait_until(f"the run waiting for {following}", lambda t=following: gate.waited_on(t), 90)
     raise AssertionError(f"the run wrote no progress through {gate_ids}")
+
+
+def add_tenants(engine: Engine, n: int, expire_date: datetime) -> None:
+    """Active tenants t00000, t00001, ... expiring at `expire_date`: a run past their grace
+    suspends each one and queues its email, in a transaction per tenant."""
+    with engine.begin() as c:
+        c.execute(tenants.insert(), [
+            {"id": f"t{i:05d}", "name": f"Store {i}", "email": f"owner{i}@example.com",
+             "status": "active", "expire_date": expire_date}
+            for i in range(n)
+        ])
+
+
+class RunHold:
+    """Keeps an expiry-checker run over the tenants it adds going until the test lets go.
+
+    On PostgreSQL the test holds a row lock on a tenant in the middle before any run
+    starts, so a run waits there, inside that tenant's transaction, for as long as the test
+    likes. On SQLite, which has no row locks, the run is long by volume instead:
+    `n_volume` tenants, enough to outlast what the test watches on a quiet machine (2,000
+    take about 2.3 s there); a loaded machine only makes the run longer."""
+
+    def __init__(self, engine: Engine, db_url: str, n_volume: int,
+                 expire_date: datetime) -> None:
+        self.gate = RowGate(db_url) if engine.dialect.name == "postgresql" else None
+        self.n = N_GATED if self.gate else n_volume
+        add_tenants(engine, self.n, expire_date)
+        if self.gate:
+            self.gate.hold(GATE_IDS[0])
+
+    @property
+    def gated(self) -> bool:
+        return self.gate is not None
+
+    def waited_on(self) -> bool:
+        """A run waits at the gate (always False on SQLite)."""
+        return self.gate is not None and self.gate.waited_on(GATE_IDS[0])
+
+    def in_progress(self, running: Callable[[], Any]) -> Any:
+        """The run `running()` reads, once it has written progress (processed > 0), read
+        before it ends."""
+        if self.gate is None:
+            return wait_until("a run in progress", lambda: (
+                (run := running()) is not None and run.processed > 0 and run), 60)
+        run, _ = hold_run_with_progress(self.gate, GATE_IDS, running)
+        return run
+
+    def let_go(self) -> None:
+        if self.gate:
+            self.gate.close()
+            self.gate = None
+
+
+@contextmanager
+def run_hold(engine: Engine, db_url: str, n_volume: int,
+             expire_date: datetime) -> Iterator[RunHold]:
+    hold = RunHold(engine, db_url, n_volume, expire_date)
+    try:
+        yield hold
+    finally:
+        hold.let_go()

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from jobs.db import ops_email_outbox, ops_runners, ops_runs, tenants
 from jobs.timeutil import utc_now
 from tests.conftest import EXE, cli, wait_until
-from tests.row_gate import RowGate, hold_run_with_progress
+from tests.row_gate import RunHold, add_tenants, run_hold
 from tests.smtp_sink import Sink, smtp_server
 
 pytestmark = pytest.mark.slow
@@ -162,67 +162,19 @@ def test_every_slot_runs_exactly_once_across_runners(
     assert after.returncode == 1  # no runner alive any more
 
 
-# Tenants of a run the test keeps going (see RunHold). On SQLite by volume: enough that a
-# quiet machine takes over a second before the run's first progress write shows (2,000
-# take 2.3 s); under load they take longer, which only widens the window.
-N_GATED = 20
+# SQLite keeps a run going by volume (tests/row_gate.py): enough tenants that a quiet
+# machine takes over a second before the run's first progress write shows.
 N_VOLUME = 2_000
-GATE_IDS = [f"t{i:05d}" for i in range(5, 15)]
-
-
-def add_expired_tenants(engine: Engine, n: int) -> None:
-    """Tenants whose grace ended long ago: each run suspends them and queues one email."""
-    long_ago = datetime(2026, 1, 1, tzinfo=UTC)
-    with engine.begin() as c:
-        c.execute(tenants.insert(), [
-            {"id": f"t{i:05d}", "name": f"Store {i}", "email": f"owner{i}@example.com",
-             "status": "active", "expire_date": long_ago}
-            for i in range(n)
-        ])
-
-
-def first_run_in_progress(engine: Engine) -> Any:
-    """The runner's first run, once it has processed some tenants but not all."""
-    rows = [r for r in slot_runs(engine) if r.status == "running" and r.processed > 0]
-    return rows[0] if rows else None
 
 
 def running_run(engine: Engine) -> Any:
     return next((r for r in slot_runs(engine) if r.status == "running"), None)
 
 
-class RunHold:
-    """Keeps the runner's first expiry-checker run going until the test has acted on it.
-
-    On PostgreSQL the test holds a row lock on a tenant in the middle (tests/row_gate.py):
-    the run waits there, inside that tenant's transaction, for as long as the test likes.
-    On SQLite, which has no row locks, the run is long by volume instead."""
-
-    def __init__(self, engine: Engine, db_url: str) -> None:
-        self.engine = engine
-        self.gate = RowGate(db_url) if engine.dialect.name == "postgresql" else None
-        self.n = N_GATED if self.gate else N_VOLUME
-        add_expired_tenants(engine, self.n)
-        if self.gate:
-            self.gate.hold(GATE_IDS[0])  # before any runner starts: no run can pass it
-
-    def in_progress(self) -> Any:
-        """The run, once it has written progress (processed > 0) and before it ends."""
-        if self.gate is None:
-            return wait_until("a run in progress", lambda: first_run_in_progress(self.engine), 60)
-        run, _ = hold_run_with_progress(self.gate, GATE_IDS, lambda: running_run(self.engine))
-        return run
-
-    def let_go(self) -> None:
-        if self.gate:
-            self.gate.close()
-
-
 @pytest.fixture
 def hold(engine: Engine, db_url: str) -> Iterator[RunHold]:
-    held = RunHold(engine, db_url)
-    yield held
-    held.let_go()
+    with run_hold(engine, db_url, N_VOLUME, datetime(2026, 1, 1, tzinfo=UTC)) as held:
+        yield held
 
 
 def test_sigkill_mid_run_another_runner_retries_the_slot_without_a_second_email(
@@ -232,7 +184,7 @@ def test_sigkill_mid_run_another_runner_retries_the_slot_without_a_second_email(
     # Two runners from the start: whichever claims the first slot is killed mid-run, and a
     # live runner is there for every slot, so none is missed while the other starts.
     both = [spawn(env, config, f"runner{i}") for i in range(2)]
-    victim = hold.in_progress()
+    victim = hold.in_progress(lambda: running_run(engine))
     with engine.connect() as c:
         victim_pid = c.execute(select(ops_runners.c.pid).where(
             ops_runners.c.id == victim.runner_id)).scalar_one()
@@ -270,7 +222,7 @@ def test_sigterm_mid_run_exits_0_and_marks_the_run_interrupted(
         spawn: Callable[..., Runner], hold: RunHold) -> None:
     config = write_config(tmp_path / "schedules.toml", "* * * * * */3")
     runner = spawn(env, config, "runner")
-    victim = hold.in_progress()
+    victim = hold.in_progress(lambda: running_run(engine))
 
     sent = time.monotonic()
     runner.proc.send_signal(signal.SIGTERM)
@@ -302,7 +254,7 @@ def test_sigterm_mid_run_exits_0_and_marks_the_run_interrupted(
 def test_the_runner_delivers_the_outbox_on_its_interval(
         engine: Engine, env: dict[str, str], tmp_path: Path,
         spawn: Callable[..., Runner]) -> None:
-    add_expired_tenants(engine, 5)
+    add_tenants(engine, 5, datetime(2026, 1, 1, tzinfo=UTC))
     config = write_config(tmp_path / "schedules.toml", "* * * * * */2")
     with config.open("a") as fh:
         fh.write("\n[outbox]\nsend_interval = 1\n")
