@@ -105,6 +105,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On several workers (pytest -n), the `slow` tests first: each is mostly a real process
+    waiting, and started early they overlap with the many short tests instead of finishing
+    alone at the end. The order is the same on every worker, as xdist requires."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "db_url" in metafunc.fixturenames:
         metafunc.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
