@@ -180,16 +180,19 @@ def hold(engine: Engine, db_url: str) -> Iterator[RunHold]:
 def test_sigkill_mid_run_another_runner_retries_the_slot_without_a_second_email(
         engine: Engine, env: dict[str, str], tmp_path: Path,
         spawn: Callable[..., Runner], hold: RunHold) -> None:
-    config = write_config(tmp_path / "schedules.toml", "* * * * * */3")
+    # Every 5 seconds: on SQLite, which serialises writes, a slot's claim may wait seconds
+    # behind the retry's tenants on a loaded machine; a gap shorter than that wait would
+    # record the slot before it as missed.
+    config = write_config(tmp_path / "schedules.toml", "* * * * * */5")
     # Two runners from the start: whichever claims the first slot is killed mid-run, and a
-    # live runner is there for every slot, so none is missed while the other starts.
+    # live runner is there for every slot, so none is missed while a second one starts.
     both = [spawn(env, config, f"runner{i}") for i in range(2)]
+    wait_until("2 runners alive", lambda: alive_runners(engine, {r.pid for r in both}) == 2, 60)
     victim = hold.in_progress(lambda: running_run(engine))
     with engine.connect() as c:
         victim_pid = c.execute(select(ops_runners.c.pid).where(
             ops_runners.c.id == victim.runner_id)).scalar_one()
     first, second = sorted(both, key=lambda r: r.pid != victim_pid)
-    wait_until("the other runner alive", lambda: alive_runners(engine, {second.pid}) == 1, 60)
     first.stop(signal.SIGKILL)
     # The killed run's session may still wait on the gate; let go: its transaction, never
     # committed, rolls back.
