@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -43,6 +45,18 @@ def cli(env: dict[str, str], *args: str, cwd: Path | None = None,
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "internal error" not in proc.stderr, proc.stderr
     return proc
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
+    """Poll `check` until it returns something true, and return that; fail after `timeout`
+    seconds. How tests wait for an event in another process: never a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _unavailable(what: str, reason: str) -> None:
@@ -89,6 +103,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield f"{base}{sep}options=-csearch_path%3D{schema}"
     with admin.connect() as c:
         c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On several workers (pytest -n), the `slow` tests first: each is mostly a real process
+    waiting, and started early they overlap with the many short tests instead of finishing
+    alone at the end. The order is the same on every worker, as xdist requires."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

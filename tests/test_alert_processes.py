@@ -23,14 +23,13 @@ from sqlalchemy.engine import Engine
 
 from jobs.db import ops_alert_deliveries, ops_alerts, ops_job_state, tenants
 from jobs.timeutil import utc_now
-from tests.conftest import cli
+from tests.conftest import cli, wait_until
 from tests.factories import add_tenant
 from tests.test_runner_processes import (
     JOB,
     Runner,
     slot_runs,
     spawn,  # noqa: F401 - the fixture
-    wait_until,
     write_config,
 )
 from tests.webhook_receiver import receiver

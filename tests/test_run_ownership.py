@@ -2,8 +2,9 @@
 heartbeating. Real runner processes, a real HTTP client and the real CLI, on SQLite and
 PostgreSQL.
 
-A run is made slow by volume: expiry-checker over a few thousand tenants takes seconds,
-long enough to outlive many runner ticks (the runner sweeps its orphans on each tick).
+A run is kept going for as long as the test watches it (the runner sweeps its orphans on
+each tick): on PostgreSQL by a row lock the test holds on one of its tenants, on SQLite by
+volume, a few thousand tenants (tests/row_gate.py).
 
 Slow (real seconds): marked `slow`.
 """
@@ -14,10 +15,9 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -26,39 +26,36 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from jobs.db import ops_runs, tenants
-from tests.conftest import EXE, cli
+from jobs.db import ops_runners, ops_runs
+from tests.conftest import EXE, cli, wait_until
+from tests.row_gate import RunHold
 from tests.test_http import TOKEN, free_port
-from tests.test_runner_processes import wait_until
 
 pytestmark = pytest.mark.slow
 
 JOB = "expiry-checker"
 TICKING = "cleanup"  # fires every second, so the runner ticks (and sweeps) every second
-# Long enough to outlast three one-second ticks on a quiet machine (2,000 took 2.3 s).
-N_SLOW = 6_000
+# SQLite's volume: long enough to outlast three one-second ticks on a quiet machine (2,000
+# took 2.3 s), or to show progress before the run ends.
+N_TICKS = 6_000
+STALE_AFTER = 3.0
+# Where no process dies: on SQLite a long run's writes can hold off a heartbeat for seconds
+# on a loaded machine, and a run judged dead is not what those tests are about.
+STALE_AFTER_ALIVE = 15.0
+N_PROGRESS = 2_000
 
 
-def write_config(path: Path, schedules: dict[str, str]) -> Path:
+def write_config(path: Path, schedules: dict[str, str],
+                 stale_after: float = STALE_AFTER) -> Path:
     lines: list[str] = []
     for job in ("expiry-checker", "payment-reminders", "analytics-aggregate", "cleanup"):
         lines += [f"[jobs.{job}]"]
         lines += [f'schedule = "{schedules[job]}"'] if job in schedules else ["enabled = false"]
         lines += [""]
-    lines += ["[runner]", "heartbeat_interval = 0.5", "stale_after = 3", "shutdown_timeout = 20"]
+    lines += ["[runner]", "heartbeat_interval = 0.5", f"stale_after = {stale_after:g}",
+              "shutdown_timeout = 20"]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def add_tenants(engine: Engine, n: int, expire_date: datetime) -> None:
-    """Active tenants past their grace at `expire_date` + grace: a run suspends each one,
-    in a transaction of its own, which takes real time."""
-    with engine.begin() as c:
-        c.execute(tenants.insert(), [
-            {"id": f"t{i:05d}", "name": f"Store {i}", "email": f"owner{i}@example.com",
-             "status": "active", "expire_date": expire_date}
-            for i in range(n)
-        ])
 
 
 class Runner:
@@ -95,6 +92,21 @@ class Runner:
 
 
 @pytest.fixture
+def hold_run(engine: Engine, db_url: str) -> Iterator[Callable[[int, datetime], RunHold]]:
+    """Tenants for a run the test keeps going (tests/row_gate.py), given the number SQLite
+    needs and their expiry date."""
+    made: list[RunHold] = []
+
+    def make(n_volume: int, expire_date: datetime) -> RunHold:
+        made.append(RunHold(engine, db_url, n_volume, expire_date))
+        return made[-1]
+
+    yield make
+    for hold in made:
+        hold.let_go()
+
+
+@pytest.fixture
 def runners() -> Iterator[list[Runner]]:
     started: list[Runner] = []
     yield started
@@ -120,9 +132,8 @@ def runs_of(engine: Engine, job_id: str) -> list[Any]:
                               .order_by(ops_runs.c.id)))
 
 
-def running_with_progress(engine: Engine, job_id: str) -> Any:
-    rows = [r for r in runs_of(engine, job_id) if r.status == "running" and r.processed > 0]
-    return rows[0] if rows else None
+def running(engine: Engine, job_id: str) -> Any:
+    return next((r for r in runs_of(engine, job_id) if r.status == "running"), None)
 
 
 def ticks_during(engine: Engine, start: datetime, end: datetime) -> int:
@@ -130,6 +141,13 @@ def ticks_during(engine: Engine, start: datetime, end: datetime) -> int:
     a sweep of the runner's orphans."""
     return sum(1 for r in runs_of(engine, TICKING)
                if r.scheduled_for is not None and start <= as_utc(r.scheduled_for) <= end)
+
+
+def heartbeat_age(engine: Engine, runner_id: str) -> float:
+    with engine.connect() as c:
+        beat = c.execute(select(ops_runners.c.heartbeat_at)
+                         .where(ops_runners.c.id == runner_id)).scalar_one()
+    return (datetime.now(UTC) - as_utc(beat)).total_seconds()
 
 
 def as_utc(value: datetime) -> datetime:
@@ -140,9 +158,11 @@ def as_utc(value: datetime) -> datetime:
 
 
 def test_a_slow_http_run_outlives_the_runners_ticks_and_holds_its_lock(
-        engine: Engine, env: dict[str, str], tmp_path: Path, runners: list[Runner]) -> None:
-    add_tenants(engine, N_SLOW, datetime(2026, 1, 1, tzinfo=UTC))
-    config = write_config(tmp_path / "schedules.toml", {TICKING: "* * * * * */1"})
+        engine: Engine, env: dict[str, str], tmp_path: Path, runners: list[Runner],
+        hold_run: Callable[[int, datetime], RunHold]) -> None:
+    hold = hold_run(N_TICKS, datetime(2026, 1, 1, tzinfo=UTC))
+    config = write_config(tmp_path / "schedules.toml", {TICKING: "* * * * * */1"},
+                          STALE_AFTER_ALIVE)
     port = free_port()
     runner = Runner(tmp_path, env, config, port)
     runners.append(runner)
@@ -157,14 +177,13 @@ def test_a_slow_http_run_outlives_the_runners_ticks_and_holds_its_lock(
         assert second == (409, {"message": "Job already running", "job": JOB,
                                 "run_id": run.id})
         # Watch it through several of the runner's ticks: it stays `running`.
-        seen_ticks = 0
-        while client.poll() is None and seen_ticks < 3:
-            now = datetime.now(UTC)
+        def three_ticks_watched() -> bool:
             row = next(r for r in runs_of(engine, JOB) if r.id == run.id)
-            if row.status != "running":
-                break
-            seen_ticks = ticks_during(engine, as_utc(run.started_at), now)
-            time.sleep(0.2)
+            return (client.poll() is not None or row.status != "running"
+                    or ticks_during(engine, as_utc(run.started_at), datetime.now(UTC)) >= 3)
+
+        wait_until("three ticks during the run", three_ticks_watched, 120)
+        hold.let_go()
         out, _ = client.communicate(timeout=300)
     status, body = json.loads(out)
     assert runner.stop() == 0
@@ -172,7 +191,7 @@ def test_a_slow_http_run_outlives_the_runners_ticks_and_holds_its_lock(
     rows = runs_of(engine, JOB)
     assert [(r.id, r.trigger, r.status) for r in rows] == [(run.id, "http", "succeeded")]
     assert status == 200 and body["run_id"] == run.id and body["status"] == "succeeded"
-    assert rows[0].processed == N_SLOW and rows[0].error is None
+    assert rows[0].processed == hold.n and rows[0].error is None
     assert ticks_during(engine, as_utc(run.started_at), as_utc(rows[0].finished_at)) >= 3
     assert not [e for e in runner.events() if e["event"] == "run-interrupted"]
 
@@ -191,17 +210,23 @@ except urllib.error.HTTPError as exc:
 
 
 def test_a_slow_cli_run_racing_slots_of_its_job_keeps_its_lock(
-        engine: Engine, env: dict[str, str], tmp_path: Path, runners: list[Runner]) -> None:
+        engine: Engine, env: dict[str, str], tmp_path: Path, runners: list[Runner],
+        hold_run: Callable[[int, datetime], RunHold]) -> None:
     # The tenants expire in a few minutes: the runner's slots (now) have nothing to do, the
     # CLI run at --now (later, but within the few minutes a real run may look ahead of the
     # clock) has every one of them.
     base = datetime.now(UTC)
     later = base + timedelta(minutes=4, seconds=30)
-    add_tenants(engine, N_SLOW, base + timedelta(minutes=3, seconds=30))
-    config = write_config(tmp_path / "schedules.toml", {JOB: "* * * * * */1"})
+    hold = hold_run(N_TICKS, base + timedelta(minutes=3, seconds=30))
+    config = write_config(tmp_path / "schedules.toml", {JOB: "* * * * * */1"},
+                          STALE_AFTER_ALIVE)
     runner = Runner(tmp_path, env, config)
     runners.append(runner)
     wait_until("the runner firing slots", lambda: len(runs_of(engine, JOB)) >= 2, 60)
+
+    def manual_run() -> Any:
+        return next((r for r in runs_of(engine, JOB)
+                     if r.status == "running" and r.trigger == "manual"), None)
 
     manual: subprocess.Popen[str] | None = None
     # Files, not pipes: the test reads the output only at the end, and a run's progress
@@ -213,22 +238,26 @@ def test_a_slow_cli_run_racing_slots_of_its_job_keeps_its_lock(
                 [EXE, "trigger", JOB, "--now", later.isoformat(), "--json"], env=env,
                 cwd=tmp_path, stdout=out_w, stderr=err_w, text=True)
         found = wait_until("the CLI run in progress, or refused",
-                           lambda p=proc: p.poll() is not None
-                           or running_with_progress(engine, JOB), 60)
+                           lambda p=proc: p.poll() is not None or hold.waited_on()
+                           or (not hold.gated and (r := manual_run()) is not None
+                               and r.processed > 0), 60)
         if found is True and proc.returncode == 4:
             continue
         manual = proc
-    run = running_with_progress(engine, JOB)
+    run = hold.in_progress(manual_run)
     assert run is not None and run.trigger == "manual"
 
     refused = cli(env, "trigger", JOB, cwd=tmp_path)
     assert refused.returncode == 4, refused.stderr
-    seen_skips = 0
-    while manual.poll() is None and seen_skips < 3:
-        seen_skips = sum(1 for r in runs_of(engine, JOB)
-                         if r.status == "skipped" and r.error == f"previous run {run.id} "
-                                                                  "was still running")
-        time.sleep(0.2)
+
+    def skips_seen() -> int:
+        return sum(1 for r in runs_of(engine, JOB)
+                   if r.status == "skipped" and r.error == f"previous run {run.id} "
+                                                         "was still running")
+
+    wait_until("three slots skipped during the run",
+               lambda: manual.poll() is not None or skips_seen() >= 3, 120)
+    hold.let_go()
     manual.wait(timeout=300)
     out, err = out_file.read_text(), err_file.read_text()
     assert runner.stop() == 0
@@ -237,7 +266,7 @@ def test_a_slow_cli_run_racing_slots_of_its_job_keeps_its_lock(
     report = json.loads(out)
     assert report["run_id"] == run.id and report["status"] == "succeeded"
     rows = {r.id: r for r in runs_of(engine, JOB)}
-    assert rows[run.id].status == "succeeded" and rows[run.id].processed == N_SLOW
+    assert rows[run.id].status == "succeeded" and rows[run.id].processed == hold.n
     skipped = [r for r in rows.values() if r.status == "skipped"]
     assert len(skipped) >= 3
     assert all(r.error == f"previous run {run.id} was still running" for r in skipped)
@@ -248,20 +277,24 @@ def test_a_slow_cli_run_racing_slots_of_its_job_keeps_its_lock(
 
 
 def test_a_killed_runners_run_shows_as_stale_and_the_next_trigger_interrupts_it(
-        engine: Engine, env: dict[str, str], tmp_path: Path, runners: list[Runner]) -> None:
-    add_tenants(engine, N_SLOW, datetime(2026, 1, 1, tzinfo=UTC))
+        engine: Engine, env: dict[str, str], tmp_path: Path, runners: list[Runner],
+        hold_run: Callable[[int, datetime], RunHold]) -> None:
+    hold = hold_run(N_PROGRESS, datetime(2026, 1, 1, tzinfo=UTC))
     config = write_config(tmp_path / "schedules.toml", {JOB: "* * * * * */3"})
     runner = Runner(tmp_path, env, config)
     runners.append(runner)
-    victim = wait_until("a slot run in progress", lambda: running_with_progress(engine, JOB),
-                        60)
+    victim = hold.in_progress(lambda: running(engine, JOB))
     runner.stop(signal.SIGKILL)
+    hold.let_go()  # the killed run's transaction, never committed, rolls back
     # No runner is left to sweep: the run stays `running` in history, but every face
     # must say it is stale as soon as its runner counts as dead.
-    wait_until("the runner counted dead",
-               lambda: cli(env, "status", "--json", cwd=tmp_path).returncode == 1, 30)
+    # Watched in the database (a `status` process per poll is slow on a loaded machine);
+    # `status` itself must then say so.
+    wait_until("the runner's heartbeat older than stale_after",
+               lambda: heartbeat_age(engine, victim.runner_id) > STALE_AFTER, 30)
 
     status = cli(env, "status", "--json", cwd=tmp_path)
+    assert status.returncode == 1, status.stderr  # no runner alive
     job = next(j for j in json.loads(status.stdout)["jobs"] if j["job"] == JOB)
     assert job == {**job, "running": True, "run_id": victim.id, "stale": True}
     human = cli(env, "status", cwd=tmp_path).stdout

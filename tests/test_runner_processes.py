@@ -23,7 +23,8 @@ from sqlalchemy.engine import Engine
 
 from jobs.db import ops_email_outbox, ops_runners, ops_runs, tenants
 from jobs.timeutil import utc_now
-from tests.conftest import EXE, cli
+from tests.conftest import EXE, cli, wait_until
+from tests.row_gate import RunHold, add_tenants, run_hold
 from tests.smtp_sink import Sink, smtp_server
 
 pytestmark = pytest.mark.slow
@@ -86,15 +87,6 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Runner]]:
             r.proc.kill()
             r.proc.wait()
 
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def alive_runners(engine: Engine, pids: set[int]) -> int:
@@ -170,36 +162,42 @@ def test_every_slot_runs_exactly_once_across_runners(
     assert after.returncode == 1  # no runner alive any more
 
 
-N_TENANTS = 6_000
+# SQLite keeps a run going by volume (tests/row_gate.py): enough tenants that a quiet
+# machine takes over a second before the run's first progress write shows.
+N_VOLUME = 2_000
 
 
-def add_expired_tenants(engine: Engine, n: int) -> None:
-    """Tenants whose grace ended long ago: each run suspends them and queues one email."""
-    long_ago = datetime(2026, 1, 1, tzinfo=UTC)
-    with engine.begin() as c:
-        c.execute(tenants.insert(), [
-            {"id": f"t{i:05d}", "name": f"Store {i}", "email": f"owner{i}@example.com",
-             "status": "active", "expire_date": long_ago}
-            for i in range(n)
-        ])
+def running_run(engine: Engine) -> Any:
+    return next((r for r in slot_runs(engine) if r.status == "running"), None)
 
 
-def first_run_in_progress(engine: Engine) -> Any:
-    """The runner's first run, once it has processed some tenants but not all."""
-    rows = [r for r in slot_runs(engine) if r.status == "running" and r.processed > 0]
-    return rows[0] if rows else None
+@pytest.fixture
+def hold(engine: Engine, db_url: str) -> Iterator[RunHold]:
+    with run_hold(engine, db_url, N_VOLUME, datetime(2026, 1, 1, tzinfo=UTC)) as held:
+        yield held
 
 
 def test_sigkill_mid_run_another_runner_retries_the_slot_without_a_second_email(
         engine: Engine, env: dict[str, str], tmp_path: Path,
-        spawn: Callable[..., Runner]) -> None:
-    add_expired_tenants(engine, N_TENANTS)
-    config = write_config(tmp_path / "schedules.toml", "* * * * * */3")
-    first = spawn(env, config, "first")
-    victim = wait_until("a run in progress", lambda: first_run_in_progress(engine), 60)
+        spawn: Callable[..., Runner], hold: RunHold) -> None:
+    # Every 5 seconds: on SQLite, which serialises writes, a slot's claim may wait seconds
+    # behind the retry's tenants on a loaded machine; a gap shorter than that wait would
+    # record the slot before it as missed.
+    config = write_config(tmp_path / "schedules.toml", "* * * * * */5")
+    # Two runners from the start: whichever claims the first slot is killed mid-run, and a
+    # live runner is there for every slot, so none is missed while a second one starts.
+    both = [spawn(env, config, f"runner{i}") for i in range(2)]
+    wait_until("2 runners alive", lambda: alive_runners(engine, {r.pid for r in both}) == 2, 60)
+    victim = hold.in_progress(lambda: running_run(engine))
+    with engine.connect() as c:
+        victim_pid = c.execute(select(ops_runners.c.pid).where(
+            ops_runners.c.id == victim.runner_id)).scalar_one()
+    first, second = sorted(both, key=lambda r: r.pid != victim_pid)
     first.stop(signal.SIGKILL)
+    # The killed run's session may still wait on the gate; let go: its transaction, never
+    # committed, rolls back.
+    hold.let_go()
 
-    second = spawn(env, config, "second")
     retry = wait_until("the slot's retry to finish", lambda: next(
         (r for r in slot_runs(engine) if r.scheduled_for == victim.scheduled_for
          and r.attempt == 2 and r.status != "running"), None), 90)
@@ -207,7 +205,7 @@ def test_sigkill_mid_run_another_runner_retries_the_slot_without_a_second_email(
 
     killed = next(r for r in slot_runs(engine) if r.id == victim.id)
     assert killed.status == "interrupted" and "heartbeat" in killed.error
-    assert 0 < killed.processed < N_TENANTS
+    assert 0 < killed.processed < hold.n
     assert retry.status == "succeeded" and retry.trigger == "schedule"
     assert retry.reference_time == victim.scheduled_for
     with engine.connect() as c:
@@ -215,8 +213,8 @@ def test_sigkill_mid_run_another_runner_retries_the_slot_without_a_second_email(
                                   .group_by(tenants.c.status)).all())
         per_tenant = c.execute(select(ops_email_outbox.c.tenant_id, func.count())
                                .group_by(ops_email_outbox.c.tenant_id)).all()
-    assert statuses == {"suspended": N_TENANTS}
-    assert len(per_tenant) == N_TENANTS and {n for _, n in per_tenant} == {1}
+    assert statuses == {"suspended": hold.n}
+    assert len(per_tenant) == hold.n and {n for _, n in per_tenant} == {1}
     assert any(e["event"] == "run-interrupted" and e["run_id"] == victim.id
                for e in second.events())
     assert not [r for r in slot_runs(engine) if r.status == "missed"]
@@ -224,21 +222,27 @@ def test_sigkill_mid_run_another_runner_retries_the_slot_without_a_second_email(
 
 def test_sigterm_mid_run_exits_0_and_marks_the_run_interrupted(
         engine: Engine, env: dict[str, str], tmp_path: Path,
-        spawn: Callable[..., Runner]) -> None:
-    add_expired_tenants(engine, N_TENANTS)
+        spawn: Callable[..., Runner], hold: RunHold) -> None:
     config = write_config(tmp_path / "schedules.toml", "* * * * * */3")
     runner = spawn(env, config, "runner")
-    victim = wait_until("a run in progress", lambda: first_run_in_progress(engine), 60)
+    victim = hold.in_progress(lambda: running_run(engine))
 
     sent = time.monotonic()
-    code = runner.stop(signal.SIGTERM, timeout=40)
+    runner.proc.send_signal(signal.SIGTERM)
+    # Held by the gate, the run is inside a tenant's transaction: once the runner is
+    # stopping, let that tenant finish (whole) and see the run stop after it.
+    wait_until("the runner stopping",
+               lambda: '"runner-stopping"' in runner.log_path.read_text(), 30)
+    hold.let_go()
+    runner.proc.wait(timeout=40)  # no second signal: that one would mean "do not wait"
+    code = runner.stop()
     took = time.monotonic() - sent
 
     assert code == 0
     assert took < 30, f"took {took:.1f}s to exit"
     run = next(r for r in slot_runs(engine) if r.id == victim.id)
     assert run.status == "interrupted" and "shutdown" in run.error
-    assert 0 < run.processed < N_TENANTS
+    assert 0 < run.processed < hold.n
     with engine.connect() as c:
         emails = c.execute(select(func.count()).select_from(ops_email_outbox)).scalar_one()
         suspended = c.execute(select(func.count()).where(
@@ -253,7 +257,7 @@ def test_sigterm_mid_run_exits_0_and_marks_the_run_interrupted(
 def test_the_runner_delivers_the_outbox_on_its_interval(
         engine: Engine, env: dict[str, str], tmp_path: Path,
         spawn: Callable[..., Runner]) -> None:
-    add_expired_tenants(engine, 5)
+    add_tenants(engine, 5, datetime(2026, 1, 1, tzinfo=UTC))
     config = write_config(tmp_path / "schedules.toml", "* * * * * */2")
     with config.open("a") as fh:
         fh.write("\n[outbox]\nsend_interval = 1\n")
