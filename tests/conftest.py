@@ -59,6 +59,33 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+# What a test's own environment replaces: the same variables from the developer's shell
+# must not leak into a command run in this process.
+CLEAN_ENV = ("REDIS_URL", "KV_URL", "STOREFLOW_CONFIG", "SMTP_URL",
+             "SUBSCRIPTION_GRACE_PERIOD_DAYS", "DATABASE_URL")
+
+
+def in_process_cli(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                   capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """`storeflow-ops ARGS` in this process, with exactly `env` from CLEAN_ENV's variables:
+    returns a call giving (exit code, stdout, stderr), never a traceback."""
+    from console.cli import main
+
+    for key in CLEAN_ENV:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+
+    def call(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return code, out, err
+
+    return call
+
 def _unavailable(what: str, reason: str) -> None:
     if REQUIRE:
         pytest.fail(f"{what} is required (STOREFLOW_REQUIRE_SERVICES=1) but unavailable: {reason}")

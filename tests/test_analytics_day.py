@@ -19,7 +19,6 @@ from sqlalchemy import delete, update
 from sqlalchemy.engine import Engine
 from textual.widgets import DataTable, Static
 
-from console.cli import main
 from console.tui.app import OpsApp
 from console.tui.screens.analytics import AnalyticsScreen
 from console.tui.screens.analytics_day import AnalyticsDayScreen
@@ -32,7 +31,7 @@ from jobs.cache import Cache, RedisCache, TableCache
 from jobs.db import ops_cache, orders
 from jobs.records import RunParams
 from jobs.settings import Settings
-from tests.conftest import cli
+from tests.conftest import cli, in_process_cli
 from tests.factories import add_customer, add_order, add_product, add_tenant
 from tests.test_tui import cell, column, notes, screen_of, settle, text
 
@@ -293,20 +292,7 @@ def cli_env(env: dict[str, str], cache_kind: str, request: pytest.FixtureRequest
 def run_cli(cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
             capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
     """`storeflow-ops ARGS` in this process, with the test's environment only."""
-    for key in ("REDIS_URL", "KV_URL", "STOREFLOW_CONFIG", "DATABASE_URL"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in cli_env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)
-
-    def call(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        assert "Traceback" not in err
-        return code, out, err
-
-    return call
+    return in_process_cli(cli_env, monkeypatch, tmp_path, capsys)
 
 
 def test_analytics_all_json_csv_sort_and_limit(engine: Engine, settings: Settings,

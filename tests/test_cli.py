@@ -37,15 +37,11 @@ from jobs.migrate import head_revision
 from jobs.presence import Presence
 from jobs.settings import Settings
 from jobs.timeutil import utc_now
-from tests.conftest import EXE, cli
+from tests.conftest import EXE, cli, in_process_cli
 from tests.factories import add_customer, add_order, add_product, add_tenant
 
 NOW = datetime(2026, 11, 28, 0, 30, tzinfo=UTC)  # a Saturday
 NOW_ARG = "2026-11-28T00:30:00Z"
-CLEAN_ENV = ("REDIS_URL", "KV_URL", "STOREFLOW_CONFIG", "SMTP_URL",
-             "SUBSCRIPTION_GRACE_PERIOD_DAYS", "DATABASE_URL")
-
-
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("storeflow-ops")]
@@ -57,20 +53,7 @@ def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
 def run_cli(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
             capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
     """`storeflow-ops ARGS` in this process, with the test's environment."""
-    for key in CLEAN_ENV:
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)
-
-    def call(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        assert "Traceback" not in err
-        return code, out, err
-
-    return call
+    return in_process_cli(env, monkeypatch, tmp_path, capsys)
 
 
 def run_json(run_cli: Callable[..., tuple[int, str, str]], *args: str,
