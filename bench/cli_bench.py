@@ -21,6 +21,7 @@ them.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -82,6 +83,17 @@ def first_screen(root: Path, url: str, cwd: Path) -> dict[str, float] | None:
     return result
 
 
+def machine_speed() -> float:
+    """Milliseconds this machine takes for a fixed piece of pure Python (median of 9), so
+    figures from machines of different speed can be compared: 150-200 on a recent x86."""
+    times = []
+    for _ in range(9):
+        started = time.perf_counter()
+        sum(range(10_000_000))
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
 def median_ms(values: list[float]) -> str:
     return f"{statistics.median(values) * 1000:.0f}" if values else "-"
 
@@ -103,6 +115,13 @@ def main() -> int:
                                text=True, check=True, cwd=tempfile.gettempdir()).stdout.strip()
         if not where.startswith(str(root)):
             raise SystemExit(f"{name}: console.cli comes from {where}, not {root}")
+
+    for root in trees.values():
+        # As `pip install .` leaves them: with PYTHONDONTWRITEBYTECODE set (as on CI) a tree
+        # without bytecode would compile every module in every process it starts.
+        for package in ("jobs", "console"):
+            compileall.compile_dir(root / package, quiet=1)
+    calibration = machine_speed()
 
     tmp = Path(tempfile.mkdtemp(prefix="cli-bench-"))
     path = tmp / "demo.sqlite3"
@@ -141,6 +160,8 @@ def main() -> int:
         f"{os.cpu_count()} cpus  load average {load_before[0]:.2f} {load_before[1]:.2f} "
         f"{load_before[2]:.2f} before, {load_after[0]:.2f} {load_after[1]:.2f} "
         f"{load_after[2]:.2f} after",
+        f"machine speed: sum(range(10**7)) takes {calibration:.0f} ms (median of 9; 150-200 on "
+        f"a recent x86); every tree's jobs/ and console/ compiled to bytecode first",
         f"demo database: {args.tenants} tenants (storeflow-ops demo --no-tui); "
         f"medians of {args.runs} whole-process runs, trees alternating",
         *[f"  {name}: {'this checkout' if root == ROOT else root}" for name, root in trees.items()],

@@ -14,8 +14,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
-from sqlalchemy import Text, any_, bindparam, delete, func, select
-from sqlalchemy.dialects.postgresql import ARRAY
+# The generic ARRAY, not the PostgreSQL dialect's: importing a dialect's package costs every
+# command that imports this module, SQLite ones included (tests/test_cli_imports.py).
+from sqlalchemy import ARRAY, Text, any_, bindparam, delete, func, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 

@@ -26,20 +26,27 @@ try:
 except SystemExit as exc:
     code = exc.code
 with open(out, "w") as f:
-    json.dump({"code": code, "loaded": sorted({m.partition(".")[0] for m in sys.modules})}, f)
+    json.dump({"code": code, "loaded": sorted(sys.modules)}, f)
 """
 
 HEAVY = {"sqlalchemy", "alembic", "textual", "rich", "jinja2", "redis", "email_validator"}
 ONLY_TO_RUN = {"alembic", "textual", "jinja2", "redis", "email_validator"}
 
 
-def probe(env: dict[str, str], tmp_path: Path, *args: str) -> tuple[int, set[str]]:
+def probe_modules(env: dict[str, str], tmp_path: Path, *args: str) -> tuple[int, set[str]]:
+    """(exit code, every module the command loaded)."""
     out = tmp_path / "loaded.json"
     proc = subprocess.run([sys.executable, "-c", PROBE, str(out), *args], env=env, cwd=tmp_path,
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
     assert out.exists(), proc.stderr
     found = json.loads(out.read_text())
     return int(found["code"] or 0), set(found["loaded"])
+
+
+def probe(env: dict[str, str], tmp_path: Path, *args: str) -> tuple[int, set[str]]:
+    """(exit code, the top-level packages the command loaded)."""
+    code, modules = probe_modules(env, tmp_path, *args)
+    return code, {m.partition(".")[0] for m in modules}
 
 
 def test_help_loads_no_database_layer_nor_the_console(tmp_path: Path) -> None:
@@ -57,6 +64,18 @@ def test_listing_commands_load_only_what_they_need(engine: Engine, env: dict[str
     assert code in (0, 1)  # status: 1 when no runner is alive
     assert "sqlalchemy" in loaded  # it did read the database
     assert loaded & ONLY_TO_RUN == set()
+
+
+def test_a_command_loads_the_dialect_of_its_database_only(engine: Engine, env: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    """Declaring the tables loads no dialect (jobs.db.PartialIndex): a command on SQLite
+    never pays for PostgreSQL's package, nor one on PostgreSQL for SQLite's."""
+    code, modules = probe_modules(env, tmp_path, "jobs", "--json")
+    assert code == 0
+    mine = engine.dialect.name
+    other = {"sqlite": "postgresql", "postgresql": "sqlite"}[mine]
+    assert f"sqlalchemy.dialects.{mine}" in modules  # the probe sees the dialect it used
+    assert {m for m in modules if m.startswith(f"sqlalchemy.dialects.{other}")} == set()
 
 
 def test_the_scripts_name_the_head_alembic_finds() -> None:

@@ -65,6 +65,30 @@ def test_the_migrations_build_exactly_the_tables_the_code_declares(db_url: str) 
     assert diff == []
 
 
+def test_the_error_index_is_partial_as_declared_and_as_migrated(db_url: str) -> None:
+    """Alembic's comparison above ignores an index's WHERE: this checks it, both in the
+    database the migrations built and in the declaration (jobs.db.PartialIndex, whose
+    WHERE each dialect reads when it needs it)."""
+    from sqlalchemy import inspect
+    from sqlalchemy.schema import CreateIndex
+
+    from jobs.db import ops_run_items
+
+    engine = make_engine(db_url)
+    upgrade(engine)
+    found = {i["name"]: i for i in inspect(engine).get_indexes("ops_run_items")}
+    declared = next(i for i in ops_run_items.indexes if i.name == "ops_run_items_errors_idx")
+    ddl = str(CreateIndex(declared).compile(dialect=engine.dialect))
+    engine.dispose()
+    where = found["ops_run_items_errors_idx"]["dialect_options"][f"{engine.dialect.name}_where"]
+    assert str(where).replace("(", "").replace(")", "").replace("::text", "") \
+        == "status = 'error'"  # PostgreSQL gives it back as ((status)::text = 'error'::text)
+    assert ddl.endswith("WHERE status = 'error'")
+    assert "WHERE" not in str(CreateIndex(next(
+        i for i in ops_run_items.indexes if i.name == "ops_run_items_run_idx"))
+        .compile(dialect=engine.dialect))
+
+
 def test_runs_that_ended_before_the_counter_existed_are_counted_once(db_url: str) -> None:
     """Upgrading a database with history seeds the never-decreasing run counter from it."""
     from alembic import command
