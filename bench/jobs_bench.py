@@ -4,6 +4,7 @@ PostgreSQL only.
     python bench/jobs_bench.py                       # 1x: 10,000 tenants, 2M orders, ~5M lines
     python bench/jobs_bench.py --scale 1,2,4         # the growth table: 1x, 2x and 4x
     python bench/jobs_bench.py --scale 0.1 --repeat 1 --only cleanup   # a quick run
+    python bench/jobs_bench.py --scale 1,2,4 --skip analytics-loop   # growth, without the loop
     BENCH_PG_URL=postgresql://... python bench/jobs_bench.py --repeat 5
 
 The data of each scale is built once with set-based SQL (generate_series) into its own
@@ -732,6 +733,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rebuild", action="store_true", help="build the data again")
     parser.add_argument("--drop", action="store_true", help="drop each scale's schema at the end")
     parser.add_argument("--build-only", action="store_true", help="build the data and stop")
+    parser.add_argument("--skip", action="append", default=[], metavar="VARIANT",
+                        choices=("analytics-loop", "analytics-sql-lateral", "analytics-sql-tuned"),
+                        help="leave out a variant that is information only (the per-tenant "
+                             "loop takes minutes at 4x); repeatable")
     parser.add_argument("--out", help="also write the report to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--schema", help=argparse.SUPPRESS)
@@ -793,7 +798,9 @@ def main(argv: list[str] | None = None) -> int:
                     conn.execute(ANALYTICS_SQL, {"start": datetime(2026, 11, 27, tzinfo=UTC),
                                                  "end": datetime(2026, 11, 28, tzinfo=UTC)}).fetchall()
                 log("analytics-aggregate")
-                analytics = run_variants(ANALYTICS_VARIANTS, args, schema, prefix, None, log)
+                analytics = run_variants(
+                    tuple(v for v in ANALYTICS_VARIANTS if v not in args.skip), args, schema,
+                    prefix, None, log)
             if args.only != "analytics":
                 log("cleanup (the two tables rebuilt, vacuumed, analysed, checkpointed before each run)")
                 cleanup = run_variants(CLEANUP_VARIANTS, args, schema, prefix,
