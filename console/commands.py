@@ -237,7 +237,8 @@ def cmd_trigger(ctx: CliContext, args: argparse.Namespace) -> int:
             report = execute(presence.id)
 
     if ctx.json:
-        ctx.emit_json(report.to_json())
+        ctx.emit_json_with_items(report.to_json(items=False), ("results", "items"),
+                                 (i.to_json() for i in report.items))
     else:
         _print_report(ctx, report)
     return int(report.exit_code)
@@ -311,7 +312,8 @@ def cmd_show(ctx: CliContext, args: argparse.Namespace) -> int:
         raise UsageError(f"no run {args.run_id}")
     report = runs.report_for(ctx.engine, record, errors_only=args.errors)
     if ctx.json:
-        ctx.emit_json(report.to_json())
+        ctx.emit_json_with_items(report.to_json(items=False), ("results", "items"),
+                                 (i.to_json() for i in report.items))
     else:
         _print_report(ctx, report, record)
     return ExitCode.OK

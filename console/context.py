@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TextIO
@@ -49,22 +50,55 @@ class CliContext:
         print(terminal_safe(text, keep_newlines=True), file=self.stderr)
 
     def emit_json(self, data: Any) -> None:
-        # orjson first: a run's report lists every tenant, and json.dumps took a quarter of a
-        # second for 10,000 of them. Datetimes and dataclasses pass through to `str`, as with
-        # json.dumps(default=str), so the text is the same (tests/test_emit_json.py).
-        # Non-ASCII output goes through json.dumps after all: its \u escapes keep a bidi
-        # override or a C1 control in a tenant's name from reaching the terminal raw, where
-        # orjson writes them as UTF-8.
-        import orjson
+        print(json_text(data), file=self.stdout)
 
-        options = (orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
-                   | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS)
-        try:
-            text = orjson.dumps(data, default=str, option=options).decode()
-        except orjson.JSONEncodeError:  # what json.dumps takes and orjson not: huge ints
-            text = "\N{REPLACEMENT CHARACTER}"
-        if not text.isascii():
-            import json
+    def emit_json_with_items(self, data: dict[str, Any], path: tuple[str, ...],
+                             items: Iterable[Any]) -> None:
+        """`data` with `items` as the list at `path` (a key of nested dicts), written one
+        item at a time: a run's report of 40,000 tenants is never one document in memory,
+        nor one string. The text is exactly what emit_json of the whole would write."""
+        doc = placed = dict(data)
+        for key in path[:-1]:
+            placed[key] = placed = dict(placed[key])
+        placed[path[-1]] = _ITEMS_HERE
+        head, marker, tail = json_text(doc).partition(json_text(_ITEMS_HERE))
+        assert marker, "the items' place was not found"
+        line_start = head.rfind("\n") + 1
+        indent = " " * (len(head) - line_start - len(head[line_start:].lstrip()) + 2)
+        write = self.stdout.write
+        write(head + "[")
+        first = True
+        for item in items:
+            write(("\n" if first else ",\n") + indent
+                  + json_text(item).replace("\n", "\n" + indent))
+            first = False
+        write("]" if first else "\n" + indent[:-2] + "]")
+        write(tail + "\n")
 
-            text = json.dumps(data, indent=2, default=str)
-        print(text, file=self.stdout)
+
+# What emit_json_with_items writes in the items' place first: a string no data contains.
+_ITEMS_HERE = "\0items go here\0"
+
+
+def json_text(data: Any) -> str:
+    """`json.dumps(data, indent=2, default=str)`, quicker.
+
+    orjson first: a run's report lists every tenant, and json.dumps took a quarter of a
+    second for 10,000 of them. Datetimes and dataclasses pass through to `str`, as with
+    json.dumps(default=str), so the text is the same (tests/test_emit_json.py). Non-ASCII
+    output goes through json.dumps after all: its \\u escapes keep a bidi override or a
+    C1 control in a tenant's name from reaching the terminal raw, where orjson writes
+    them as UTF-8."""
+    import orjson
+
+    options = (orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+               | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS)
+    try:
+        text = orjson.dumps(data, default=str, option=options).decode()
+    except orjson.JSONEncodeError:  # what json.dumps takes and orjson not: huge ints
+        text = "\N{REPLACEMENT CHARACTER}"
+    if not text.isascii():
+        import json
+
+        text = json.dumps(data, indent=2, default=str)
+    return text

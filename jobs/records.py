@@ -156,7 +156,9 @@ class RunReport:
             return ExitCode.INTERRUPTED
         return ExitCode.FAILED if self.errors else ExitCode.OK
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, items: bool = True) -> dict[str, Any]:
+        """The report as `trigger --json` prints it; without `items`, its items list is
+        left empty for a writer that streams them (console.context.emit_json_with_items)."""
         errors: list[dict[str, Any]] = [
             {"tenant_id": i.tenant_id, "error": i.error} for i in self.errors
         ]
@@ -175,7 +177,7 @@ class RunReport:
                 "processed": self.processed,
                 "errors": errors,
                 "summary": dict(self.summary),
-                "items": [i.to_json() for i in self.items],
+                "items": [i.to_json() for i in self.items] if items else [],
             },
             "timestamp": iso_z(self.finished_at),
         }
