@@ -19,7 +19,7 @@ one run, side by side, the order alternating:
 - cleanup through the real job, as a whole process and in-process, against the three plain
   DELETEs in one transaction; the two tables it changes are rebuilt from templates,
   vacuumed, analysed and checkpointed before every run of every variant.
-Each variant runs in its own process, so its peak RSS (ru_maxrss from wait4) is its own;
+Each variant runs in its own process, so its peak RSS (GNU time's %M) is its own;
 "s" is the work as timed inside the process, "process s" the whole process from outside.
 """
 
@@ -55,6 +55,7 @@ DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/bench_perf"
 LAUNCH = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
           "from console.cli import main; raise SystemExit(main())")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+TIME = "/usr/bin/time"  # GNU time (Debian's package `time`), for each variant's peak RSS
 
 ANALYTICS_NOW = datetime(2026, 11, 28, 1, 0, tzinfo=UTC)  # aggregates 2026-11-27 (UTC)
 DAY = date(2026, 11, 27)
@@ -499,7 +500,7 @@ class Outcome:
 
 def spawn(variant: str, args: argparse.Namespace, schema: str, prefix: str
           ) -> tuple[dict[str, Any], float]:
-    """Run a variant in a child process: (its report, its peak RSS in MB, from wait4). The
+    """Run a variant in a child process: (its report, its peak RSS in MB, from GNU time). The
     report's "process_seconds" is the whole process, timed from outside."""
     if variant in PROCESS_VARIANTS:
         job, now = PROCESS_VARIANTS[variant]
@@ -516,16 +517,20 @@ def spawn(variant: str, args: argparse.Namespace, schema: str, prefix: str
         env = dict(os.environ)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.TemporaryDirectory() as cwd:
+        # The peak RSS comes from GNU time, a small process between this one and the
+        # variant: a child exec'd straight from this process inherits its high-water mark
+        # (Linux keeps the old mm's at exec), so none would read below this process's RSS.
+        peak = Path(cwd) / "peak-rss-kb"
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env,
+        proc = subprocess.Popen([TIME, "-f", "%M", "-o", str(peak), *cmd], stdout=out,
+                                stderr=err, env=env,
                                 cwd=cwd if variant in PROCESS_VARIANTS else ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc.wait()
         wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         text, errors = out.read().decode(), err.read().decode()
-    rss_mb = usage.ru_maxrss / 1024  # kilobytes on Linux
+        rss_mb = int(peak.read_text().split()[-1]) / 1024  # kilobytes
     if variant in PROCESS_VARIANTS:
         try:
             doc = json.loads(text)
