@@ -85,7 +85,7 @@ def first_screen(root: Path, url: str, cwd: Path) -> dict[str, float] | None:
 
 def machine_speed() -> float:
     """Milliseconds this machine takes for a fixed piece of pure Python (median of 9), so
-    figures from machines of different speed can be compared: 150-200 on a recent x86."""
+    figures from machines of different speed can be compared."""
     times = []
     for _ in range(9):
         started = time.perf_counter()
@@ -160,8 +160,8 @@ def main() -> int:
         f"{os.cpu_count()} cpus  load average {load_before[0]:.2f} {load_before[1]:.2f} "
         f"{load_before[2]:.2f} before, {load_after[0]:.2f} {load_after[1]:.2f} "
         f"{load_after[2]:.2f} after",
-        f"machine speed: sum(range(10**7)) takes {calibration:.0f} ms (median of 9; 150-200 on "
-        f"a recent x86); every tree's jobs/ and console/ compiled to bytecode first",
+        f"machine speed: sum(range(10**7)) takes {calibration:.0f} ms (median of 9); every "
+        f"tree's jobs/ and console/ compiled to bytecode first",
         f"demo database: {args.tenants} tenants (storeflow-ops demo --no-tui); "
         f"medians of {args.runs} whole-process runs, trees alternating",
         *[f"  {name}: {'this checkout' if root == ROOT else root}" for name, root in trees.items()],
