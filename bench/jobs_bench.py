@@ -763,6 +763,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(line)
         print(line, flush=True)
 
+    if not Path(TIME).exists():
+        raise SystemExit(f"{TIME} not found: the bench reads each variant's peak RSS through "
+                         "GNU time (Debian: apt install time)")
     ensure_database(args.url)
     # As `pip install .` leaves the package: with PYTHONDONTWRITEBYTECODE set (as on CI) the
     # whole-process variants would otherwise compile jobs/ and console/ on every run.
