@@ -8,7 +8,6 @@ A missing PostgreSQL or Redis skips its tests locally; with STOREFLOW_REQUIRE_SE
 
 from __future__ import annotations
 
-import compileall
 import os
 import subprocess
 import sys
@@ -33,7 +32,6 @@ PG_URL = os.environ.get("STOREFLOW_TEST_PG_URL", "postgresql://postgres@127.0.0.
 REDIS_URL = os.environ.get("STOREFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE = os.environ.get("STOREFLOW_REQUIRE_SERVICES") == "1"
 RUN_TAG = uuid.uuid4().hex[:8]
-ROOT = Path(__file__).resolve().parents[1]
 # This venv's own script: whichever `storeflow-ops` comes first on PATH may be another install.
 EXE = str(Path(sys.executable).with_name("storeflow-ops"))
 
@@ -132,16 +130,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield f"{base}{sep}options=-csearch_path%3D{schema}"
     with admin.connect() as c:
         c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Bytecode for the project's own modules before any test starts a process: an editable
-    install has none, and with PYTHONDONTWRITEBYTECODE set (as on CI machines) every
-    `storeflow-ops` the suite starts would compile jobs/ and console/ again (a quarter of
-    its start-up). Up-to-date files are left alone, so workers only check."""
-    if not hasattr(config, "workerinput"):
-        for package in ("jobs", "console"):
-            compileall.compile_dir(ROOT / package, quiet=1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
