@@ -739,12 +739,12 @@ async def serve(state: RunnerState, core: SlotRunner,
                 fut.add_done_callback(runs.discard)
             if now >= drain_at and (drain is None or drain.done()):
                 drain_at = now + timedelta(seconds=state.settings.outbox.send_interval)
-                drain = _in_thread(_drain_logged, core, now)
+                drain = _in_thread(_logged, core, "outbox-drain-failed", core.drain_outbox, now)
             if now >= prune_at and (prune is None or prune.done()):
                 # In a thread of its own, like the drain: slots never wait for it. Asked
                 # often; the lease makes it hourly between all the runners.
                 prune_at = now + PRUNE_CHECK
-                prune = _in_thread(_prune_logged, core, now)
+                prune = _in_thread(_logged, core, "history-prune-failed", core.prune_history, now)
 
             failures = failures + 1 if errors else 0
             now = state.clock()
@@ -803,22 +803,16 @@ def _scheduling(core: SlotRunner) -> str:
     return f"scheduling {plural(len(jobs), 'job')}" + (f": {', '.join(jobs)}" if jobs else "")
 
 
-def _prune_logged(core: SlotRunner, now: datetime) -> None:
+def _logged(core: SlotRunner, event: str, work: Callable[[datetime], object],
+            now: datetime) -> None:
+    """The runner's side work (pruning history, draining the outbox), with a failure logged
+    as `event` instead of raised: neither may stop the runner."""
     try:
-        core.prune_history(now)
+        work(now)
     except OpsError as exc:
-        core.log.error("history-prune-failed", error=exc.message)
-    except Exception as exc:  # a failed prune must not stop the runner
-        core.log.error("history-prune-failed", error=f"{type(exc).__name__}: {exc}")
-
-
-def _drain_logged(core: SlotRunner, now: datetime) -> None:
-    try:
-        core.drain_outbox(now)
-    except OpsError as exc:
-        core.log.error("outbox-drain-failed", error=exc.message)
-    except Exception as exc:  # a mail problem must not stop the runner
-        core.log.error("outbox-drain-failed", error=f"{type(exc).__name__}: {exc}")
+        core.log.error(event, error=exc.message)
+    except Exception as exc:
+        core.log.error(event, error=f"{type(exc).__name__}: {exc}")
 
 
 # --- the command ------------------------------------------------------------------------------

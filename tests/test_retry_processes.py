@@ -11,7 +11,7 @@ tests/test_timeouts.py covers in process. Slow (real seconds): marked `slow`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,26 +21,16 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from jobs.db import is_sqlite, ops_alerts, ops_runs, transaction
+from tests import test_runner_processes
 from tests.factories import add_tenant
 from tests.test_runner_processes import JOB, OTHERS, Runner, wait_until
 
 pytestmark = pytest.mark.slow
 
+# The runner-process tests' fixture that starts runners and kills what is left at the end.
+spawn = test_runner_processes.spawn
 
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., Runner]]:
-    started: list[Runner] = []
 
-    def start(env: dict[str, str], config: Path, name: str) -> Runner:
-        r = Runner(tmp_path, env, config, name)
-        started.append(r)
-        return r
-
-    yield start
-    for r in started:
-        if r.proc.poll() is None:
-            r.proc.kill()
-            r.proc.wait()
 
 
 @pytest.fixture(autouse=True)
