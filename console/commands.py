@@ -237,8 +237,7 @@ def cmd_trigger(ctx: CliContext, args: argparse.Namespace) -> int:
             report = execute(presence.id)
 
     if ctx.json:
-        ctx.emit_json_with_items(report.to_json(items=False), ("results", "items"),
-                                 (i.to_json() for i in report.items))
+        _emit_report_json(ctx, report)
     else:
         _print_report(ctx, report)
     return int(report.exit_code)
@@ -306,14 +305,19 @@ def cmd_history(ctx: CliContext, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _emit_report_json(ctx: CliContext, report: RunReport) -> None:
+    """A run's report as JSON, its items written one at a time."""
+    ctx.emit_json_with_items(report.to_json(items=False), ("results", "items"),
+                             (i.to_json() for i in report.items))
+
+
 def cmd_show(ctx: CliContext, args: argparse.Namespace) -> int:
     record = runs.get_run(ctx.engine, args.run_id)
     if record is None:
         raise UsageError(f"no run {args.run_id}")
     report = runs.report_for(ctx.engine, record, errors_only=args.errors)
     if ctx.json:
-        ctx.emit_json_with_items(report.to_json(items=False), ("results", "items"),
-                                 (i.to_json() for i in report.items))
+        _emit_report_json(ctx, report)
     else:
         _print_report(ctx, report, record)
     return ExitCode.OK

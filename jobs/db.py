@@ -182,6 +182,7 @@ cart_items = Table(
     Index("cart_items_product_idx", "product_id"),
 )
 
+
 class PartialIndex(Index):
     """An index over the rows matching `where`, on PostgreSQL and on SQLite.
 
