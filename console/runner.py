@@ -111,6 +111,9 @@ RESTART_SECTIONS = ("runner", "alerts")
 # How often a runner asks whether history is due for pruning; the prune lease makes the
 # pruning itself hourly between all the runners sharing the database.
 PRUNE_CHECK = timedelta(minutes=5)
+# How soon a retry that found its job's lock held asks again (sooner when a run of this
+# runner ends: that may have been the holder).
+RETRY_LOCK_POLL = timedelta(seconds=2)
 # A finished run's log level: failed is an error; partial, interrupted and the rest warn.
 _FINISHED_LEVELS: dict[RunStatus, Level] = {RunStatus.SUCCEEDED: "info", RunStatus.FAILED: "error",
                                             RunStatus.TIMED_OUT: "error"}
@@ -217,6 +220,7 @@ class SlotRunner:
         self._retry_lock = threading.Lock()
         self._retry_wake: datetime | None = None
         self._planned: list[datetime] = []
+        self._waiting: set[int] = set()  # ended runs whose retry waits for the job's lock
         self.wake: Callable[[], None] = lambda: None  # the loop's: a retry was planned
 
     @property
@@ -369,11 +373,24 @@ class SlotRunner:
                               attempt=attempt, run_id=run.run_id, reason=refusal)
                 # Not asked again on every tick: the slot keeps the outcome it has.
                 self._settled.add(run.run_id)
+                self._waiting.discard(run.run_id)
                 alerts.run_ended(st.engine, st.settings, run.run_id, retry_left=False, now=now)
                 continue
             claim = claim_slot(st.engine, st.settings, run.job_id, run.scheduled_for,
                                runner_id=st.runner_id, started_by=st.started_by,
-                               clock=st.clock, attempt=attempt)
+                               clock=st.clock, attempt=attempt, wait_for_lock=True)
+            if claim.status is ClaimStatus.BUSY:
+                # Another run of the job holds its lock (a newer slot, or a dead run not yet
+                # stale): the retry waits for it rather than ending `skipped`, which would
+                # lose the slot's work.
+                if run.run_id not in self._waiting:
+                    self._waiting.add(run.run_id)
+                    self.log.info("retry-waiting", job=run.job_id, slot=run.scheduled_for,
+                                  attempt=attempt, reason=f"run {claim.holder_run_id} holds "
+                                  "the job's lock (concurrency = forbid)")
+                pending.append(now + RETRY_LOCK_POLL)
+                continue
+            self._waiting.discard(run.run_id)
             if claim.status is ClaimStatus.CLAIMED:
                 assert claim.run_id is not None
                 self.log.info("retry-claimed", job=run.job_id, slot=run.scheduled_for,
@@ -486,6 +503,9 @@ class SlotRunner:
             st.in_flight.pop(claimed.run_id, None)
         st.ping(claimed.job_id, outcome(report.status), claimed.run_id)
         self._log_finished(claimed, report)
+        if self._waiting:  # this run may have held the lock a retry waits for
+            self._note_retries([st.clock()])
+            self.wake()
         self._plan_retry(claimed)
         if claimed.attempt >= 2:
             self._refire_skipped(claimed)

@@ -46,6 +46,7 @@ class ClaimStatus(StrEnum):
     CLAIMED = "claimed"  # ours to run
     TAKEN = "taken"  # another runner claimed it first
     SKIPPED = "skipped"  # recorded as skipped: the job's previous run still holds its lock
+    BUSY = "busy"  # nothing recorded: the job's lock is held; a retry waits for it
 
 
 class RunnerKind(StrEnum):

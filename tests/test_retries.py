@@ -14,11 +14,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.engine import Engine
 
 from jobs import runs
-from jobs.db import ops_alerts, ops_runs, require_platform_tables, transaction
+from jobs.db import ops_alerts, ops_job_state, ops_runs, require_platform_tables, transaction
 from jobs.errors import ConfigError
 from jobs.records import RunStatus
 from jobs.settings import Overrides, Settings, load_settings
@@ -147,6 +147,44 @@ def test_a_retry_found_due_only_after_the_next_slot_is_not_run(
     assert refused["attempt"] == 2 and "next slot" in refused["reason"]
     assert failing_alerts(engine) == [first.run_id]
     assert slot_rows(engine) == [(SLOT, 1, "failed")]
+
+
+def test_a_retry_that_finds_the_lock_held_waits_for_it_instead_of_ending_skipped(
+        engine: Engine, settings: Settings, harnesses: list[Harness]) -> None:
+    # A manual run (of a CLI without presence, so never stale) holds the job's lock
+    # (concurrency = forbid) when attempt 2 is due: the
+    # attempt is not recorded as `skipped` (the slot's work would be lost); it is asked
+    # again shortly, and runs once the lock is free.
+    s = job_settings(settings, "0 * * * *", retries=2, retry_backoff=60)
+    add_tenant(engine, expire_date=SLOT - timedelta(days=1))
+    h = harness(harnesses, engine, s, SLOT - timedelta(seconds=1))
+    with tenants_gone(engine):
+        [claim] = h.tick(SLOT, all_jobs=True, run=False)
+        report = h.runner.run(claim)
+    assert report is not None and report.status is RunStatus.FAILED
+    with transaction(engine) as conn:
+        holder = conn.execute(ops_runs.insert().values(
+            job_id=JOB, trigger="manual", attempt=1, status="running", started_by="op@host",
+            runner_id=None, reference_time=SLOT, params={}, created_at=SLOT,
+            started_at=SLOT)).inserted_primary_key[0]
+        conn.execute(update(ops_job_state).where(ops_job_state.c.job_id == JOB)
+                     .values(active_run_id=holder))
+
+    assert run_claims(h, timedelta(minutes=1)) == []
+    assert run_claims(h, timedelta(minutes=1, seconds=2)) == []
+    [waiting] = h.events("retry-waiting")  # said once, not on every look
+    assert waiting["attempt"] == 2 and f"run {holder} holds" in waiting["reason"]
+    assert set(slot_rows(engine)) == {(None, 1, "running"), (SLOT, 1, "failed")}
+    assert h.runner.retry_wake == SLOT + timedelta(minutes=1, seconds=4)  # asked again then
+
+    with transaction(engine) as conn:
+        conn.execute(update(ops_runs).where(ops_runs.c.id == holder)
+                     .values(status="succeeded", finished_at=SLOT + timedelta(minutes=1)))
+        conn.execute(update(ops_job_state).where(ops_job_state.c.job_id == JOB)
+                     .values(active_run_id=None))
+    assert run_claims(h, timedelta(minutes=1, seconds=4)) == [(2, RunStatus.SUCCEEDED)]
+    assert set(slot_rows(engine)) == {(None, 1, "succeeded"), (SLOT, 1, "failed"),
+                                      (SLOT, 2, "succeeded")}
 
 
 def test_partial_and_manual_runs_are_not_retried(
