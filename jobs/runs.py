@@ -205,24 +205,8 @@ def claim_slot(engine: Engine, settings: Settings, job_id: str, scheduled_for: d
 
     `on_claimed(run_id)` is called before the claim commits, like `execute`'s `on_created`,
     for a caller whose orphan sweep runs in another thread."""
-    try:
-        return _claim(engine, settings, job_id, scheduled_for, runner_id=runner_id,
-                      started_by=started_by, now=clock(), attempt=attempt,
-                      on_claimed=on_claimed, wait_for_lock=wait_for_lock)
-    except _LockBusy as busy:  # raised inside the transaction, so the attempt's row is gone
-        return Claim(None, ClaimStatus.BUSY, busy.holder)
-
-
-class _LockBusy(Exception):
-    def __init__(self, holder: int) -> None:
-        super().__init__(holder)
-        self.holder = holder
-
-
-def _claim(engine: Engine, settings: Settings, job_id: str, scheduled_for: datetime, *,
-           runner_id: str, started_by: str, now: datetime, attempt: int,
-           on_claimed: Callable[[int], None] | None, wait_for_lock: bool) -> Claim:
     job = settings.job(job_id)
+    now = clock()
     with transaction(engine) as conn:
         run_id = _new_run(
             conn, job_id=job_id, trigger=Trigger.SCHEDULE, status=RunStatus.RUNNING,
@@ -235,7 +219,8 @@ def _claim(engine: Engine, settings: Settings, job_id: str, scheduled_for: datet
             holder = _try_lock(conn, job_id, run_id, now, settings.runner.stale_after,
                                runner_id)
             if holder is not None and wait_for_lock:
-                raise _LockBusy(holder)
+                conn.rollback()  # the attempt's row goes: nothing is recorded
+                return Claim(None, ClaimStatus.BUSY, holder)
             if holder is not None:
                 conn.execute(
                     update(ops_runs).where(ops_runs.c.id == run_id).values(

@@ -9,8 +9,8 @@ A missing PostgreSQL or Redis skips its tests locally; with STOREFLOW_REQUIRE_SE
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-import re
 import shutil
 import sqlite3
 import subprocess
@@ -168,10 +168,8 @@ def engine(db_url: str, tmp_path: Path) -> Iterator[Engine]:
             platform.create_all(eng)
             upgrade(eng)
         else:
-            schema = re.search(r"search_path%3D([^%&]+)", db_url)
-            assert schema is not None, db_url
-            with eng.begin() as conn:
-                conn.exec_driver_sql(script.replace(_TEMPLATE, schema[1]))
+            with eng.begin() as conn:  # into the schema first on the URL's search_path
+                conn.exec_driver_sql(script)
     yield eng
     eng.dispose()
 
@@ -183,8 +181,6 @@ def engine(db_url: str, tmp_path: Path) -> Iterator[Engine]:
 # they build exactly the tables the code declares.
 _TEMPLATE = f"sfops_template_{RUN_TAG}_{uuid.uuid4().hex[:8]}"
 _sqlite_file: Path | None = None
-_pg_script: str | None = None
-_pg_script_failed = False
 
 
 def _migrated(url: str) -> None:
@@ -210,13 +206,12 @@ def _sqlite_template(tmp_path: Path) -> Path:
     return _sqlite_file
 
 
+@functools.cache
 def _pg_schema_script() -> str | None:
     """The DDL and rows of a PostgreSQL schema as the migrations leave a new one (pg_dump of
-    one migrated once), with _TEMPLATE where the schema's name goes; None where pg_dump
-    is missing or fails, and each test migrates its own schema instead."""
-    global _pg_script, _pg_script_failed
-    if _pg_script is not None or _pg_script_failed:
-        return _pg_script
+    one migrated once), its names unqualified, so it builds in the schema of the session's
+    search_path; None where pg_dump is missing or fails, and each test migrates its own
+    schema instead."""
     admin = _pg()
     with admin.connect() as c:
         c.exec_driver_sql(f'CREATE SCHEMA "{_TEMPLATE}"')
@@ -234,14 +229,12 @@ def _pg_schema_script() -> str | None:
         with admin.connect() as c:
             c.exec_driver_sql(f'DROP SCHEMA "{_TEMPLATE}" CASCADE')
     if dump.returncode != 0 or f"CREATE TABLE {_TEMPLATE}.ops_runs" not in dump.stdout:
-        _pg_script_failed = True
         return None
     # Session settings, psql's commands and the schema itself (the test's exists) go.
     kept = [line for line in dump.stdout.splitlines()
             if not line.startswith(("--", "\\", "SET ", "SELECT pg_catalog.set_config",
                                     "CREATE SCHEMA"))]
-    _pg_script = "\n".join(kept)
-    return _pg_script
+    return "\n".join(kept).replace(f"{_TEMPLATE}.", "")
 
 
 @pytest.fixture

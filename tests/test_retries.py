@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from jobs import runs
 from jobs.db import ops_alerts, ops_job_state, ops_runs, require_platform_tables, transaction
 from jobs.errors import ConfigError
-from jobs.records import RunStatus
+from jobs.records import RunReport, RunStatus
 from jobs.settings import Overrides, Settings, load_settings
 from jobs.slots import retry_backoff
 from tests.conftest import cli
@@ -57,6 +57,12 @@ def failing_alerts(engine: Engine) -> list[int]:
                                  .where(ops_alerts.c.event == "job_failing")).scalars())
 
 
+def run_slot(h: Harness) -> RunReport | None:
+    """Fire SLOT (the harness starts just before it) and run it, as the loop would."""
+    [claim] = h.tick(SLOT, all_jobs=True, run=False)
+    return h.runner.run(claim)
+
+
 def run_claims(h: Harness, at: timedelta) -> list[tuple[int, RunStatus]]:
     """Maintenance at SLOT + `at` (as the loop does when a retry is due); run what it
     claimed. Returns (attempt, status) of each."""
@@ -76,8 +82,7 @@ def test_a_failed_slot_runs_again_after_a_doubling_backoff_until_it_succeeds(
     add_tenant(engine, expire_date=SLOT - timedelta(days=1))
     h = harness(harnesses, engine, s, SLOT - timedelta(seconds=1))
     with tenants_gone(engine):
-        [claim] = h.tick(SLOT, all_jobs=True, run=False)
-        report = h.runner.run(claim)
+        report = run_slot(h)
         assert report is not None and report.status is RunStatus.FAILED
         [planned] = h.events("retry-planned")
         assert (planned["attempt"], planned["at"]) == (2, "2026-11-28T09:01:00.000Z")
@@ -103,8 +108,7 @@ def test_job_failing_is_raised_by_the_last_attempt_only(
     s = job_settings(settings, "0 * * * *", retries=1, retry_backoff=60)
     h = harness(harnesses, engine, s, SLOT - timedelta(seconds=1))
     with tenants_gone(engine):
-        [claim] = h.tick(SLOT, all_jobs=True, run=False)
-        assert h.runner.run(claim) is not None
+        assert run_slot(h) is not None
         assert failing_alerts(engine) == []
         assert run_claims(h, timedelta(minutes=1)) == [(2, RunStatus.FAILED)]
     last = runs.history(engine, JOB, limit=1)[0]
@@ -120,8 +124,7 @@ def test_no_retry_starts_at_or_after_the_next_slot(
     s = job_settings(settings, "*/5 * * * *", retries=2, retry_backoff=600)
     h = harness(harnesses, engine, s, SLOT - timedelta(seconds=1))
     with tenants_gone(engine):
-        [claim] = h.tick(SLOT, all_jobs=True, run=False)
-        first = h.runner.run(claim)
+        first = run_slot(h)
     assert first is not None and first.status is RunStatus.FAILED
     assert h.events("retry-planned") == [] and failing_alerts(engine) == [first.run_id]
     assert h.runner.retry_wake is None
@@ -137,8 +140,7 @@ def test_a_retry_found_due_only_after_the_next_slot_is_not_run(
     s = job_settings(settings, "*/5 * * * *", retries=2, retry_backoff=60)
     h = harness(harnesses, engine, s, SLOT - timedelta(seconds=1))
     with tenants_gone(engine):
-        [claim] = h.tick(SLOT, all_jobs=True, run=False)
-        first = h.runner.run(claim)
+        first = run_slot(h)
     assert first is not None and failing_alerts(engine) == []
     later = harness(harnesses, engine, s, SLOT + timedelta(minutes=5, seconds=30))
     later.clock.set(SLOT + timedelta(minutes=5, seconds=30))
@@ -159,8 +161,7 @@ def test_a_retry_that_finds_the_lock_held_waits_for_it_instead_of_ending_skipped
     add_tenant(engine, expire_date=SLOT - timedelta(days=1))
     h = harness(harnesses, engine, s, SLOT - timedelta(seconds=1))
     with tenants_gone(engine):
-        [claim] = h.tick(SLOT, all_jobs=True, run=False)
-        report = h.runner.run(claim)
+        report = run_slot(h)
     assert report is not None and report.status is RunStatus.FAILED
     with transaction(engine) as conn:
         holder = conn.execute(ops_runs.insert().values(
@@ -192,8 +193,7 @@ def test_partial_and_manual_runs_are_not_retried(
     s = job_settings(settings, "0 * * * *", retries=2, retry_backoff=60)
     add_tenant(engine, email="not an address", expire_date=SLOT - timedelta(days=1))
     h = harness(harnesses, engine, s, SLOT - timedelta(seconds=1))
-    [claim] = h.tick(SLOT, all_jobs=True, run=False)
-    report = h.runner.run(claim)
+    report = run_slot(h)
     assert report is not None and report.status is RunStatus.PARTIAL
     with tenants_gone(engine):
         manual = runs.execute(engine, s, JOB, now=SLOT, started_by="op@host",

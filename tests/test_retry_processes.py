@@ -31,8 +31,6 @@ pytestmark = pytest.mark.slow
 spawn = test_runner_processes.spawn
 
 
-
-
 @pytest.fixture(autouse=True)
 def postgresql_only(engine: Engine) -> None:
     if is_sqlite(engine):
