@@ -20,6 +20,7 @@ from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Static
+from textual.widgets._footer import FooterKey
 
 from console.formatting import clip
 from console.tui.app import OpsApp
@@ -92,6 +93,11 @@ def cell(table: DataTable[Any], row: str, column: str) -> str:
 
 def column(table: DataTable[Any], key: str) -> list[str]:
     return [v.plain if isinstance(v, Text) else str(v) for v in table.get_column(key)]
+
+
+def footer(app: OpsApp) -> list[str]:
+    """What the footer of the screen on top offers, as shown."""
+    return [key.description for key in app.screen.query(FooterKey)]
 
 
 def notes(app: OpsApp) -> list[str]:
@@ -316,12 +322,21 @@ async def test_pause_asks_why_then_persists_and_shows_it_and_resume(
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         await pilot.press("down")  # payment-reminders
+        assert "Pause" in footer(app) and "Resume" not in footer(app)
         await pilot.press("s")
         await settle(app, pilot)
         assert isinstance(screen_of(app), PauseReasonScreen)
         await pilot.press(*"smtp outage", "enter")
         await settle(app, pilot)
         assert paused() is True
+        # The footer follows the highlighted job's state, and the cursor.
+        assert "Resume" in footer(app) and "Pause" not in footer(app)
+        await pilot.press("up")
+        await settle(app, pilot)
+        assert "Pause" in footer(app) and "Resume" not in footer(app)
+        await pilot.press("down")
+        await settle(app, pilot)
+        assert "Resume" in footer(app)
         jobs = app.screen.query_one("#jobs", DataTable)
         assert cell(jobs, "payment-reminders", "state") == "paused"
         assert cell(jobs, "payment-reminders", "next").startswith("paused")
@@ -331,6 +346,7 @@ async def test_pause_asks_why_then_persists_and_shows_it_and_resume(
         await pilot.press("s")  # resume: nothing to ask
         await settle(app, pilot)
         assert paused() is False
+        assert "Pause" in footer(app) and "Resume" not in footer(app)
         assert cell(jobs, "payment-reminders", "state") == "active"
     assert [(e.action, e.job, e.reason, e.actor) for e in recent(engine)] == [
         ("resume", "payment-reminders", None, app.session.started_by),

@@ -272,7 +272,7 @@ class AnalyticsScreen(OpsScreen):
 
     @on(DataTable.RowHighlighted, "#days")
     def _row_moved(self) -> None:
-        self.refresh_bindings()
+        self.actions_may_have_changed()
 
 
 def _num(d: DayValue, key: str) -> float | None:

@@ -184,7 +184,7 @@ class JobsScreen(OpsScreen):
         self.tick()
         self._detail()
         self._recent(overview)
-        self.refresh_bindings()
+        self.actions_may_have_changed()
 
     def _state_cells(self) -> None:
         if self.overview is None:
@@ -287,7 +287,7 @@ class JobsScreen(OpsScreen):
     @on(DataTable.RowHighlighted, "#jobs")
     def _highlighted(self) -> None:
         self._detail()
-        self.refresh_bindings()
+        self.actions_may_have_changed()
 
     @on(DataTable.RowSelected, "#jobs")
     def _selected(self) -> None:

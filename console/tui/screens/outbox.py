@@ -185,7 +185,7 @@ class OutboxScreen(OpsScreen):
     @on(DataTable.RowHighlighted, "#emails")
     def _moved(self, event: DataTable.RowHighlighted) -> None:
         self._read(self.session.clock())
-        self.refresh_bindings()
+        self.actions_may_have_changed()
         if event.cursor_row >= len(self.entries) - 50:
             self.load_more()
 

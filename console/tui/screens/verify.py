@@ -72,7 +72,7 @@ class VerifyScreen(OpsScreen):
 
     def action_verify(self) -> None:
         self.result = None
-        self.refresh_bindings()
+        self.actions_may_have_changed()
         self.query_one("#verify-summary", Static).update(Text(
             f"Recomputing {self.day.isoformat()} for every tenant (writing nothing) and "
             "comparing with the cache…", style="dim"))
@@ -120,7 +120,7 @@ class VerifyScreen(OpsScreen):
         if result.ok:
             summary.append("  the cache agrees with the database", style="green")
         self.query_one("#verify-summary", Static).update(summary)
-        self.refresh_bindings()
+        self.actions_may_have_changed()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         allowed = super().check_action(action, parameters)
