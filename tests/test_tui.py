@@ -353,6 +353,28 @@ async def test_pause_asks_why_then_persists_and_shows_it_and_resume(
         ("pause", "payment-reminders", "smtp outage", app.session.started_by)]
 
 
+async def test_the_footer_is_rebuilt_only_when_its_keys_change(
+        engine: Engine, settings: Settings) -> None:
+    app = make_app(settings, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        keys = list(app.screen.query(FooterKey))
+        assert "Pause" in footer(app)
+        # Asked again with nothing changed (as every refresh, focus change and cursor move
+        # asks): the same key widgets stay.
+        app.screen.refresh_bindings()
+        app.refresh_data()
+        await settle(app, pilot)
+        await pilot.press("down", "up")  # expiry-checker to payment-reminders and back
+        await settle(app, pilot)
+        assert list(app.screen.query(FooterKey)) == keys
+        await pilot.press("s")
+        await settle(app, pilot)
+        await pilot.press(*"upgrade", "enter")
+        await settle(app, pilot)
+        assert "Resume" in footer(app) and list(app.screen.query(FooterKey)) != keys
+
+
 async def test_escape_on_the_pause_question_pauses_nothing(engine: Engine,
                                                            settings: Settings) -> None:
     app = make_app(settings, engine)

@@ -12,13 +12,14 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
+from textual.widgets import DataTable, Header, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from console.formatting import amount, number, plural, span, status_text
 from console.tui.messages import AnalyticsLoaded, RunPurpose, TenantsFound
 from console.tui.screens.base import OpsScreen
 from console.tui.widgets.bar_chart import Bar, BarChart
+from console.tui.widgets.footer import OpsFooter
 from console.tui.widgets.run_progress import RunProgress
 from console.tui.widgets.status_bar import StatusBar
 from console.tui.widgets.tables import RowTable
@@ -78,7 +79,7 @@ class AnalyticsScreen(OpsScreen):
                 yield BarChart("Revenue", lambda v: f"{v:,.2f}", id="revenue-chart")
                 yield BarChart("Orders", id="orders-chart")
         yield RunProgress(id="run-progress")
-        yield Footer()
+        yield OpsFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "Analytics"

@@ -13,12 +13,13 @@ from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Header, Input, Static
 from textual.worker import Worker, WorkerState
 
 from console.formatting import amount, number, plural, span
 from console.tui.messages import DayLoaded, DayTtlsRead, RunPurpose
 from console.tui.screens.base import OpsScreen
+from console.tui.widgets.footer import OpsFooter
 from console.tui.widgets.run_progress import RunProgress
 from console.tui.widgets.status_bar import StatusBar
 from console.tui.widgets.tables import RowTable
@@ -91,7 +92,7 @@ class AnalyticsDayScreen(OpsScreen):
             yield Static("", id="day-summary")
         yield RowTable(id="day-table", zebra_stripes=True)
         yield RunProgress(id="run-progress")
-        yield Footer()
+        yield OpsFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "Analytics by day"

@@ -9,11 +9,12 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable, Footer, Header, Label, Static
+from textual.widgets import DataTable, Header, Label, Static
 
 from console.formatting import compact, duration, plural, stamp, status_text
 from console.tui.messages import HistoryLoaded
 from console.tui.screens.base import OpsScreen
+from console.tui.widgets.footer import OpsFooter
 from console.tui.widgets.status_bar import StatusBar
 from console.tui.widgets.tables import RowTable
 from jobs import runs
@@ -51,7 +52,7 @@ class HistoryScreen(OpsScreen):
         yield Label("", id="history-title", classes="screen-title")
         yield RowTable(id="history", zebra_stripes=True)
         yield Static("", id="run-note")
-        yield Footer()
+        yield OpsFooter()
 
     def on_mount(self) -> None:
         self.sub_title = f"History · {self.job_id}"

@@ -11,7 +11,7 @@ from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.coordinate import Coordinate
-from textual.widgets import DataTable, Footer, Header, Label, OptionList, Static
+from textual.widgets import DataTable, Header, Label, OptionList, Static
 from textual.widgets.data_table import ColumnKey
 
 from console.formatting import (
@@ -28,6 +28,7 @@ from console.formatting import (
 from console.tui.screens.base import OpsScreen
 from console.tui.screens.history import run_row
 from console.tui.widgets.attention_strip import AttentionStrip
+from console.tui.widgets.footer import OpsFooter
 from console.tui.widgets.run_progress import RunProgress
 from console.tui.widgets.status_bar import StatusBar
 from console.tui.widgets.tables import FitTable, RowTable
@@ -96,7 +97,7 @@ class JobsScreen(OpsScreen):
         yield Label("Recent runs of every job", id="recent-title", classes="screen-title")
         yield RowTable(id="recent", zebra_stripes=True)
         yield RunProgress(id="run-progress")
-        yield Footer()
+        yield OpsFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "Jobs"

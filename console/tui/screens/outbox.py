@@ -13,11 +13,12 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import DataTable, Footer, Header, Input, Label, Select, Static
+from textual.widgets import DataTable, Header, Input, Label, Select, Static
 
 from console.formatting import ago, clip, stamp, status_text
 from console.tui.messages import EmailsRetried, OutboxPageLoaded
 from console.tui.screens.base import OpsScreen
+from console.tui.widgets.footer import OpsFooter
 from console.tui.widgets.status_bar import StatusBar
 from console.tui.widgets.tables import FitTable
 from jobs import outbox
@@ -73,7 +74,7 @@ class OutboxScreen(OpsScreen):
         yield FitTable(stretch="subject", id="emails", cursor_type="row", zebra_stripes=True)
         with VerticalScroll(id="email-view"):
             yield Static("", id="email-body")
-        yield Footer()
+        yield OpsFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "Outbox"

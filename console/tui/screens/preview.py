@@ -8,10 +8,11 @@ from typing import ClassVar
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import Footer, Header, Input, Static
+from textual.widgets import Header, Input, Static
 
 from console.formatting import append_outcome, plural, stamp
 from console.tui.screens.base import OpsScreen
+from console.tui.widgets.footer import OpsFooter
 from console.tui.widgets.items_view import ItemsView, ReportItems
 from console.tui.widgets.status_bar import StatusBar
 from jobs.records import RunReport
@@ -55,7 +56,7 @@ class PreviewScreen(OpsScreen):
         yield Static(preview_summary(self.report), id="run-summary")
         yield ItemsView(ReportItems(self.report.items), total=self.report.processed,
                         errors=len(self.report.errors), id="items-view")
-        yield Footer()
+        yield OpsFooter()
 
     def on_mount(self) -> None:
         self.sub_title = f"Preview · {self.report.job_id}"

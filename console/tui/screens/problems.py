@@ -12,11 +12,12 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable, Footer, Header, Label, Static
+from textual.widgets import DataTable, Header, Label, Static
 
 from console.formatting import ago, clip, plural, stamp, status_text
 from console.tui.messages import ProblemLinesLoaded, ProblemsLoaded
 from console.tui.screens.base import OpsScreen
+from console.tui.widgets.footer import OpsFooter
 from console.tui.widgets.status_bar import StatusBar
 from console.tui.widgets.tables import FitTable
 from jobs import problems
@@ -66,7 +67,7 @@ class ProblemsScreen(OpsScreen):
         yield Label("", id="lines-title", classes="screen-title")
         yield FitTable(stretch="action", id="problem-lines", zebra_stripes=True)
         yield Static("", id="problem-detail")
-        yield Footer()
+        yield OpsFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "Problems"

@@ -9,11 +9,12 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import Footer, Header, Input, Static
+from textual.widgets import Header, Input, Static
 
 from console.formatting import append_outcome, duration, stamp, status_text
 from console.tui.messages import RunLoaded
 from console.tui.screens.base import OpsScreen
+from console.tui.widgets.footer import OpsFooter
 from console.tui.widgets.items_view import ItemsView, StoredItems
 from console.tui.widgets.status_bar import StatusBar
 from jobs import runs
@@ -66,7 +67,7 @@ class RunDetailScreen(OpsScreen):
         yield StatusBar(id="status")
         yield Static("Loading…", id="run-summary")
         yield ItemsView(StoredItems(self.session, self.run_id), id="items-view")
-        yield Footer()
+        yield OpsFooter()
 
     def on_mount(self) -> None:
         self.sub_title = f"Run #{self.run_id}"

@@ -12,11 +12,12 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable, Footer, Header, Label, Static
+from textual.widgets import DataTable, Header, Label, Static
 
 from console.formatting import plural, state_text
 from console.tui.messages import TimelineLoaded
 from console.tui.screens.base import OpsScreen
+from console.tui.widgets.footer import OpsFooter
 from console.tui.widgets.status_bar import StatusBar
 from console.tui.widgets.tables import FitTable
 from jobs.problems import window_label
@@ -49,7 +50,7 @@ class TimelineScreen(OpsScreen):
         yield Label("", id="timeline-title", classes="screen-title")
         yield Static("", id="timeline-jobs")
         yield FitTable(stretch="note", id="timeline", zebra_stripes=True)
-        yield Footer()
+        yield OpsFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "Timeline"

@@ -11,12 +11,13 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 from textual.worker import Worker, WorkerState
 
 from console.formatting import amount, number, plural
 from console.tui.messages import DayVerified, RunPurpose
 from console.tui.screens.base import OpsScreen
+from console.tui.widgets.footer import OpsFooter
 from console.tui.widgets.run_progress import RunProgress
 from console.tui.widgets.status_bar import StatusBar
 from console.tui.widgets.tables import RowTable
@@ -58,7 +59,7 @@ class VerifyScreen(OpsScreen):
         yield Static("", id="verify-summary")
         yield RowTable(id="verify-table", zebra_stripes=True)
         yield RunProgress(id="run-progress")
-        yield Footer()
+        yield OpsFooter()
 
     def on_mount(self) -> None:
         self.sub_title = f"Verify analytics · {self.day.isoformat()}"
