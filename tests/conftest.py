@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import sqlite3
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,6 @@ def in_process_cli(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_pat
                    capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
     """`storeflow-ops ARGS` in this process, with exactly `env` from CLEAN_ENV's variables:
     returns a call giving (exit code, stdout, stderr), never a traceback."""
-    from console.cli import main
 
     for key in CLEAN_ENV:
         monkeypatch.delenv(key, raising=False)
@@ -82,13 +82,61 @@ def in_process_cli(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.chdir(tmp_path)
 
     def call(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        assert "Traceback" not in err
-        return code, out, err
+        return _main_here(args, capsys)
 
     return call
+
+
+def _main_here(args: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """`console.cli.main(args)` in this process: its exit code, stdout and stderr.
+
+    The root logger is as a new process has it (no handlers) while the command runs, so the
+    command's own logging setup sends its warnings to this stderr, where a process would;
+    pytest's capture handlers would otherwise take them. Then pytest's are put back."""
+    from console.cli import main
+
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    root.handlers = []
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers, root.level = saved, level
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    assert "internal error" not in err, err
+    return code, out, err
+
+CliCall = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def cli_here(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+             ) -> CliCall:
+    """`cli` without the process: the same call and result, `console.cli.main` run in this
+    process with exactly the environment given (every other variable removed for the call)
+    and in `cwd`. For tests of what a command says and does; a test of the process itself
+    (exit on a signal, a closed pipe, the entry point, start-up cost) uses `cli`. Each
+    process costs ~0.3 s of CPU in imports, which the suite pays hundreds of times."""
+
+    def call(env: dict[str, str], *args: str, cwd: Path | None = None,
+             timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        del timeout  # a process's limit; here a hang shows as the test's own
+        with monkeypatch.context() as m:
+            for key in list(os.environ):
+                if key not in env:
+                    m.delenv(key)
+            for key, value in env.items():
+                m.setenv(key, value)
+            m.chdir(cwd or tmp_path)
+            code, out, err = _main_here(args, capsys)
+        return subprocess.CompletedProcess([EXE, *args], code, out, err)
+
+    return call
+
 
 def _unavailable(what: str, reason: str) -> None:
     if REQUIRE:

@@ -34,7 +34,7 @@ from jobs.errors import ConfigError
 from jobs.records import RunStatus, Trigger
 from jobs.settings import Overrides, Settings, load_settings
 from jobs.timeutil import utc_now
-from tests import conftest
+from tests.conftest import CliCall
 from tests.factories import add_tenant
 from tests.webhook_receiver import receiver
 
@@ -418,14 +418,15 @@ def test_alerts_config_from_file_and_environment(tmp_path: Path) -> None:
 
 
 def test_alerts_test_and_listing_on_the_cli(engine: Engine, db_url: str,
-                                            env: dict[str, str], tmp_path: Path) -> None:
+                                            env: dict[str, str], tmp_path: Path,
+                                            cli_here: CliCall) -> None:
     with receiver() as ok, receiver([500]) as broken:
         cfg = tmp_path / "schedules.toml"
         cfg.write_text(f'[alerts]\nwebhooks = ["{ok.url()}", "{broken.url("/x/s3cr3t-two")}"]\n'
                        'emails = ["ops@example.com"]\n')
 
         def cli(*args: str) -> subprocess.CompletedProcess[str]:
-            return conftest.cli(env, *args, cwd=tmp_path)
+            return cli_here(env, *args, cwd=tmp_path)
 
         done = cli("alerts", "test")
         assert done.returncode == 1, done.stderr

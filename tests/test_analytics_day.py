@@ -31,7 +31,7 @@ from jobs.cache import Cache, RedisCache, TableCache
 from jobs.db import ops_cache, orders
 from jobs.records import RunParams
 from jobs.settings import Settings
-from tests.conftest import cli, in_process_cli
+from tests.conftest import CliCall, cli, in_process_cli
 from tests.factories import add_customer, add_order, add_product, add_tenant
 from tests.test_tui import cell, column, notes, screen_of, settle, text
 
@@ -342,17 +342,17 @@ def test_analytics_all_json_csv_sort_and_limit(engine: Engine, settings: Setting
 
 def test_analytics_verify_exit_codes_and_json(engine: Engine, settings: Settings,
                                               live_cache: Cache, cli_env: dict[str, str],
-                                              tmp_path: Path) -> None:
+                                              tmp_path: Path, cli_here: CliCall) -> None:
     shops(engine)
     aggregate(engine, settings, live_cache)
-    proc = cli(cli_env, "analytics", "verify", "--date", "2026-11-27", "--json", cwd=tmp_path)
+    proc = cli_here(cli_env, "analytics", "verify", "--date", "2026-11-27", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"date": "2026-11-27", "checked": 4, "matching": 4,
                                        "differing": [], "missing": []}
 
     drop(engine, live_cache, cache_key("t-d", DAY))
     change_an_order(engine)
-    proc = cli(cli_env, "analytics", "verify", "--date", "2026-11-27", "--json", cwd=tmp_path)
+    proc = cli_here(cli_env, "analytics", "verify", "--date", "2026-11-27", "--json", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert json.loads(proc.stdout) == {
         "date": "2026-11-27", "checked": 4, "matching": 2,
@@ -362,7 +362,7 @@ def test_analytics_verify_exit_codes_and_json(engine: Engine, settings: Settings
                        "actual": {"orders": 2, "revenue": 99, "newCustomers": 0,
                                   "productsSold": 3}}],
         "missing": ["t-d"]}
-    proc = cli(cli_env, "analytics", "verify", "--date", "2026-11-27", cwd=tmp_path)
+    proc = cli_here(cli_env, "analytics", "verify", "--date", "2026-11-27", cwd=tmp_path)
     assert proc.returncode == 1
     assert re.search(r"^t-a\s+Amber Fern\s+revenue\s+120\.50\s+99\.00$", proc.stdout, re.M)
     assert re.search(r"^\s+t-d\s+Dusty Lantern$", proc.stdout, re.M)

@@ -14,7 +14,7 @@ from jobs.db import ops_job_state, ops_runs, transaction
 from jobs.errors import JobRunningError
 from jobs.presence import who_am_i
 from jobs.settings import Settings
-from tests.conftest import cli
+from tests.conftest import CliCall
 
 NOW = datetime(2026, 11, 28, 9, 30, tzinfo=UTC)
 
@@ -47,30 +47,30 @@ def test_a_paused_job_says_who_paused_it_when_and_why(engine: Engine) -> None:
 
 
 def test_the_cli_audits_pause_trigger_resume_with_actor_and_reason_not_previews(
-        engine: Engine, env: dict[str, str]) -> None:
+        engine: Engine, env: dict[str, str], cli_here: CliCall) -> None:
     me = who_am_i()
-    assert cli(env, "pause", "cleanup", "--reason", "disk migration").returncode == 0
-    paused = {r["job"]: r for r in json.loads(cli(env, "jobs", "--json").stdout)}
+    assert cli_here(env, "pause", "cleanup", "--reason", "disk migration").returncode == 0
+    paused = {r["job"]: r for r in json.loads(cli_here(env, "jobs", "--json").stdout)}
     assert (paused["cleanup"]["paused_by"], paused["cleanup"]["paused_reason"]) == (
         me, "disk migration")
     assert datetime.fromisoformat(paused["cleanup"]["paused_at"]).tzinfo is not None
     assert paused["expiry-checker"]["paused_by"] is None
     assert paused["expiry-checker"]["paused_at"] is None
     assert paused["expiry-checker"]["paused_reason"] is None
-    plain = cli(env, "jobs").stdout
+    plain = cli_here(env, "jobs").stdout
     assert f"cleanup: paused by {me} " in plain and plain.rstrip().endswith(": disk migration")
 
     # Previews are reads: not audited, reason or not.
-    assert cli(env, "preview", "expiry-checker").returncode == 0
-    assert cli(env, "trigger", "expiry-checker", "--dry-run", "--reason", "just looking"
+    assert cli_here(env, "preview", "expiry-checker").returncode == 0
+    assert cli_here(env, "trigger", "expiry-checker", "--dry-run", "--reason", "just looking"
                ).returncode == 0
-    run = cli(env, "trigger", "expiry-checker", "--reason", "tenant asked", "--json")
+    run = cli_here(env, "trigger", "expiry-checker", "--reason", "tenant asked", "--json")
     assert run.returncode == 0, run.stderr
     run_id = json.loads(run.stdout)["run_id"]
-    assert cli(env, "resume", "cleanup", "--reason", "migration done").returncode == 0
-    assert cli(env, "resume", "cleanup").returncode == 0  # nothing changed: not audited
+    assert cli_here(env, "resume", "cleanup", "--reason", "migration done").returncode == 0
+    assert cli_here(env, "resume", "cleanup").returncode == 0  # nothing changed: not audited
 
-    listed = cli(env, "audit", "--json")
+    listed = cli_here(env, "audit", "--json")
     assert listed.returncode == 0, listed.stderr
     entries = json.loads(listed.stdout)
     assert [(e["action"], e["actor"], e["job"], e["run_id"], e["reason"]) for e in entries] == [
@@ -84,12 +84,12 @@ def test_the_cli_audits_pause_trigger_resume_with_actor_and_reason_not_previews(
     ats = [datetime.fromisoformat(e["at"]) for e in entries]
     assert ats == sorted(ats, reverse=True)
 
-    limited = json.loads(cli(env, "audit", "--limit", "1", "--json").stdout)
+    limited = json.loads(cli_here(env, "audit", "--limit", "1", "--json").stdout)
     assert [e["action"] for e in limited] == ["resume"]
-    text = cli(env, "audit").stdout.splitlines()
+    text = cli_here(env, "audit").stdout.splitlines()
     assert text[0].split() == ["ID", "AT", "ACTOR", "ACTION", "JOB", "RUN", "REASON", "DETAIL"]
     assert "tenant asked" in text[2] and str(run_id) in text[2]
-    assert cli(env, "audit", "--limit", "0").returncode == 2
+    assert cli_here(env, "audit", "--limit", "0").returncode == 2
 
 
 def test_a_refused_trigger_leaves_no_audit_entry(engine: Engine, settings: Settings) -> None:

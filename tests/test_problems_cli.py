@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from jobs.timeutil import utc_now
-from tests.conftest import cli
+from tests.conftest import CliCall
 from tests.factories import add_email, add_run, add_tenant
 from tests.test_cli import run_cli, run_json  # noqa: F401  (the in-process CLI fixture)
 
@@ -139,17 +139,17 @@ def test_outbox_filters_by_tenant_search_and_limit(engine: Engine, run_cli: Any)
     assert code == 0 and out == "" and "no emails match" in err
 
 
-def test_outbox_show_prints_one_body(engine: Engine, env: dict[str, str]) -> None:
+def test_outbox_show_prints_one_body(engine: Engine, env: dict[str, str], cli_here: CliCall) -> None:
     ids = seed_outbox(engine)
-    text = cli(env, "outbox", "show", str(ids["blue"]))
+    text = cli_here(env, "outbox", "show", str(ids["blue"]))
     assert text.returncode == 0, text.stderr
     assert text.stdout == "Hello Store t-blue,\n\nyour subscription has expired.\n"
     assert f"email {ids['blue']} · dead · to books@blueharbor.example" in text.stderr
-    html = cli(env, "outbox", "show", str(ids["blue"]), "--html")
+    html = cli_here(env, "outbox", "show", str(ids["blue"]), "--html")
     assert html.stdout.startswith("<p>Hello <b>Store t-blue</b>,</p>")
-    doc = json.loads(cli(env, "outbox", "show", str(ids["blue"]), "--html", "--json").stdout)
+    doc = json.loads(cli_here(env, "outbox", "show", str(ids["blue"]), "--html", "--json").stdout)
     assert doc["id"] == ids["blue"] and doc["format"] == "html"
     assert doc["body"].startswith("<p>Hello") and doc["status"] == "dead"
-    missing = cli(env, "outbox", "show", "999999")
+    missing = cli_here(env, "outbox", "show", "999999")
     assert missing.returncode == 2 and "no email with id 999999" in missing.stderr
-    assert cli(env, "outbox", "show").returncode == 2
+    assert cli_here(env, "outbox", "show").returncode == 2

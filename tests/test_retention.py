@@ -32,7 +32,7 @@ from jobs.db import (
 )
 from jobs.presence import who_am_i
 from jobs.settings import JOB_IDS, HistoryConfig, Settings
-from tests.conftest import EXE, cli
+from tests.conftest import EXE, CliCall
 from tests.factories import add_alert, add_email, add_old_email, add_old_run
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -192,32 +192,32 @@ def test_two_runners_pruning_at_once_one_prunes_the_other_skips(
 
 
 def test_the_cli_prunes_by_hand_its_dry_run_first_and_refuses_while_a_runner_prunes(
-        engine: Engine, env: dict[str, str], tmp_path: Path) -> None:
+        engine: Engine, env: dict[str, str], tmp_path: Path, cli_here: CliCall) -> None:
     # The CLI reads the real clock: the seed is made relative to it.
     s = seed(engine, datetime.now(UTC))
     toml = tmp_path / "schedules.toml"
     toml.write_text("[history]\nkeep_min_runs = 3\n")
     config = {**env, "STOREFLOW_CONFIG": str(toml)}
     assert retention.take_lease(engine, "runner-elsewhere", datetime.now(UTC))
-    busy = cli(config, "history", "prune", "--json")
+    busy = cli_here(config, "history", "prune", "--json")
     assert busy.returncode == 4, busy.stderr
     assert "runner-elsewhere is pruning" in busy.stderr
     assert json.loads(busy.stdout)["exit_code"] == 4
     with transaction(engine) as c:  # that runner died: its lease runs out
         c.execute(ops_leases.update().values(until=datetime.now(UTC) - timedelta(hours=1)))
 
-    dry = cli(config, "history", "prune", "--dry-run", "--json")
+    dry = cli_here(config, "history", "prune", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
-    real = cli(config, "history", "prune", "--json")
+    real = cli_here(config, "history", "prune", "--json")
     assert real.returncode == 0, real.stderr
     expected = {"runs": 5, "run_items": 8, "emails": 2, "alerts": 1}
     assert json.loads(dry.stdout) == {"dry_run": True, "deleted": expected}
     assert json.loads(real.stdout) == {"dry_run": False, "deleted": expected}
     assert not set(s["gone_runs"]) & set(history(engine)["runs"])
     assert [(e.action, e.actor) for e in recent(engine)] == [("prune", who_am_i())]
-    text = cli(config, "history", "prune")
+    text = cli_here(config, "history", "prune")
     assert text.returncode == 0 and text.stdout.startswith("deleted: 0 runs, 0 run items")
-    assert cli(config, "history", "--dry-run").returncode == 2
+    assert cli_here(config, "history", "--dry-run").returncode == 2
 
 
 def test_a_runner_prunes_on_its_own_and_audits_it_as_the_runner(

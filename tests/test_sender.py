@@ -26,7 +26,7 @@ from jobs.db import is_sqlite, ops_email_outbox, transaction
 from jobs.errors import ConfigError, UsageError
 from jobs.sender import SmtpConfig, parse_smtp_url
 from jobs.settings import Overrides, Settings, load_settings
-from tests.conftest import cli
+from tests.conftest import CliCall
 from tests.factories import add_tenant
 from tests.smtp_sink import Sink, SlowSink, free_port, smtp_server
 
@@ -773,23 +773,23 @@ def cli_env(env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 def test_cli_outbox_send_and_retry(engine: Engine, cli_env: dict[str, str],
-                                   tmp_path: Path) -> None:
+                                   tmp_path: Path, cli_here: CliCall) -> None:
     # Emails are due at queue time (now, on the wall clock of this test).
     real_now = datetime.now(UTC)
     queue(engine, 3, now=real_now - timedelta(seconds=1))
 
-    unset = cli(cli_env, "outbox", "send", cwd=tmp_path)
+    unset = cli_here(cli_env, "outbox", "send", cwd=tmp_path)
     assert unset.returncode == 0, unset.stderr
     assert "SMTP_URL is not set" in unset.stderr and "3 pending" in unset.stderr
     assert unset.stdout == ""
 
-    bad = cli({**cli_env, "SMTP_URL": "smtp://u:hunter2@127.0.0.1:notaport"}, "outbox", "send",
+    bad = cli_here({**cli_env, "SMTP_URL": "smtp://u:hunter2@127.0.0.1:notaport"}, "outbox", "send",
               cwd=tmp_path)
     assert bad.returncode == 2
     assert "SMTP_URL" in bad.stderr and "hunter2" not in bad.stderr
 
     down_port = free_port()
-    down = cli({**cli_env, "SMTP_URL": f"smtp://127.0.0.1:{down_port}"}, "outbox", "send",
+    down = cli_here({**cli_env, "SMTP_URL": f"smtp://127.0.0.1:{down_port}"}, "outbox", "send",
                cwd=tmp_path)
     assert down.returncode == 3, down.stderr
     assert "unreachable" in down.stderr and "Traceback" not in down.stderr
@@ -800,21 +800,21 @@ def test_cli_outbox_send_and_retry(engine: Engine, cli_env: dict[str, str],
         smtp_env = {**cli_env, "SMTP_URL": f"smtp://127.0.0.1:{port}"}
         with transaction(engine) as conn:  # skip the backoff of the failed attempt above
             conn.execute(ops_email_outbox.update().values(next_attempt_at=real_now))
-        sent = cli(smtp_env, "outbox", "send", "--json", cwd=tmp_path)
+        sent = cli_here(smtp_env, "outbox", "send", "--json", cwd=tmp_path)
         assert sent.returncode == 1, sent.stderr  # one email rejected permanently
         assert json.loads(sent.stdout) == {"sent": 2, "failed": 1, "retried": 0, "dead": 0,
                                            "skipped_reason": None, "unreachable": None}
         failed_id, sent_id = rows(engine)[0].id, rows(engine)[1].id
 
-        wrong = cli(smtp_env, "outbox", "retry", str(sent_id), cwd=tmp_path)
+        wrong = cli_here(smtp_env, "outbox", "retry", str(sent_id), cwd=tmp_path)
         assert wrong.returncode == 2
         assert f"email {sent_id} is sent" in wrong.stderr
 
-        retried = cli(smtp_env, "outbox", "retry", str(failed_id), cwd=tmp_path)
+        retried = cli_here(smtp_env, "outbox", "retry", str(failed_id), cwd=tmp_path)
         assert retried.returncode == 0, retried.stderr
         assert f"back to pending: {failed_id}" in retried.stdout
         sink.answer = None
-        again = cli(smtp_env, "outbox", "send", cwd=tmp_path)
+        again = cli_here(smtp_env, "outbox", "send", cwd=tmp_path)
         assert again.returncode == 0, again.stderr
         assert again.stdout.strip() == "sent 1, retry later 0, failed 0, dead 0"
     assert len(sink.received) == 3

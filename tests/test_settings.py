@@ -21,7 +21,7 @@ from jobs.settings import (
     config_path,
     load_settings,
 )
-from tests.conftest import cli
+from tests.conftest import CliCall
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CRON = {"expiry-checker": "0 0 * * *", "payment-reminders": "0 9 * * *",
@@ -93,7 +93,7 @@ def test_a_partial_file_keeps_the_other_defaults(tmp_path: Path) -> None:
     assert settings.runner == RunnerConfig()
 
 
-def test_which_file_is_read(tmp_path: Path) -> None:
+def test_which_file_is_read(tmp_path: Path, cli_here: CliCall) -> None:
     local = write(tmp_path / "schedules.toml", '[jobs.expiry-checker]\nschedule = "5 0 * * *"\n')
     from_env = write(tmp_path / "env.toml", '[jobs.expiry-checker]\nschedule = "10 0 * * *"\n')
     flag = write(tmp_path / "flag.toml", '[jobs.expiry-checker]\nschedule = "15 0 * * *"\n')
@@ -106,7 +106,7 @@ def test_which_file_is_read(tmp_path: Path) -> None:
     assert config_path(str(flag), {"STOREFLOW_CONFIG": str(from_env)}, tmp_path) == flag
 
     def schedule(*args: str, env: dict[str, str] | None = None, cwd: Path = tmp_path) -> str:
-        proc = cli(home(tmp_path, env), *args, "jobs", "--json", cwd=cwd)
+        proc = cli_here(home(tmp_path, env), *args, "jobs", "--json", cwd=cwd)
         assert proc.returncode == 0, proc.stderr
         return str(json.loads(proc.stdout)[0]["schedule"])
 
@@ -156,27 +156,28 @@ def assert_one_line(proc: subprocess.CompletedProcess[str], *parts: str) -> None
 
 
 @pytest.mark.parametrize(("text", "key", "reason"), BAD_FILES)
-def test_bad_file_one_line_exit_2(tmp_path: Path, text: str, key: str, reason: str) -> None:
+def test_bad_file_one_line_exit_2(tmp_path: Path, text: str, key: str, reason: str,
+                                  cli_here: CliCall) -> None:
     config = write(tmp_path / "bad.toml", text)
-    proc = cli(home(tmp_path), "--config", str(config), "jobs", cwd=tmp_path)
+    proc = cli_here(home(tmp_path), "--config", str(config), "jobs", cwd=tmp_path)
     assert_one_line(proc, f"storeflow-ops: {config}: {key}", reason)
 
 
-def test_bad_env_missing_file_and_binary_file(tmp_path: Path) -> None:
-    proc = cli(home(tmp_path, {"SUBSCRIPTION_GRACE_PERIOD_DAYS": "-2"}), "jobs", cwd=tmp_path)
+def test_bad_env_missing_file_and_binary_file(tmp_path: Path, cli_here: CliCall) -> None:
+    proc = cli_here(home(tmp_path, {"SUBSCRIPTION_GRACE_PERIOD_DAYS": "-2"}), "jobs", cwd=tmp_path)
     assert_one_line(proc, "environment", "SUBSCRIPTION_GRACE_PERIOD_DAYS", "-2 is negative")
-    proc = cli(home(tmp_path, {"SUBSCRIPTION_GRACE_PERIOD_DAYS": "a week"}), "jobs",
+    proc = cli_here(home(tmp_path, {"SUBSCRIPTION_GRACE_PERIOD_DAYS": "a week"}), "jobs",
                cwd=tmp_path)
     assert_one_line(proc, "SUBSCRIPTION_GRACE_PERIOD_DAYS", "whole number")
 
     missing = tmp_path / "nope.toml"
-    assert_one_line(cli(home(tmp_path), "--config", str(missing), "jobs", cwd=tmp_path),
+    assert_one_line(cli_here(home(tmp_path), "--config", str(missing), "jobs", cwd=tmp_path),
                     str(missing), "file not found")
-    assert_one_line(cli(home(tmp_path, {"STOREFLOW_CONFIG": str(missing)}), "jobs",
+    assert_one_line(cli_here(home(tmp_path, {"STOREFLOW_CONFIG": str(missing)}), "jobs",
                         cwd=tmp_path), str(missing), "file not found")
     binary = tmp_path / "binary.toml"
     binary.write_bytes(b"\xff\xfe[jobs]")
-    assert_one_line(cli(home(tmp_path), "--config", str(binary), "jobs", cwd=tmp_path),
+    assert_one_line(cli_here(home(tmp_path), "--config", str(binary), "jobs", cwd=tmp_path),
                     str(binary), "malformed TOML")
 
 

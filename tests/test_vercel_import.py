@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from jobs.settings import DEFAULTS_FILE, JOB_IDS, Overrides, load_settings
-from tests.conftest import cli
+from tests.conftest import CliCall
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_VERCEL = Path(__file__).resolve().parent / "data" / "vercel.json"  # the seed's, verbatim
@@ -46,9 +46,9 @@ def write_vercel(tmp_path: Path, data: Any) -> Path:
 
 
 def test_the_seed_vercel_json_gives_back_the_default_schedules(seed_vercel: Path,
-                                                                tmp_path: Path) -> None:
+                                                                tmp_path: Path, cli_here: CliCall) -> None:
     out = tmp_path / "imported.toml"
-    proc = cli(home(tmp_path), "import-vercel", str(seed_vercel), "--write", str(out), cwd=tmp_path)
+    proc = cli_here(home(tmp_path), "import-vercel", str(seed_vercel), "--write", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "" and "wrote 4" in proc.stdout
 
@@ -61,12 +61,12 @@ def test_the_seed_vercel_json_gives_back_the_default_schedules(seed_vercel: Path
     assert imported == schedules(REPO / "schedules.toml") == schedules(DEFAULTS_FILE)
     assert imported["cleanup"] == ("0 2 * * 0", "UTC")
 
-    printed = cli(home(tmp_path), "import-vercel", str(seed_vercel), cwd=tmp_path)
+    printed = cli_here(home(tmp_path), "import-vercel", str(seed_vercel), cwd=tmp_path)
     assert printed.returncode == 0 and printed.stdout == text
 
 
 def test_unknown_paths_and_bad_entries_are_reported_and_the_rest_imported(
-        tmp_path: Path) -> None:
+        tmp_path: Path, cli_here: CliCall) -> None:
     crons = [
         *SEED_CRONS[:2],
         {"path": "/api/admin/reports/weekly", "schedule": "0 3 * * 1"},
@@ -78,7 +78,7 @@ def test_unknown_paths_and_bad_entries_are_reported_and_the_rest_imported(
         "not an object",
     ]
     path = write_vercel(tmp_path, {"crons": crons})
-    proc = cli(home(tmp_path), "import-vercel", str(path), cwd=tmp_path)
+    proc = cli_here(home(tmp_path), "import-vercel", str(path), cwd=tmp_path)
     assert proc.returncode == 1
     problems = proc.stderr.splitlines()
     assert len(problems) == 6, proc.stderr
@@ -107,25 +107,25 @@ def test_unknown_paths_and_bad_entries_are_reported_and_the_rest_imported(
     ({"crons": {"path": "/api/admin/cleanup"}}, "crons: missing"),
 ])
 def test_a_file_without_a_crons_list_is_exit_2_in_one_line(tmp_path: Path, content: Any,
-                                                          says: str) -> None:
+                                                          says: str, cli_here: CliCall) -> None:
     path = write_vercel(tmp_path, content)
-    proc = cli(home(tmp_path), "import-vercel", str(path), cwd=tmp_path)
+    proc = cli_here(home(tmp_path), "import-vercel", str(path), cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert len(proc.stderr.splitlines()) == 1 and says in proc.stderr
 
 
-def test_missing_file_and_existing_target(seed_vercel: Path, tmp_path: Path) -> None:
-    proc = cli(home(tmp_path), "import-vercel", str(tmp_path / "nope.json"), cwd=tmp_path)
+def test_missing_file_and_existing_target(seed_vercel: Path, tmp_path: Path, cli_here: CliCall) -> None:
+    proc = cli_here(home(tmp_path), "import-vercel", str(tmp_path / "nope.json"), cwd=tmp_path)
     assert proc.returncode == 2 and "file not found" in proc.stderr
 
     target = tmp_path / "schedules.toml"
     target.write_text("# mine\n")
-    proc = cli(home(tmp_path), "import-vercel", str(seed_vercel), "--write", str(target), cwd=tmp_path)
+    proc = cli_here(home(tmp_path), "import-vercel", str(seed_vercel), "--write", str(target), cwd=tmp_path)
     assert proc.returncode == 2 and "already exists" in proc.stderr
     assert target.read_text() == "# mine\n"
 
 
-def test_an_empty_crons_list_imports_nothing(tmp_path: Path) -> None:
-    proc = cli(home(tmp_path), "import-vercel", str(write_vercel(tmp_path, {"crons": []})), cwd=tmp_path)
+def test_an_empty_crons_list_imports_nothing(tmp_path: Path, cli_here: CliCall) -> None:
+    proc = cli_here(home(tmp_path), "import-vercel", str(write_vercel(tmp_path, {"crons": []})), cwd=tmp_path)
     assert proc.returncode == 0 and "[jobs." not in proc.stdout
