@@ -2,6 +2,8 @@
 
     python bench/cli_bench.py [--runs 10] [--baseline DIR] [--out bench/results-cli.txt]
 
+The report is printed and appended to --out (by default bench/results-cli.txt).
+
 Each command runs as a fresh Python process, as an operator's script runs it: interpreter
 start, imports, argument parsing, opening the database, the query and the output. `--help`,
 `jobs`, `status` and `history` are timed --runs times each (wall clock, and the CPU time
@@ -104,7 +106,8 @@ def main() -> int:
     ap.add_argument("--screens", type=int, default=5, help="first-screen runs per tree")
     ap.add_argument("--baseline", metavar="DIR", help="another tree to time side by side")
     ap.add_argument("--tenants", type=int, default=40)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results-cli.txt"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results-cli.txt"),
+                    help="append the report to this file (the results kept run after run)")
     args = ap.parse_args()
 
     trees = {"this tree": ROOT}
@@ -197,8 +200,14 @@ def main() -> int:
                      f"({'unchanged or better' if mine <= base * 1.05 else 'SLOWER'})")
     text = "\n".join(lines) + "\n"
     print(text, end="")
-    Path(args.out).write_text(text)
+    append(Path(args.out), text)
     return 0
+
+
+def append(path: Path, text: str) -> None:
+    """Add a run to a results file: earlier runs, on other days and machines, stay."""
+    earlier = path.read_text() if path.exists() else ""
+    path.write_text(earlier + ("\n" if earlier.strip() else "") + text)
 
 
 if __name__ == "__main__":

@@ -743,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
                         choices=("analytics-loop", "analytics-sql-lateral", "analytics-sql-tuned"),
                         help="leave out a variant that is information only (the per-tenant "
                              "loop takes minutes at 4x); repeatable")
-    parser.add_argument("--out", help="also write the report to this file")
+    parser.add_argument("--out", help="also append the report to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--schema", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -849,7 +849,9 @@ def main(argv: list[str] | None = None) -> int:
             for start in range(0, len(keys), 1000):
                 client.delete(*keys[start : start + 1000])
         if args.out:
-            Path(args.out).write_text("\n".join(lines) + "\n")
+            out = Path(args.out)
+            earlier = out.read_text() if out.exists() else ""
+            out.write_text(earlier + ("\n" if earlier.strip() else "") + "\n".join(lines) + "\n")
     return 0
 
 
