@@ -108,7 +108,7 @@ class AlertsScreen(OpsScreen):
                 index = next((i for i, r in enumerate(self.records) if r.id == selected.id), 0)
                 table.move_cursor(row=index, animate=False)
         self._show()
-        self.actions_may_have_changed()
+        self.refresh_bindings()
 
     @property
     def selected(self) -> AlertRecord | None:
@@ -118,7 +118,7 @@ class AlertsScreen(OpsScreen):
     @on(DataTable.RowHighlighted, "#alerts")
     def _moved(self) -> None:
         self._show()
-        self.actions_may_have_changed()
+        self.refresh_bindings()
 
     def _show(self) -> None:
         detail = self.query_one("#alert-detail", Static)

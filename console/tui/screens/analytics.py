@@ -273,7 +273,7 @@ class AnalyticsScreen(OpsScreen):
 
     @on(DataTable.RowHighlighted, "#days")
     def _row_moved(self) -> None:
-        self.actions_may_have_changed()
+        self.refresh_bindings()
 
 
 def _num(d: DayValue, key: str) -> float | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from textual import events, on
-from textual.actions import parse
 from textual.screen import Screen
 from textual.worker import Worker
 
@@ -32,26 +31,8 @@ class OpsScreen(Screen[Any]):
     def session(self) -> Session:
         return self.ops.session
 
-    #: what check_action said of this screen's own bindings when the footer last heard
-    _action_states: tuple[bool | None, ...] | None = None
-
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         return not (action in WRITING_ACTIONS and self.session.read_only)
-
-    def actions_may_have_changed(self) -> None:
-        """Refresh the footer's keys, but only when one of this screen's actions changed
-        state: each refresh rebuilds every key of the footer, and screens ask after every
-        data refresh and cursor move, where the answer is nearly always the same."""
-        states = tuple(self.check_action(name, params)
-                       for destination, name, params in self._own_actions() if not destination)
-        if states != self._action_states:
-            self._action_states = states
-            self.refresh_bindings()
-
-    def _own_actions(self) -> list[tuple[str, str, tuple[object, ...]]]:
-        actions = dict.fromkeys(binding.action for bindings in
-                                self._bindings.key_to_bindings.values() for binding in bindings)
-        return [parse(action) for action in actions]
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         self.ops.report_worker_state(event)

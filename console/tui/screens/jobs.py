@@ -185,7 +185,7 @@ class JobsScreen(OpsScreen):
         self.tick()
         self._detail()
         self._recent(overview)
-        self.actions_may_have_changed()
+        self.refresh_bindings()
 
     def _state_cells(self) -> None:
         if self.overview is None:
@@ -288,7 +288,7 @@ class JobsScreen(OpsScreen):
     @on(DataTable.RowHighlighted, "#jobs")
     def _highlighted(self) -> None:
         self._detail()
-        self.actions_may_have_changed()
+        self.refresh_bindings()
 
     @on(DataTable.RowSelected, "#jobs")
     def _selected(self) -> None:

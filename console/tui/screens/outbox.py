@@ -164,6 +164,7 @@ class OutboxScreen(OpsScreen):
         self.next_before = event.page.next_before
         self._show_counts()
         self._read(now)
+        self.refresh_bindings()  # the selected email's status may have changed (Retry)
 
     def _show_counts(self) -> None:
         counts = Text()
@@ -186,7 +187,7 @@ class OutboxScreen(OpsScreen):
     @on(DataTable.RowHighlighted, "#emails")
     def _moved(self, event: DataTable.RowHighlighted) -> None:
         self._read(self.session.clock())
-        self.actions_may_have_changed()
+        self.refresh_bindings()
         if event.cursor_row >= len(self.entries) - 50:
             self.load_more()
 

@@ -73,7 +73,7 @@ class VerifyScreen(OpsScreen):
 
     def action_verify(self) -> None:
         self.result = None
-        self.actions_may_have_changed()
+        self.refresh_bindings()
         self.query_one("#verify-summary", Static).update(Text(
             f"Recomputing {self.day.isoformat()} for every tenant (writing nothing) and "
             "comparing with the cache…", style="dim"))
@@ -121,7 +121,7 @@ class VerifyScreen(OpsScreen):
         if result.ok:
             summary.append("  the cache agrees with the database", style="green")
         self.query_one("#verify-summary", Static).update(summary)
-        self.actions_may_have_changed()
+        self.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         allowed = super().check_action(action, parameters)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from textual.app import ComposeResult
 from textual.widgets import Footer
 
 
@@ -25,9 +26,13 @@ class OpsFooter(Footer):
         )
         return (bindings, self.compact, self.show_command_palette, self.combine_groups)
 
+    def compose(self) -> ComposeResult:
+        # Read with no await in between, so it is exactly what this compose renders.
+        self._shown = self._what_it_shows()
+        yield from super().compose()
+
     async def recompose(self) -> None:
         shows = self._what_it_shows()
         if shows is not None and shows == self._shown:
             return
-        self._shown = shows
         await super().recompose()
