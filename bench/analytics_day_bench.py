@@ -257,22 +257,11 @@ def ms(values: list[float]) -> str:
 
 
 def write_section(out: Path, lines: list[str]) -> None:
-    """Replace this benchmark's section of `out`, keeping every other line."""
-    old = out.read_text().splitlines() if out.exists() else []
-    kept: list[str] = []
-    inside = False
-    for line in old:
-        if line.startswith(f"# --- {SECTION}"):
-            inside = True
-            continue
-        if inside and line.startswith("# --- "):
-            inside = False
-        if not inside:
-            kept.append(line)
-    while kept and not kept[-1].strip():
-        kept.pop()
-    text = "\n".join([*kept, "", f"# --- {SECTION} (bench/analytics_day_bench.py) ---", *lines])
-    out.write_text(text.lstrip("\n") + "\n")
+    """Add this run to `out` under a heading of its own; the file is shared with
+    tui_bench.py, and every earlier run of either stays."""
+    from results_file import append
+
+    append(out, "\n".join([f"# --- {SECTION} (bench/analytics_day_bench.py) ---", *lines]))
 
 
 def main() -> int:

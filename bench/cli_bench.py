@@ -39,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+from results_file import append  # noqa: E402
 from tui_bench import CHILD as FIRST_SCREEN  # noqa: E402  (the console's first-screen probe)
 
 # The installed entry point does exactly this (see [project.scripts]); the tree comes
@@ -203,11 +204,6 @@ def main() -> int:
     append(Path(args.out), text)
     return 0
 
-
-def append(path: Path, text: str) -> None:
-    """Add a run to a results file: earlier runs, on other days and machines, stay."""
-    earlier = path.read_text() if path.exists() else ""
-    path.write_text(earlier + ("\n" if earlier.strip() else "") + text)
 
 
 if __name__ == "__main__":

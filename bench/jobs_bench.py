@@ -849,9 +849,9 @@ def main(argv: list[str] | None = None) -> int:
             for start in range(0, len(keys), 1000):
                 client.delete(*keys[start : start + 1000])
         if args.out:
-            out = Path(args.out)
-            earlier = out.read_text() if out.exists() else ""
-            out.write_text(earlier + ("\n" if earlier.strip() else "") + "\n".join(lines) + "\n")
+            from results_file import append
+
+            append(Path(args.out), "\n".join(lines))
     return 0
 
 

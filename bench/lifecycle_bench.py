@@ -337,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep:
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    from results_file import append
+
+    append(Path(args.out), "\n".join(lines))
     return 0 if (ok_p99 and ok_batch and ok_rss and same) else 1
 
 

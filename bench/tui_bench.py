@@ -184,7 +184,9 @@ def main() -> int:
     ]
     text = "\n".join(lines) + "\n"
     print(text, end="")
-    Path(args.out).write_text(text)
+    from results_file import append
+
+    append(Path(args.out), text)
     return 0
 
 
