@@ -720,6 +720,25 @@ async def test_outbox_reads_an_email_filters_and_retries_a_dead_one(
     assert row.status == "pending" and row.attempts == 0
 
 
+async def test_the_outbox_footer_offers_retry_only_while_the_email_can_be_retried(
+        engine: Engine, settings: Settings) -> None:
+    add_email(engine, "only", "dead")
+    app = make_app(settings, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        app.open_outbox()
+        await settle(app, pilot)
+
+        def retry_key() -> FooterKey:
+            return next(k for k in app.screen.query(FooterKey) if k.description == "Retry")
+
+        assert not retry_key().has_class("-disabled")
+        await pilot.press("r")  # the same row comes back, now pending: Retry goes dim
+        await settle(app, pilot)
+        assert any("pending again" in n for n in notes(app))
+        assert retry_key().has_class("-disabled")
+
+
 async def test_outbox_retry_of_a_pending_email_is_not_offered(
         engine: Engine, settings: Settings) -> None:
     add_email(engine, "only", "pending")
