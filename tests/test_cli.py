@@ -19,7 +19,6 @@ import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.engine import Engine
 
-from console.cli import main
 from jobs import runs
 from jobs.db import (
     cart_items,
@@ -378,19 +377,7 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path, monkeypatch: pytest.M
     platform.create_all(seed)
     seed.dispose()
     # In this process, with that environment and nothing else (as a subprocess would have).
-    for key in list(os.environ):
-        if not key.startswith("PYTEST_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)
-    capsys.readouterr()
-    try:
-        code = main(args)
-    except SystemExit as exc:  # argparse's refusal leaves main() this way
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err and "internal error" not in err, err
+    code, out, err = in_process_cli(env, monkeypatch, tmp_path, capsys)(*args)
     proc = subprocess.CompletedProcess(args, code, out, err)
     assert proc.returncode == 2, (args, proc.stderr)
     line = one_line_error(proc)

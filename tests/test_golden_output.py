@@ -20,9 +20,9 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 
-from console.cli import main
 from jobs import runs
 from jobs.db import ops_run_items, ops_runners, ops_runs
+from tests.conftest import in_process_cli
 from tests.factories import add_tenant
 
 GOLDEN = Path(__file__).with_name("golden")
@@ -114,20 +114,14 @@ def golden_cli(engine: Engine, env: dict[str, str], monkeypatch: pytest.MonkeyPa
                tmp_path: Path, capsys: pytest.CaptureFixture[str],
                ) -> Callable[..., str]:
     _seed(engine)
-    for key in ("REDIS_URL", "KV_URL", "STOREFLOW_CONFIG", "SMTP_URL"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
     config = tmp_path / "golden.toml"
     config.write_text("[jobs.analytics-aggregate]\nenabled = false\n")
-    monkeypatch.chdir(tmp_path)
     # The wall clock at the CLI's edge: which runners are alive, how long ago a run ended.
     monkeypatch.setattr("console.commands.utc_now", lambda: WALL)
+    run = in_process_cli(env, monkeypatch, tmp_path, capsys)
 
     def call(*args: str) -> str:
-        capsys.readouterr()
-        code = main(["--config", str(config), *args])
-        out, err = capsys.readouterr()
+        code, out, err = run("--config", str(config), *args)
         assert code == 0, err
         return out
 
