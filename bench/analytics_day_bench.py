@@ -36,6 +36,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from results_file import append  # bench/, the script's own folder
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
@@ -259,8 +261,6 @@ def ms(values: list[float]) -> str:
 def write_section(out: Path, lines: list[str]) -> None:
     """Add this run to `out` under a heading of its own; the file is shared with
     tui_bench.py, and every earlier run of either stays."""
-    from results_file import append
-
     append(out, "\n".join([f"# --- {SECTION} (bench/analytics_day_bench.py) ---", *lines]))
 
 

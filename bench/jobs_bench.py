@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from results_file import append  # bench/, the script's own folder
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
@@ -849,8 +850,6 @@ def main(argv: list[str] | None = None) -> int:
             for start in range(0, len(keys), 1000):
                 client.delete(*keys[start : start + 1000])
         if args.out:
-            from results_file import append
-
             append(Path(args.out), "\n".join(lines))
     return 0
 

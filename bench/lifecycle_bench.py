@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from results_file import append  # bench/, the script's own folder
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
@@ -337,8 +338,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep:
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-    from results_file import append
-
     append(Path(args.out), "\n".join(lines))
     return 0 if (ok_p99 and ok_batch and ok_rss and same) else 1
 

@@ -28,6 +28,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from results_file import append  # bench/, the script's own folder
+
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
@@ -184,8 +186,6 @@ def main() -> int:
     ]
     text = "\n".join(lines) + "\n"
     print(text, end="")
-    from results_file import append
-
     append(Path(args.out), text)
     return 0
 

@@ -35,6 +35,7 @@ from jobs.migrate import upgrade
 from jobs.settings import Overrides, Settings, load_settings
 
 PG_URL = os.environ.get("STOREFLOW_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PG_DRIVER_URL = PG_URL.replace("postgresql://", "postgresql+psycopg://")  # SQLAlchemy's form
 REDIS_URL = os.environ.get("STOREFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE = os.environ.get("STOREFLOW_REQUIRE_SERVICES") == "1"
 RUN_TAG = uuid.uuid4().hex[:8]
@@ -71,10 +72,7 @@ def in_process_cli(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_pat
     `cli_here`): returns a call giving (exit code, stdout, stderr), never a traceback."""
 
     def call(*args: str) -> tuple[int, str, str]:
-        with monkeypatch.context() as m:
-            _exactly(m, env)
-            m.chdir(tmp_path)
-            return _main_here(args, capsys)
+        return _main_here(args, env, tmp_path, monkeypatch, capsys)
 
     return call
 
@@ -98,27 +96,18 @@ def cli_here(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.Cap
 
     def call(env: dict[str, str], *args: str, cwd: Path | None = None,
              timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        with monkeypatch.context() as m:
-            _exactly(m, env)
-            m.chdir(cwd or tmp_path)
-            code, out, err = _main_here(args, capsys, timeout)
+        code, out, err = _main_here(args, env, cwd or tmp_path, monkeypatch, capsys, timeout)
         return subprocess.CompletedProcess([EXE, *args], code, out, err)
 
     return call
 
 
-def _exactly(m: pytest.MonkeyPatch, env: dict[str, str]) -> None:
-    """The process environment is `env` and nothing else (until `m` is undone)."""
-    for key in list(os.environ):
-        if key not in env:
-            m.delenv(key)
-    for key, value in env.items():
-        m.setenv(key, value)
-
-
-def _main_here(args: Sequence[str], capsys: pytest.CaptureFixture[str],
+def _main_here(args: Sequence[str], env: dict[str, str], cwd: Path,
+               monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                timeout: float = 90) -> tuple[int, str, str]:
-    """`console.cli.main(args)` in this process: its exit code, stdout and stderr.
+    """`console.cli.main(args)` in this process, in `cwd` with exactly `env` as the process
+    environment (every other variable removed until it returns): its exit code, stdout and
+    stderr.
 
     The root logger is as a new process has it (no handlers) while the command runs, so the
     command's own logging setup sends its warnings to this stderr, where a process would;
@@ -131,21 +120,28 @@ def _main_here(args: Sequence[str], capsys: pytest.CaptureFixture[str],
 
     root = logging.getLogger()
     saved, level = root.handlers[:], root.level
-    root.handlers = []
     capsys.readouterr()
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, timeout)
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # what the entry point would exit with
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        for handler in root.handlers:
-            handler.close()
-        root.handlers = saved
-        root.setLevel(level)
+    with monkeypatch.context() as m:
+        for key in list(os.environ):
+            if key not in env:
+                m.delenv(key)
+        for key, value in env.items():
+            m.setenv(key, value)
+        m.chdir(cwd)
+        root.handlers = []
+        previous = signal.signal(signal.SIGALRM, expired)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # what the entry point would exit with
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            for handler in root.handlers:
+                handler.close()
+            root.handlers = saved
+            root.setLevel(level)
     out, err = capsys.readouterr()
     assert "Traceback" not in err, err
     assert "internal error" not in err, err
@@ -166,8 +162,7 @@ def _pg() -> Engine:
     global _pg_admin, _pg_error
     if _pg_admin is None and _pg_error is None:
         try:
-            eng = sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"),
-                                   isolation_level="AUTOCOMMIT",
+            eng = sa.create_engine(PG_DRIVER_URL, isolation_level="AUTOCOMMIT",
                                    connect_args={"connect_timeout": 3})
             with eng.connect() as c:
                 c.exec_driver_sql("SELECT 1")
@@ -197,9 +192,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def _schema_url(schema: str) -> str:
-    base = PG_URL.replace("postgresql://", "postgresql+psycopg://")
-    sep = "&" if "?" in base else "?"
-    return f"{base}{sep}options=-csearch_path%3D{schema}"
+    sep = "&" if "?" in PG_DRIVER_URL else "?"
+    return f"{PG_DRIVER_URL}{sep}options=-csearch_path%3D{schema}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -279,7 +273,7 @@ def _pg_schema_script() -> str | None:
         c.exec_driver_sql(f'CREATE SCHEMA "{_TEMPLATE}"')
     try:
         _migrated(_schema_url(_TEMPLATE))
-        url = sa.make_url(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
+        url = sa.make_url(PG_DRIVER_URL)
         dump = subprocess.run(
             ["pg_dump", "--no-owner", "--no-privileges", "--inserts", "--schema", _TEMPLATE,
              "--host", url.host or "127.0.0.1", "--port", str(url.port or 5432),

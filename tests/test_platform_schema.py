@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from jobs.db import platform
-from tests.conftest import PG_URL, RUN_TAG, _pg
+from tests.conftest import RUN_TAG, _pg, _schema_url
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "platform-schema.sql"
 
@@ -28,9 +28,7 @@ def pg_schema() -> Iterator[Engine]:
     schema = f"t_{RUN_TAG}_{uuid.uuid4().hex[:10]}"
     with admin.connect() as c:
         c.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    base = PG_URL.replace("postgresql://", "postgresql+psycopg://")
-    sep = "&" if "?" in base else "?"
-    eng = sa.create_engine(f"{base}{sep}options=-csearch_path%3D{schema}")
+    eng = sa.create_engine(_schema_url(schema))
     yield eng
     eng.dispose()
     with admin.connect() as c:
