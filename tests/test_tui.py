@@ -375,6 +375,19 @@ async def test_the_footer_is_rebuilt_only_when_its_keys_change(
         assert "Resume" in footer(app) and list(app.screen.query(FooterKey)) != keys
 
 
+async def test_every_key_of_the_jobs_screen_shows_in_full_at_120_columns(
+        engine: Engine, settings: Settings) -> None:
+    app = make_app(settings, engine)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(app, pilot)
+        keys = [k for k in app.screen.query(FooterKey) if not k.has_class("-command-palette")]
+        palette = app.screen.query_one("FooterKey.-command-palette", FooterKey)
+        assert {"Run", "Pause", "Timeline", "Quit", "Help"} <= {k.description for k in keys}
+        # Each key ends before the palette key starts: none is cut or hidden behind it.
+        assert all(k.region.right <= palette.region.x for k in keys), [
+            (k.description, k.region) for k in keys]
+
+
 async def test_escape_on_the_pause_question_pauses_nothing(engine: Engine,
                                                            settings: Settings) -> None:
     app = make_app(settings, engine)

@@ -17,6 +17,11 @@ class OpsFooter(Footer):
 
     _shown: Any = None
 
+    def __init__(self) -> None:
+        # Compact: without the padding around each key, the jobs screen's twelve keys
+        # fit in 120 columns; padded, Quit was cut and Help fell off the edge.
+        super().__init__(compact=True)
+
     def _what_it_shows(self) -> Any:
         if not self._bindings_ready or not self.is_attached:
             return None
