@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Footer, Input, Static
 from textual.widgets._footer import FooterKey
 
 from console.formatting import clip
@@ -33,6 +33,7 @@ from console.tui.screens.outbox import OutboxScreen
 from console.tui.screens.pause_reason import PauseReasonScreen
 from console.tui.screens.preview import PreviewScreen
 from console.tui.screens.run_detail import RunDetailScreen
+from console.tui.widgets.footer import OpsFooter
 from console.tui.widgets.items_view import PAGE
 from jobs.analytics import cache_key
 from jobs.audit import recent
@@ -375,17 +376,33 @@ async def test_the_footer_is_rebuilt_only_when_its_keys_change(
         assert "Resume" in footer(app) and list(app.screen.query(FooterKey)) != keys
 
 
-async def test_every_key_of_the_jobs_screen_shows_in_full_at_120_columns(
+async def test_every_screens_keys_show_in_full_at_120_columns(
         engine: Engine, settings: Settings) -> None:
     app = make_app(settings, engine)
     async with app.run_test(size=(120, 36)) as pilot:
         await settle(app, pilot)
-        keys = [k for k in app.screen.query(FooterKey) if not k.has_class("-command-palette")]
-        palette = app.screen.query_one("FooterKey.-command-palette", FooterKey)
-        assert {"Run", "Pause", "Timeline", "Quit", "Help"} <= {k.description for k in keys}
-        # Each key ends before the palette key starts: none is cut or hidden behind it.
-        assert all(k.region.right <= palette.region.x for k in keys), [
-            (k.description, k.region) for k in keys]
+
+        def keys_cut() -> list[tuple[str, Any]]:
+            bars = list(app.screen.query(Footer))
+            assert [type(bar) for bar in bars] == [OpsFooter], app.screen
+            shown = list(bars[0].query(FooterKey))
+            palette = next(k for k in shown if k.has_class("-command-palette"))
+            # Each key ends before the palette key starts: none is cut or hidden behind it.
+            return [(k.description, k.region) for k in shown
+                    if k is not palette and k.region.right > palette.region.x]
+
+        assert {"Run", "Pause", "Timeline", "Quit", "Help"} <= set(footer(app))
+        assert keys_cut() == []
+        # Every screen the jobs screen opens: analytics, day, outbox, alerts, problems,
+        # timeline, history, preview.
+        for key in "adolenhp":
+            await pilot.press(key)
+            await settle(app, pilot)
+            assert not isinstance(app.screen, JobsScreen), key
+            assert keys_cut() == [], (key, app.screen)
+            await pilot.press("escape")
+            await settle(app, pilot)
+            assert isinstance(app.screen, JobsScreen), key
 
 
 async def test_escape_on_the_pause_question_pauses_nothing(engine: Engine,

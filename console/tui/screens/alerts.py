@@ -20,12 +20,13 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
-from textual.widgets import DataTable, Footer, Header, Label, Static
+from textual.widgets import DataTable, Header, Label, Static
 
 from console.formatting import ago, clip, countdown, stamp, status_text, terminal_safe
 from console.tui.messages import AlertsLoaded, TestAlertSent
 from console.tui.screens.base import OpsScreen
 from console.tui.screens.confirm import ConfirmScreen
+from console.tui.widgets.footer import OpsFooter
 from console.tui.widgets.status_bar import StatusBar
 from console.tui.widgets.tables import FitTable
 from jobs import alerts
@@ -61,7 +62,7 @@ class AlertsScreen(OpsScreen):
         yield FitTable(stretch="what", id="alerts", zebra_stripes=True)
         with VerticalScroll(id="alert-view"):
             yield Static("", id="alert-detail")
-        yield Footer()
+        yield OpsFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "Alerts"
