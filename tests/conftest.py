@@ -11,11 +11,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import io
 import json
 import locale
 import logging
 import os
+import select as selectmodule
 import shutil
 import signal
 import socket
@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
 import pytest
 import redis
@@ -51,22 +51,105 @@ EXE = str(Path(sys.executable).with_name("storeflow-ops"))
 
 def cli(env: dict[str, str], *args: str, cwd: Path | None = None,
         timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    """`storeflow-ops ARGS` as a real process of its own: exactly the environment given
-    (nothing inherited from the caller's), stdin closed, and never a traceback.
+    """`storeflow-ops ARGS` as a real process of its own (`start`): exactly the environment
+    given (nothing inherited from the caller's), stdin closed, and never a traceback."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = start(list(args), env, cwd, stdout=out, stderr=err)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+
+        def text(f: IO[bytes]) -> str:  # as subprocess.run(text=True) decodes
+            f.seek(0)
+            return f.read().decode(locale.getpreferredencoding(False)).replace(
+                "\r\n", "\n").replace("\r", "\n")
+
+        result = subprocess.CompletedProcess([EXE, *args], code, text(out), text(err))
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "internal error" not in result.stderr, result.stderr
+    return result
+
+
+class Started(Protocol):
+    """What tests use of a started process: `subprocess.Popen`'s own names."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def kill(self) -> None: ...
+
+
+def start(args: list[str], env: dict[str, str], cwd: Path | None = None,
+          stdout: IO[Any] | None = None, stderr: IO[Any] | None = None) -> Started:
+    """`storeflow-ops ARGS` started as a process of its own, stdin closed, its stdout and
+    stderr into the files given (None: discarded).
 
     The process is forked from one that has imported the program already
-    (tests/fork_server.py), which saves ~0.4 s of CPU a call; it then runs the entry
-    point's `main()` and exits as the script would. STOREFLOW_TEST_CLI=exec starts this
-    venv's script instead, for comparison; tests of the script itself (imports at start-up,
-    a closed pipe) start it themselves."""
+    (tests/fork_server.py), which saves ~0.4 s of CPU each; it then runs the entry point's
+    `main()` and exits as the script would. STOREFLOW_TEST_CLI=exec starts this venv's
+    script instead, for comparison; tests of the script itself (imports at start-up, a
+    closed pipe, the HTTP face's runner) start it themselves."""
     if os.environ.get("STOREFLOW_TEST_CLI") == "exec":
-        proc = subprocess.run([EXE, *args], env=env, capture_output=True, text=True, cwd=cwd,
-                              stdin=subprocess.DEVNULL, timeout=timeout)
-    else:
-        proc = _forked(env, list(args), cwd or Path.cwd(), timeout)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert "internal error" not in proc.stderr, proc.stderr
-    return proc
+        return subprocess.Popen([EXE, *args], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                stdout=stdout or subprocess.DEVNULL,
+                                stderr=stderr or subprocess.DEVNULL)
+    return Forked(args, env, cwd or Path.cwd(), stdout, stderr)
+
+
+class Forked:
+    """A process the fork server started for this test: its pid now, its exit code (as
+    `subprocess` gives it: negative for a signal) as a line on the socket when it ends."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path,
+                 stdout: IO[Any] | None, stderr: IO[Any] | None) -> None:
+        self.args = [EXE, *args]
+        self.returncode: int | None = None
+        self._buffer = b""
+        request = json.dumps({"exe": EXE, "args": args, "env": env, "cwd": str(cwd)})
+        with open(os.devnull, "r+b") as null:
+            fds = [null.fileno()] + [(f or null).fileno() for f in (stdout, stderr)]
+            self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._conn.connect(_fork_server())
+            socket.send_fds(self._conn, [request.encode()], fds)
+        self.pid = int(self._line(None))
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.wait(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self.returncode = int(self._line(timeout))
+            self._conn.close()
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:  # as Popen: never signal a pid the process has let go of
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def _line(self, timeout: float | None) -> str:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not selectmodule.select([self._conn], [], [], left)[0]:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            chunk = self._conn.recv(64)
+            if not chunk:
+                raise RuntimeError(f"the fork server went away while {self.args} ran")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
 
 
 _server: tuple[subprocess.Popen[bytes], str] | None = None
@@ -90,31 +173,6 @@ def _fork_server() -> str:
         atexit.register(proc.kill)
         _server = (proc, path)
     return _server[1]
-
-
-def _forked(env: dict[str, str], args: list[str], cwd: Path, timeout: float
-            ) -> subprocess.CompletedProcess[str]:
-    request = json.dumps({"exe": EXE, "args": args, "env": env, "cwd": str(cwd)}).encode()
-    with contextlib.ExitStack() as stack:
-        stdin = stack.enter_context(open(os.devnull, "rb"))
-        out, err = (stack.enter_context(tempfile.TemporaryFile()) for _ in range(2))
-        conn = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
-        conn.connect(_fork_server())
-        socket.send_fds(conn, [request], [stdin.fileno(), out.fileno(), err.fileno()])
-        replies = stack.enter_context(conn.makefile("rb"))
-        pid = int(replies.readline())
-        conn.settimeout(timeout)
-        try:
-            code = int(replies.readline())
-        except TimeoutError:
-            os.kill(pid, signal.SIGKILL)
-            raise subprocess.TimeoutExpired([EXE, *args], timeout) from None
-
-        def text(f: Any) -> str:  # as subprocess.run(text=True) decodes
-            f.seek(0)
-            return io.TextIOWrapper(f, encoding=locale.getpreferredencoding(False)).read()
-
-        return subprocess.CompletedProcess([EXE, *args], code, text(out), text(err))
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:

@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from jobs.db import ops_runners, ops_runs
-from tests.conftest import EXE, cli, wait_until
+from tests.conftest import EXE, cli, start, wait_until
 from tests.row_gate import RunHold
 from tests.test_http import TOKEN, free_port
 
@@ -66,12 +66,8 @@ class Runner:
         self.log_path = tmp_path / "runner.log"
         self._log: IO[str] = self.log_path.open("w")
         http = [] if http_port is None else ["--http", f"127.0.0.1:{http_port}"]
-        self.proc = subprocess.Popen(
-            [EXE, "--config", str(config), "run",
-             "--log-format", "json", *http],
-            env={**env, "CRON_SECRET_TOKEN": TOKEN}, cwd=tmp_path,
-            stdout=subprocess.DEVNULL, stderr=self._log,
-        )
+        self.proc = start(["--config", str(config), "run", "--log-format", "json", *http],
+                          {**env, "CRON_SECRET_TOKEN": TOKEN}, tmp_path, stderr=self._log)
 
     def events(self) -> list[dict[str, Any]]:
         out = []

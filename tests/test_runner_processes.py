@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,7 @@ from sqlalchemy.engine import Engine
 
 from jobs.db import ops_email_outbox, ops_runners, ops_runs, tenants
 from jobs.timeutil import utc_now
-from tests.conftest import EXE, cli, wait_until
+from tests.conftest import cli, start, wait_until
 from tests.row_gate import RunHold, add_tenants, run_hold
 from tests.smtp_sink import Sink, smtp_server
 
@@ -50,11 +49,8 @@ class Runner:
     def __init__(self, tmp_path: Path, env: dict[str, str], config: Path, name: str) -> None:
         self.log_path = tmp_path / f"{name}.log"
         self._log: IO[str] = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [EXE, "--config", str(config), "run",
-             "--log-format", "json"],
-            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=self._log,
-        )
+        self.proc = start(["--config", str(config), "run", "--log-format", "json"], env,
+                          tmp_path, stderr=self._log)
 
     @property
     def pid(self) -> int:
