@@ -92,10 +92,12 @@ def start(args: list[str], env: dict[str, str], cwd: Path | None = None,
 
     The process is forked from one that has imported the program already
     (tests/fork_server.py), which saves ~0.4 s of CPU each; it then runs the entry point's
-    `main()` and exits as the script would. STOREFLOW_TEST_CLI=exec starts this venv's
-    script instead, for comparison; tests of the script itself (imports at start-up, a
-    closed pipe, the HTTP face's runner) start it themselves."""
-    if os.environ.get("STOREFLOW_TEST_CLI") == "exec":
+    `main()` and exits as the script would. This venv's script is started instead with
+    STOREFLOW_TEST_CLI=exec (for comparison), or when `env` sets what only a new
+    interpreter reads (PYTHON* or locale variables). Tests of the script itself (imports
+    at start-up, a closed pipe) start it themselves."""
+    fresh = any(k.startswith(("PYTHON", "LC_")) or k == "LANG" for k in env)
+    if fresh or os.environ.get("STOREFLOW_TEST_CLI") == "exec":
         return subprocess.Popen([EXE, *args], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                                 stdout=stdout or subprocess.DEVNULL,
                                 stderr=stderr or subprocess.DEVNULL)
@@ -103,20 +105,29 @@ def start(args: list[str], env: dict[str, str], cwd: Path | None = None,
 
 
 class Forked:
-    """A process the fork server started for this test: its pid now, its exit code (as
-    `subprocess` gives it: negative for a signal) as a line on the socket when it ends."""
+    """A process the fork server started for this test: its pid and a pidfd now, its exit
+    code (as `subprocess` gives it: negative for a signal) as a line when it ends."""
 
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path,
                  stdout: IO[Any] | None, stderr: IO[Any] | None) -> None:
         self.args = [EXE, *args]
         self.returncode: int | None = None
         self._buffer = b""
-        request = json.dumps({"exe": EXE, "args": args, "env": env, "cwd": str(cwd)})
+        umask = os.umask(0o022)
+        os.umask(umask)
+        request = json.dumps({"exe": EXE, "args": args, "env": env, "cwd": str(cwd),
+                              "umask": umask})
         with open(os.devnull, "r+b") as null:
             fds = [null.fileno()] + [(f or null).fileno() for f in (stdout, stderr)]
             self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._conn.connect(_fork_server())
             socket.send_fds(self._conn, [request.encode()], fds)
+            self._conn.shutdown(socket.SHUT_WR)
+        data, pidfds, _, _ = socket.recv_fds(self._conn, 64, 1)
+        if not pidfds:
+            raise RuntimeError(f"the fork server did not start {self.args}{_server_log()}")
+        self._pidfd = pidfds[0]
+        self._buffer = data
         self.pid = int(self._line(None))
 
     def poll(self) -> int | None:
@@ -129,11 +140,14 @@ class Forked:
         if self.returncode is None:
             self.returncode = int(self._line(timeout))
             self._conn.close()
+            os.close(self._pidfd)
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.poll() is None:  # as Popen: never signal a pid the process has let go of
-            os.kill(self.pid, sig)
+        if self.returncode is None:
+            # By pidfd: the process itself even if it has ended and its pid is taken since.
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, sig)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
@@ -146,7 +160,10 @@ class Forked:
                 raise subprocess.TimeoutExpired(self.args, timeout or 0)
             chunk = self._conn.recv(64)
             if not chunk:
-                raise RuntimeError(f"the fork server went away while {self.args} ran")
+                if timeout is not None and not selectmodule.select([self._pidfd], [], [], 0)[0]:
+                    raise subprocess.TimeoutExpired(self.args, timeout)  # still running
+                raise RuntimeError(f"the fork server went away; {self.args} is pid "
+                                   f"{getattr(self, 'pid', '?')}{_server_log()}")
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line.decode()
@@ -156,23 +173,38 @@ _server: tuple[subprocess.Popen[bytes], str] | None = None
 
 
 def _fork_server() -> str:
-    """The socket of this worker's fork server, started on first use."""
+    """The socket of this worker's fork server, started on first use; its stderr goes to a
+    file beside the socket (`_server_log`)."""
     global _server
     if _server is None or _server[0].poll() is not None:
         folder = tempfile.mkdtemp(prefix="sfo-fork-")
         path = os.path.join(folder, "socket")
         script = Path(__file__).with_name("fork_server.py")
         base = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root")}
-        proc = subprocess.Popen([sys.executable, str(script), path], env=base,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        with open(os.path.join(folder, "log"), "wb") as log:
+            proc = subprocess.Popen([sys.executable, str(script), path], env=base,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=log)
         assert proc.stdout is not None
         if proc.stdout.readline() != b"ready\n":
-            raise RuntimeError(f"the fork server did not start (exit {proc.wait()})")
+            raise RuntimeError(f"the fork server did not start (exit {proc.wait()})"
+                               f"{_server_log(path)}")
         proc.stdout.close()
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         atexit.register(proc.kill)
         _server = (proc, path)
     return _server[1]
+
+
+def _server_log(path: str | None = None) -> str:
+    where = path or (_server[1] if _server else None)
+    if where is None:
+        return ""
+    try:
+        text = Path(where).with_name("log").read_text(errors="replace")
+    except OSError:
+        return ""
+    return f"\nfork server's stderr:\n{text[-4000:]}" if text else ""
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
@@ -207,12 +239,12 @@ def cli_here(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.Cap
     """`cli` without the process: the same call and result, `console.cli.main` run in this
     process with exactly the environment given (every other variable removed for the call)
     and in `cwd`. For tests of what a command says and does; a test of the process (its
-    exit code, what it writes anywhere, what it leaves behind) uses `cli`, and one of the
-    script itself (exit on a signal, a closed pipe, start-up cost) starts `EXE`.
+    exit code, what it writes anywhere, signals, what it leaves behind) uses `cli` or
+    `start`, and one of the script itself (start-up cost, a closed pipe) starts `EXE`.
 
     What it sees is what the command writes to sys.stdout and sys.stderr while it runs,
     its logged warnings included; a process's other channels (Python's `warnings`, threads
-    outliving the command, writes to file descriptor 2, messages at exit) are not, which is
+    outliving the command, writes to file descriptor 2, atexit's output) are not, which is
     why the secrets and exit-code contracts are tested with `cli`."""
 
     def call(env: dict[str, str], *args: str, cwd: Path | None = None,
