@@ -39,6 +39,7 @@ from jobs.cache import Cache, RedisCache, TableCache
 from jobs.db import make_engine, platform
 from jobs.migrate import upgrade
 from jobs.settings import Overrides, Settings, load_settings
+from tests.fork_server import exit_status
 
 PG_URL = os.environ.get("STOREFLOW_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PG_DRIVER_URL = PG_URL.replace("postgresql://", "postgresql+psycopg://")  # SQLAlchemy's form
@@ -112,7 +113,6 @@ class Forked:
                  stdout: IO[Any] | None, stderr: IO[Any] | None) -> None:
         self.args = [EXE, *args]
         self.returncode: int | None = None
-        self._buffer = b""
         umask = os.umask(0o022)
         os.umask(umask)
         request = json.dumps({"exe": EXE, "args": args, "env": env, "cwd": str(cwd),
@@ -287,7 +287,7 @@ def _main_here(args: Sequence[str], env: dict[str, str], cwd: Path,
         try:
             code = main(list(args))
         except SystemExit as exc:  # what the entry point would exit with
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            code = exit_status(exc.code)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
