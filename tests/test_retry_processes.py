@@ -98,7 +98,12 @@ def test_two_runners_retry_a_failing_slot_once_per_attempt(
         spawn: Callable[..., Runner]) -> None:
     with transaction(engine) as conn:  # every run of the job fails
         conn.execute(text("ALTER TABLE tenants RENAME TO tenants_moved"))
-    config = write_config(tmp_path / "s.toml", "* * * * * */30", retries=3, retry_backoff="1s")
+    # Slots 30 s apart, so a slot's four attempts end before the next slot; the first one
+    # a few seconds from now, so the test does not wait up to 30 s for it to come round.
+    first = (datetime.now(UTC).second + 5) % 60
+    seconds = ",".join(str(s) for s in sorted((first, (first + 30) % 60)))
+    config = write_config(tmp_path / "s.toml", f"* * * * * {seconds}", retries=3,
+                          retry_backoff="1s")
     runners = [spawn(env, config, "r1"), spawn(env, config, "r2")]
 
     def last_attempt() -> Any:
