@@ -412,6 +412,32 @@ def test_orphans_with_awkward_ids_are_deleted_and_others_kept(engine: Engine,
     assert (t, "orphaned_cart_items", "ok", {"deleted": 6}) in items_of(report)
 
 
+def test_each_tenant_is_counted_as_its_id_is_stored_whatever_it_holds(
+        engine: Engine, settings: Settings, deletes: list[tuple[str, int]]) -> None:
+    """Batches mixing tenants whose ids hold commas, quotes or nothing at all: the stale
+    carts' counts land on exactly those tenants (PostgreSQL reads most ids from one
+    comma-separated string, so a comma must not split one)."""
+    odd = [add_tenant(engine, id=i) for i in ("plain", "a,b", ",", "", 'say "hi"', "a")]
+    p = add_product(engine, odd[0])
+    per_tenant = {t: n + 1 for n, t in enumerate(odd)}  # 1 to 6 stale carts each
+    i = 0
+    for _ in range(6):
+        for t, n in per_tenant.items():
+            if n > 0:
+                _stale(engine, t, p, i)
+                per_tenant[t] = n - 1
+                i += 1
+
+    report = trigger(engine, with_batch_size(settings, 4))
+
+    assert report.status is RunStatus.SUCCEEDED, report.error
+    assert report.summary["stale_cart_items"] == 21
+    assert sorted(items_of(report)) == sorted(
+        (t, "stale_cart_items", "ok", {"deleted": n + 1}) for n, t in enumerate(odd))
+    assert all(rows <= 4 for _, rows in deletes)
+    assert cart_ids(engine) == set()
+
+
 def test_connections_go_back_to_the_pool_with_synchronous_commit_on(
         engine: Engine, settings: Settings) -> None:
     """The batches turn off waiting for the WAL flush for their session; nothing else that
