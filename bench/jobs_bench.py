@@ -52,9 +52,10 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/bench_perf"
 # What the `storeflow-ops` entry point runs, from this bench's own tree (first on sys.path),
-# so a copy of another commit measures that commit's job, whatever is installed.
+# so a copy of another commit measures that commit's job, whatever is installed (main in a
+# tree from before console.cli.entry).
 LAUNCH = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
-          "from console.cli import main; raise SystemExit(main())")
+          "import console.cli as c; raise SystemExit(getattr(c, 'entry', c.main)())")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 TIME = "/usr/bin/time"  # GNU time (Debian's package `time`), for each variant's peak RSS
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -297,7 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             check_redis_url(settings.cache_url)
         ctx = CliContext(settings, json=wants_json)
-        code = int(_handler(args)(ctx, args))
+        try:
+            code = int(_handler(args)(ctx, args))
+        finally:
+            ctx.close()
         # Flush here, not at interpreter exit: a reader that went away must surface as
         # BrokenPipeError below, not as Python's own exit status 120.
         sys.stdout.flush()
@@ -333,5 +337,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.FAILED)
 
 
+def entry() -> int:
+    """The installed `storeflow-ops`: main, then an exit without the collector's last passes.
+
+    At exit Python frees every module and collects cycles among ~80,000 objects, which
+    took 90-120 ms after a `trigger` and ~50 ms after `jobs` (a sixth of the command).
+    Freezing them first (gc.freeze) leaves that memory to the kernel, as it would be
+    anyway; what must be closed is closed before (CliContext.close, stdout flushed). Only
+    here: a process that calls main() and goes on, such as the tests, keeps collecting."""
+    try:
+        return main()
+    finally:
+        gc.freeze()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    raise SystemExit(entry())

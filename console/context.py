@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,6 +36,15 @@ class CliContext:
         check_reachable(engine)
         ensure_schema(engine)
         return engine
+
+    def close(self) -> None:
+        """Close the database's connections, if it was opened: PostgreSQL sees a clean
+        goodbye, and SQLite's last connection checkpoints its WAL into the file and removes
+        the -wal and -shm files. Only tidying: a database gone by now is left alone."""
+        engine = self.__dict__.pop("engine", None)
+        if engine is not None:
+            with contextlib.suppress(Exception):
+                engine.dispose()
 
     def cache(self) -> Cache:
         from jobs.cache import open_cache  # redis-py, for the commands that read the cache

@@ -790,6 +790,21 @@ def test_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
     assert err == ""
 
 
+def test_the_installed_command_closes_its_database_before_it_exits(tmp_path: Path) -> None:
+    """The entry point skips Python's last collection at exit, so the database must be
+    closed before: SQLite's last connection then folds its WAL into the file and removes
+    the -wal and -shm files, which a process that only exits leaves behind."""
+    demo = tmp_path / "demo.sqlite3"
+    env = {"DATABASE_URL": f"sqlite:///{demo}", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    built = cli(env, "demo", "--no-tui", "--tenants", "3", "--path", str(demo), cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    for args in (["jobs"], ["trigger", "cleanup", "--json"], ["history"]):
+        proc = subprocess.run([EXE, *args], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=60)
+        assert proc.returncode == 0, (args, proc.stderr)
+        assert sorted(p.name for p in tmp_path.glob("demo.sqlite3*")) == ["demo.sqlite3"], args
+
+
 def test_global_options_also_after_the_command(engine: Engine, run_cli: Any,
                                                 tmp_path: Path) -> None:
     """`storeflow-ops run --config FILE` is how people type it; before or after the command,

@@ -11,6 +11,7 @@ import pty
 import select as selectmodule
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -170,6 +171,43 @@ def test_the_console_refuses_a_missing_sqlite_file_before_it_opens(tmp_path: Pat
     assert f"database file {missing} does not exist" in text
     assert "\x1b[" not in text  # the console never started drawing
     assert not missing.parent.exists()
+
+
+def test_the_console_closes_its_database_when_it_quits(tmp_path: Path) -> None:
+    """The console on a real terminal (a pty), quit with q: its SQLite database is closed
+    before the process exits (no -wal or -shm file left), as the commands' is."""
+    demo = tmp_path / "demo.sqlite3"
+    env = {"HOME": str(tmp_path), "PATH": os.environ.get("PATH", ""), "TERM": "xterm",
+           "DATABASE_URL": f"sqlite:///{demo}"}
+    assert cli(env, "demo", "--no-tui", "--tenants", "3", "--path", str(demo),
+               cwd=tmp_path).returncode == 0
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([EXE], stdin=slave, stdout=slave, stderr=slave, env=env,
+                            cwd=tmp_path)
+    os.close(slave)
+    output = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"expiry-checker" not in output and time.monotonic() < deadline:
+            if selectmodule.select([master], [], [], 0.5)[0]:
+                output += os.read(master, 65536)
+        assert b"expiry-checker" in output, output.decode(errors="replace")[-500:]
+        assert sorted(p.name for p in tmp_path.glob("demo.sqlite3*")) != ["demo.sqlite3"]
+        os.write(master, b"q")
+        while proc.poll() is None and time.monotonic() < deadline:  # drain what it draws
+            if selectmodule.select([master], [], [], 0.2)[0]:
+                try:
+                    os.read(master, 65536)
+                except OSError:  # EIO: the terminal's other side is closed
+                    break
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.glob("demo.sqlite3*")) == ["demo.sqlite3"]
 
 
 def test_a_database_without_platform_tables_says_so_on_every_command_that_reads_them(

@@ -492,7 +492,10 @@ def run_app(settings: Settings, read_only: bool = False, *,
             cache_factory: Callable[[Engine], Cache] | None = None) -> int:
     """Open the console on `settings.database_url`; returns the exit code."""
     app = OpsApp(settings, read_only=read_only, cache_factory=cache_factory)
-    code = app.run()
+    try:
+        code = app.run()
+    finally:
+        app.session.close()
     return int(code or 0)
 
 

@@ -3,6 +3,7 @@ database and cache once they are open. No Textual here, so it is easy to test an
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,15 @@ class Session:
             ensure_schema(engine)
             self.engine = engine
             return engine
+
+    def close(self) -> None:
+        """Close the database's connections once the console has ended (see
+        console.context.CliContext.close); a database gone by now is left alone."""
+        with self._lock:
+            engine, self.engine = self.engine, None
+        if engine is not None:
+            with contextlib.suppress(Exception):
+                engine.dispose()
 
     @property
     def connected(self) -> bool:
