@@ -33,8 +33,12 @@ class CliContext:
         from jobs.migrate import ensure_schema
 
         engine = make_engine(self.settings.database_url, create=False)
-        check_reachable(engine)
-        ensure_schema(engine)
+        try:
+            check_reachable(engine)
+            ensure_schema(engine)
+        except BaseException:
+            engine.dispose()  # never cached, so close() would not reach it
+            raise
         return engine
 
     def close(self) -> None:

@@ -6,7 +6,8 @@ Starting one costs ~0.4 s of CPU, nearly all of it importing SQLAlchemy, psycopg
 and the program, and the suite starts hundreds. This server imports the program once
 (per test worker) and forks a child per call: the child is a separate process that takes
 the caller's stdin, stdout and stderr (passed over the socket), environment, folder and
-arguments, runs the entry point's `main()` and exits as the script would (`finish`). A
+arguments, runs the entry point (`console.cli.entry`) and exits as the script would
+(`finish`). A
 call costs ~40 ms of CPU.
 
 Protocol, one Unix-socket connection per call: the client sends a JSON request
@@ -59,8 +60,8 @@ def preload() -> None:
 
 def child(request: dict[str, Any], fds: list[int], closing: list[int]) -> NoReturn:
     """In the forked child: become the caller's `storeflow-ops ARGS` process, then end as
-    the script does, with what `main()` returns or exits with. Never returns into the
-    server's loop, whatever happens."""
+    the script does, with what its entry point (`console.cli.entry`: main, then the frozen
+    exit) returns or exits with. Never returns into the server's loop, whatever happens."""
     interrupted = False
     try:
         for fd in closing:
@@ -75,10 +76,10 @@ def child(request: dict[str, Any], fds: list[int], closing: list[int]) -> NoRetu
         os.chdir(request["cwd"])
         sys.argv = [request["exe"], *request["args"]]
         sys.path[0] = os.path.dirname(request["exe"])
-        from console.cli import main
+        from console.cli import entry
 
         try:
-            status = exit_status(main())
+            status = exit_status(entry())
         except SystemExit as exc:
             status = exit_status(exc.code)
     except KeyboardInterrupt:
@@ -102,8 +103,8 @@ def exit_status(code: object) -> int:
 
 def finish(status: int, interrupted: bool = False) -> NoReturn:
     """The interpreter's exit, in its order: wait for the threads still running, atexit's
-    functions, flush stdout and stderr, collect what the run left (its `__del__`s and
-    their messages), flush again. Then out, without tearing down every module the server
+    functions, flush stdout and stderr, collect what the run left and did not freeze (its
+    `__del__`s and their messages), flush again. Then out, without tearing down every module the server
     loaded: with all of them that costs ~250 ms of CPU. What that teardown would still do
     (finalizers of objects that modules hold) is not done. An uncaught KeyboardInterrupt
     ends the process by SIGINT, as CPython does."""

@@ -44,8 +44,13 @@ class Session:
 
         with self._lock:
             engine = self.engine or make_engine(self.settings.database_url, create=False)
-            check_reachable(engine)
-            ensure_schema(engine)
+            try:
+                check_reachable(engine)
+                ensure_schema(engine)
+            except BaseException:
+                if engine is not self.engine:  # a new one, never kept: close() misses it
+                    engine.dispose()
+                raise
             self.engine = engine
             return engine
 
