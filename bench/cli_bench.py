@@ -39,14 +39,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+from launch import LAUNCH  # noqa: E402
 from results_file import append  # noqa: E402
 from tui_bench import CHILD as FIRST_SCREEN  # noqa: E402  (the console's first-screen probe)
 
-# The installed entry point does exactly this (see [project.scripts]); the tree comes
-# first on sys.path, so the process runs that tree's code, whatever is installed. A tree
-# from before console.cli.entry had main as its entry point.
-LAUNCH = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
-          "import console.cli as c; raise SystemExit(getattr(c, 'entry', c.main)())")
 WHERE = "import sys; sys.path.insert(0, sys.argv[1]); import console.cli; print(console.cli.__file__)"
 
 COMMANDS: dict[str, tuple[list[str], float]] = {  # name -> (arguments, target in seconds)

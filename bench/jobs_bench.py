@@ -44,18 +44,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from results_file import append  # bench/, the script's own folder
+from launch import LAUNCH  # bench/, the script's own folder: this tree's entry point
+from results_file import append
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/bench_perf"
-# What the `storeflow-ops` entry point runs, from this bench's own tree (first on sys.path),
-# so a copy of another commit measures that commit's job, whatever is installed (main in a
-# tree from before console.cli.entry).
-LAUNCH = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
-          "import console.cli as c; raise SystemExit(getattr(c, 'entry', c.main)())")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 TIME = "/usr/bin/time"  # GNU time (Debian's package `time`), for each variant's peak RSS
 
@@ -372,19 +368,13 @@ LOOP_SQL = (
          AND o.payment_status = 'paid'""",
 )
 
-# The three kinds' predicates as counts, read before the first cleanup variant (see main).
-CLEANUP_WARM = (
-    "SELECT count(*) FROM cart_items WHERE created_at < %(cutoff)s",
-    "SELECT count(*) FROM order_products op"
-    " WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = op.order_id)",
-    "SELECT count(*) FROM cart_items c"
-    " WHERE NOT EXISTS (SELECT 1 FROM products p WHERE p.id = c.product_id)",
-)
 CLEANUP_SQL = (
     "DELETE FROM cart_items WHERE created_at < %(cutoff)s",
     "DELETE FROM order_products op WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = op.order_id)",
     "DELETE FROM cart_items c WHERE NOT EXISTS (SELECT 1 FROM products p WHERE p.id = c.product_id)",
 )
+# The same predicates as counts, read before the first cleanup variant (see main).
+CLEANUP_WARM = tuple(sql.replace("DELETE FROM", "SELECT count(*) FROM", 1) for sql in CLEANUP_SQL)
 
 
 def child(variant: str, url: str, schema: str, cache_kind: str, prefix: str) -> dict[str, Any]:

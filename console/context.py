@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,26 +28,17 @@ class CliContext:
     def engine(self) -> Engine:
         """The database, reachable and with current ops_ tables (or UnreachableError; a
         SQLite file that does not exist is a UsageError, see make_engine)."""
-        from jobs.db import check_reachable, make_engine
-        from jobs.migrate import ensure_schema
+        from jobs.db import make_engine
+        from jobs.migrate import checked
 
-        engine = make_engine(self.settings.database_url, create=False)
-        try:
-            check_reachable(engine)
-            ensure_schema(engine)
-        except BaseException:
-            engine.dispose()  # never cached, so close() would not reach it
-            raise
-        return engine
+        return checked(make_engine(self.settings.database_url, create=False))
 
     def close(self) -> None:
-        """Close the database's connections, if it was opened: PostgreSQL sees a clean
-        goodbye, and SQLite's last connection checkpoints its WAL into the file and removes
-        the -wal and -shm files. Only tidying: a database gone by now is left alone."""
-        engine = self.__dict__.pop("engine", None)
-        if engine is not None:
-            with contextlib.suppress(Exception):
-                engine.dispose()
+        """Close the database, if the command opened it (before the frozen exit, see
+        console.cli.entry)."""
+        from jobs.db import dispose_quietly
+
+        dispose_quietly(self.__dict__.pop("engine", None))
 
     def cache(self) -> Cache:
         from jobs.cache import open_cache  # redis-py, for the commands that read the cache

@@ -11,7 +11,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -576,6 +576,15 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
         raise UsageError(f"database driver missing: {exc}") from None
     except ArgumentError as exc:  # e.g. ?port=abc
         raise UsageError(f"database URL {redact(url)!r}: {scrub(str(exc))}") from None
+
+
+def dispose_quietly(engine: Engine | None) -> None:
+    """Close the engine's connections, if there is one: PostgreSQL sees a clean goodbye,
+    and SQLite's last connection checkpoints its WAL into the file and removes the -wal
+    and -shm files. Only tidying: a database gone by now is left alone."""
+    if engine is not None:
+        with suppress(Exception):
+            engine.dispose()
 
 
 def check_reachable(engine: Engine) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from jobs.db import transaction
+from jobs.db import check_reachable, transaction
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -102,6 +102,20 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
             if before != head:
                 command.upgrade(_config(conn), "head")
     return before, head
+
+
+def checked(engine: Engine) -> Engine:
+    """`engine`, reachable and with current ops_ tables: how the commands and the console
+    open the database. If a check fails, the engine's connections are closed before the
+    error goes on: an engine nobody keeps must hold none (the command's exit does not
+    collect them)."""
+    try:
+        check_reachable(engine)
+        ensure_schema(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
 
 
 def ensure_schema(engine: Engine) -> None:

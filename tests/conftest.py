@@ -93,9 +93,9 @@ def start(args: list[str], env: dict[str, str], cwd: Path | None = None,
 
     The process is forked from one that has imported the program already
     (tests/fork_server.py), which saves ~0.4 s of CPU each; it then runs the entry point
-    (`console.cli.entry`) and exits as the script would. This venv's script is started instead with
-    STOREFLOW_TEST_CLI=exec (for comparison), or when `env` sets what only a new
-    interpreter reads (PYTHON* or locale variables). Tests of the script itself (imports
+    (`console.cli.entry`) and exits as the script would. This venv's script is started
+    instead with STOREFLOW_TEST_CLI=exec (for comparison), or when `env` sets what only a
+    new interpreter reads (PYTHON* or locale variables). Tests of the script itself (imports
     at start-up, a closed pipe) start it themselves."""
     fresh = any(k.startswith(("PYTHON", "LC_")) or k == "LANG" for k in env)
     if fresh or os.environ.get("STOREFLOW_TEST_CLI") == "exec":

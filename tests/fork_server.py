@@ -7,8 +7,7 @@ and the program, and the suite starts hundreds. This server imports the program 
 (per test worker) and forks a child per call: the child is a separate process that takes
 the caller's stdin, stdout and stderr (passed over the socket), environment, folder and
 arguments, runs the entry point (`console.cli.entry`) and exits as the script would
-(`finish`). A
-call costs ~40 ms of CPU.
+(`finish`). A call costs ~40 ms of CPU.
 
 Protocol, one Unix-socket connection per call: the client sends a JSON request
 `{"exe": ..., "args": [...], "env": {...}, "cwd": ..., "umask": ...}` with three file
@@ -104,8 +103,8 @@ def exit_status(code: object) -> int:
 def finish(status: int, interrupted: bool = False) -> NoReturn:
     """The interpreter's exit, in its order: wait for the threads still running, atexit's
     functions, flush stdout and stderr, collect what the run left and did not freeze (its
-    `__del__`s and their messages), flush again. Then out, without tearing down every module the server
-    loaded: with all of them that costs ~250 ms of CPU. What that teardown would still do
+    `__del__`s and their messages), flush again. Then out, without tearing down every
+    module the server loaded: with all of them that costs ~250 ms of CPU. What that teardown would still do
     (finalizers of objects that modules hold) is not done. An uncaught KeyboardInterrupt
     ends the process by SIGINT, as CPython does."""
     for step in (threading._shutdown, atexit._run_exitfuncs):  # type: ignore[attr-defined]

@@ -772,11 +772,24 @@ def test_demo_is_deterministic_for_a_given_today(tmp_path: Path) -> None:
     assert contents[0]["orders"] and contents[0]["ops_run_items"]
 
 
-def test_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
+def demo_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A 3-tenant demo database built at tmp_path/demo.sqlite3, and an environment that
+    uses it (`extra` added)."""
     demo = tmp_path / "demo.sqlite3"
-    env = {"DATABASE_URL": f"sqlite:///{demo}", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    env = {"DATABASE_URL": f"sqlite:///{demo}", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
+           **extra}
     built = cli(env, "demo", "--no-tui", "--tenants", "3", "--path", str(demo), cwd=tmp_path)
     assert built.returncode == 0, built.stderr
+    return env
+
+
+def demo_files(tmp_path: Path) -> list[str]:
+    """The demo database's files: the database alone once it is closed (no -wal, -shm)."""
+    return sorted(p.name for p in tmp_path.glob("demo.sqlite3*"))
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
+    env = demo_env(tmp_path)
     # `storeflow-ops jobs --json --count 5000 | head -c 10`: the reader stops after 10 bytes,
     # long before the output (far more than a pipe buffer) is written.
     proc = subprocess.Popen([EXE, "jobs", "--json", "--count", "5000"], env=env, cwd=tmp_path,
@@ -794,15 +807,12 @@ def test_the_installed_command_closes_its_database_before_it_exits(tmp_path: Pat
     """The entry point skips Python's last collection at exit, so the database must be
     closed before: SQLite's last connection then folds its WAL into the file and removes
     the -wal and -shm files, which a process that only exits leaves behind."""
-    demo = tmp_path / "demo.sqlite3"
-    env = {"DATABASE_URL": f"sqlite:///{demo}", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    built = cli(env, "demo", "--no-tui", "--tenants", "3", "--path", str(demo), cwd=tmp_path)
-    assert built.returncode == 0, built.stderr
+    env = demo_env(tmp_path)
     for args in (["jobs"], ["trigger", "cleanup", "--json"], ["history"]):
         proc = subprocess.run([EXE, *args], env=env, cwd=tmp_path, capture_output=True,
                               text=True, stdin=subprocess.DEVNULL, timeout=60)
         assert proc.returncode == 0, (args, proc.stderr)
-        assert sorted(p.name for p in tmp_path.glob("demo.sqlite3*")) == ["demo.sqlite3"], args
+        assert demo_files(tmp_path) == ["demo.sqlite3"], args
 
 
 def test_global_options_also_after_the_command(engine: Engine, run_cli: Any,

@@ -12,7 +12,7 @@ import select as selectmodule
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from jobs.errors import UsageError
 from jobs.tenants import search_tenants
 from tests.conftest import EXE, cli
 from tests.factories import add_tenant
-from tests.test_cli import NOW_ARG, held_lock, one_line_error
+from tests.test_cli import NOW_ARG, demo_env, demo_files, held_lock, one_line_error
 
 __all__ = ["held_lock"]  # a fixture of tests.test_cli, used here too
 
@@ -176,36 +176,21 @@ def test_the_console_refuses_a_missing_sqlite_file_before_it_opens(tmp_path: Pat
 def test_the_console_closes_its_database_when_it_quits(tmp_path: Path) -> None:
     """The console on a real terminal (a pty), quit with q: its SQLite database is closed
     before the process exits (no -wal or -shm file left), as the commands' is."""
-    demo = tmp_path / "demo.sqlite3"
-    env = {"HOME": str(tmp_path), "PATH": os.environ.get("PATH", ""), "TERM": "xterm",
-           "DATABASE_URL": f"sqlite:///{demo}"}
-    assert cli(env, "demo", "--no-tui", "--tenants", "3", "--path", str(demo),
-               cwd=tmp_path).returncode == 0
+    env = demo_env(tmp_path, PATH=os.environ.get("PATH", ""), TERM="xterm")
     master, slave = pty.openpty()
     proc = subprocess.Popen([EXE], stdin=slave, stdout=slave, stderr=slave, env=env,
                             cwd=tmp_path)
     os.close(slave)
     wal = tmp_path / "demo.sqlite3-wal"
-    output = b""
     try:
         # The jobs screen drawn and the database open (its WAL file there): a worker thread
         # opens it after the screen mounts.
         deadline = time.monotonic() + 60
-        while not (b"expiry-checker" in output and wal.exists()) and proc.poll() is None \
-                and time.monotonic() < deadline:
-            if selectmodule.select([master], [], [], 0.2)[0]:
-                try:
-                    output += os.read(master, 65536)
-                except OSError:  # EIO: the console ended
-                    break
+        output = _read_pty(master, proc, deadline,
+                           until=lambda out: b"expiry-checker" in out and wal.exists())
         assert b"expiry-checker" in output and wal.exists(), output.decode(errors="replace")[-500:]
         os.write(master, b"q")
-        while proc.poll() is None and time.monotonic() < deadline:  # drain what it draws
-            if selectmodule.select([master], [], [], 0.2)[0]:
-                try:
-                    os.read(master, 65536)
-                except OSError:  # EIO: the terminal's other side is closed
-                    break
+        _read_pty(master, proc, deadline)  # what it draws on the way out, until it ends
         code = proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
@@ -213,7 +198,21 @@ def test_the_console_closes_its_database_when_it_quits(tmp_path: Path) -> None:
             proc.wait()
         os.close(master)
     assert code == 0
-    assert sorted(p.name for p in tmp_path.glob("demo.sqlite3*")) == ["demo.sqlite3"]
+    assert demo_files(tmp_path) == ["demo.sqlite3"]
+
+
+def _read_pty(master: int, proc: subprocess.Popen[bytes], deadline: float,
+              until: Callable[[bytes], bool] = lambda out: False) -> bytes:
+    """What the console writes to its terminal, until `until(all of it so far)` holds, it
+    ends, or the deadline passes."""
+    output = b""
+    while not until(output) and proc.poll() is None and time.monotonic() < deadline:
+        if selectmodule.select([master], [], [], 0.2)[0]:
+            try:
+                output += os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+    return output
 
 
 def test_a_database_without_platform_tables_says_so_on_every_command_that_reads_them(

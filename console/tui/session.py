@@ -3,7 +3,6 @@ database and cache once they are open. No Textual here, so it is easy to test an
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Engine
 
 from jobs.cache import Cache, open_cache
-from jobs.db import check_reachable, make_engine
+from jobs.db import dispose_quietly, make_engine
 from jobs.errors import OpsError
 from jobs.presence import who_am_i
 from jobs.redaction import redact
@@ -40,28 +39,19 @@ class Session:
     def connect(self) -> Engine:
         """Open (or re-check) the database and bring the ops_ tables up to date.
         Raises UnreachableError/UsageError with a message fit for the status line."""
-        from jobs.migrate import ensure_schema  # Alembic: loaded off the UI's first paint
+        from jobs.migrate import checked  # Alembic: loaded off the UI's first paint
 
         with self._lock:
-            engine = self.engine or make_engine(self.settings.database_url, create=False)
-            try:
-                check_reachable(engine)
-                ensure_schema(engine)
-            except BaseException:
-                if engine is not self.engine:  # a new one, never kept: close() misses it
-                    engine.dispose()
-                raise
-            self.engine = engine
-            return engine
+            self.engine = checked(self.engine or make_engine(self.settings.database_url,
+                                                             create=False))
+            return self.engine
 
     def close(self) -> None:
-        """Close the database's connections once the console has ended (see
-        console.context.CliContext.close); a database gone by now is left alone."""
+        """Close the database once the console has ended (before the frozen exit, see
+        console.cli.entry)."""
         with self._lock:
             engine, self.engine = self.engine, None
-        if engine is not None:
-            with contextlib.suppress(Exception):
-                engine.dispose()
+        dispose_quietly(engine)
 
     @property
     def connected(self) -> bool:
