@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -595,14 +596,17 @@ def check_reachable(engine: Engine) -> None:
         raise UnreachableError("database", redact(str(engine.url)), first_line(exc)) from None
 
 
-_platform_ok: set[str] = set()
+# The engines whose database was seen to have the platform tables: looked at once per
+# engine (per process, or per reconnect of the console), not once per URL for the life of
+# the process, so a URL that names another database by then is looked at again.
+_platform_ok: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 def require_platform_tables(engine: Engine) -> None:
     """Fail early, in plain words, when the database is not StoreFlow's (e.g. an empty file)."""
-    key = str(engine.url)
-    if key in _platform_ok:
+    if engine in _platform_ok:
         return
+    key = str(engine.url)
     try:
         present = set(inspect(engine).get_table_names())
     except (OperationalError, DBAPIError) as exc:
@@ -613,7 +617,7 @@ def require_platform_tables(engine: Engine) -> None:
             f"database {redact(key)} has no StoreFlow platform tables ({', '.join(missing)}); "
             "set DATABASE_URL to StoreFlow's database, or try `storeflow-ops demo`"
         )
-    _platform_ok.add(key)
+    _platform_ok.add(engine)
 
 
 def first_line(exc: BaseException) -> str:

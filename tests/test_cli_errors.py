@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from jobs.db import make_engine, ops_runs
+from jobs.db import make_engine, ops_runs, require_platform_tables
 from jobs.errors import UsageError
 from jobs.tenants import search_tenants
 from tests.conftest import EXE, cli
@@ -231,6 +231,20 @@ def test_a_database_without_platform_tables_says_so_on_every_command_that_reads_
             search_tenants(engine, "shop")
     finally:
         engine.dispose()
+
+
+def test_a_new_engine_on_the_same_url_looks_at_the_platform_tables_again(
+        engine: Engine, db_url: str) -> None:
+    require_platform_tables(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE cart_items")
+    require_platform_tables(engine)  # this engine has seen them: it does not ask again
+    fresh = make_engine(db_url)
+    try:
+        with pytest.raises(UsageError, match=r"has no StoreFlow platform tables \(cart_items\)"):
+            require_platform_tables(fresh)
+    finally:
+        fresh.dispose()
 
 
 # --- the console without a terminal ------------------------------------------------------------

@@ -41,7 +41,7 @@ def harnesses(engine: Engine) -> Iterator[list[Harness]]:
 @contextmanager
 def tenants_gone(engine: Engine) -> Iterator[None]:
     """The job's table is missing while the block runs: every run of it fails."""
-    require_platform_tables(engine)  # checked once per process, as a runner does
+    require_platform_tables(engine)  # checked once per engine, as a runner does
     with transaction(engine) as conn:
         conn.execute(text("ALTER TABLE tenants RENAME TO tenants_moved"))
     try:
