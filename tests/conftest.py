@@ -357,11 +357,65 @@ def _schema_url(schema: str) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On several workers (pytest -n), the `slow` tests first: each is mostly a real process
-    waiting, and started early they overlap with the many short tests instead of finishing
+    """On several workers (pytest -n), the `slow` tests are spread evenly over the workers
+    and over the first part of each one's run (`spread_slow`): each is mostly a real process
+    waiting, and started early it overlaps with the many short tests instead of finishing
     alone at the end. The order is the same on every worker, as xdist requires."""
-    if hasattr(config, "workerinput"):
-        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers:
+        order = spread_slow(items, int(workers))
+        assert sorted(map(id, order)) == sorted(map(id, items)), "a test lost or doubled"
+        items[:] = order
+
+
+def _slow_seconds(item: pytest.Item) -> float | None:
+    """About how long a `slow` test takes (its marker's `seconds`, else 1); None if not slow."""
+    marker = item.get_closest_marker("slow")
+    return None if marker is None else float(marker.kwargs.get("seconds", 1))
+
+
+SPREAD = 0.6  # the part of a worker's short tests that its slow ones are spaced over
+
+
+def spread_slow(items: Sequence[pytest.Item], workers: int) -> list[pytest.Item]:
+    """The items in the order that keeps both the workers and the CPUs busy to the end.
+
+    xdist's worksteal deals the list out as contiguous runs, one per worker, each
+    len(left) // workers_left long, and later moves tests only from the ends of those runs.
+    So each run here gets slow tests whose seconds add up about evenly (longest first, each
+    to the run with the fewest seconds so far), spaced over the first SPREAD of its short
+    tests (which keep their collected order): none is left to start near the end, and while
+    some workers wait on a process the others keep the CPUs busy. Half the runs take their
+    slow tests shortest first, so that the longest waits do not all fall at the start.
+    """
+    sizes: list[int] = []
+    left = len(items)
+    for remaining in range(workers, 0, -1):
+        sizes.append(left // remaining)
+        left -= sizes[-1]
+    timed = [(s, i) for i in items if (s := _slow_seconds(i)) is not None]
+    timed.sort(key=lambda pair: -pair[0])  # stable: equal ones keep their collected order
+    runs: list[list[pytest.Item]] = [[] for _ in sizes]
+    seconds = [0.0] * len(sizes)
+    for s, item in timed:
+        room = [k for k in range(len(sizes)) if len(runs[k]) < sizes[k]]
+        k = min(room, key=lambda k: seconds[k])
+        runs[k].append(item)
+        seconds[k] += s
+    short = iter([i for i in items if _slow_seconds(i) is None])
+    order: list[pytest.Item] = []
+    for k, run in enumerate(runs):
+        fill = [next(short) for _ in range(sizes[k] - len(run))]
+        if k % 2:
+            run.reverse()
+        gap = len(fill) * SPREAD / max(len(run), 1)
+        taken = 0
+        for j, item in enumerate(run):
+            order.extend(fill[taken:round(j * gap)])
+            taken = max(taken, round(j * gap))
+            order.append(item)
+        order.extend(fill[taken:])
+    return order
 
 
 # The catalogs each test's PostgreSQL schema writes rows to. Where autovacuum is off (as on

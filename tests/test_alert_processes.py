@@ -59,6 +59,7 @@ def statuses(engine: Engine) -> list[str]:
     return [r.status for r in slot_runs(engine)]
 
 
+@pytest.mark.slow(seconds=12)
 def test_two_runners_raise_one_failing_and_one_recovered(
         engine: Engine, db_url: str, env: dict[str, str], tmp_path: Path,
         spawn: Callable[..., Runner]) -> None:  # noqa: F811 - the fixture
@@ -100,6 +101,7 @@ def test_two_runners_raise_one_failing_and_one_recovered(
     assert {e["target"] for e in delivered} == {f"http://127.0.0.1:{rec.port}"}
 
 
+@pytest.mark.slow(seconds=10)
 def test_a_target_that_never_answers_does_not_delay_slots(
         engine: Engine, env: dict[str, str], tmp_path: Path,
         spawn: Callable[..., Runner]) -> None:  # noqa: F811 - the fixture
@@ -121,6 +123,7 @@ def test_a_target_that_never_answers_does_not_delay_slots(
     assert alert_events(engine) == ["job_failing"]
 
 
+@pytest.mark.slow(seconds=10)
 def test_a_run_blocked_on_a_lock_makes_the_job_overdue_once(
         engine: Engine, db_url: str, env: dict[str, str], tmp_path: Path,
         spawn: Callable[..., Runner]) -> None:  # noqa: F811 - the fixture

@@ -182,6 +182,7 @@ def _trickled_body(port: int) -> tuple[bytes, float, float]:
         return answer, -1.0 if answered is None else answered, time.monotonic() - start
 
 
+@pytest.mark.slow(seconds=12)
 def test_idle_and_trickling_connections_are_closed(served: Served) -> None:
     with ThreadPoolExecutor(4) as pool:
         idle, head, kept, body = (pool.submit(fn, served.port) for fn in (
@@ -353,7 +354,7 @@ health_tick_age = 2
 """
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=3)
 def test_healthz_is_503_while_the_runners_loop_is_wedged(
         engine: Engine, env: dict[str, str], http_runner: Callable[..., HttpRunner]) -> None:
     """The loop is wedged for real: this test holds a lock the loop's next tick needs
@@ -380,7 +381,7 @@ def test_healthz_is_503_while_the_runners_loop_is_wedged(
     assert runner.stop() == 0
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=3)
 def test_a_flood_of_idle_sockets_under_a_low_file_limit_starves_nothing(
         engine: Engine, env: dict[str, str], http_runner: Callable[..., HttpRunner]) -> None:
     def low_file_limit() -> None:

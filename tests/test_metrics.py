@@ -257,7 +257,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=2)
 def test_run_metrics_serves_metrics_and_healthz_alone(engine: Engine, db_url: str,
                                                        env: dict[str, str],
                                                        tmp_path: Path) -> None:

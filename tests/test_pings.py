@@ -188,7 +188,7 @@ def test_http_triggered_runs_ping_start_and_their_outcome(
 # --- a real runner -----------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=4)
 def test_a_runner_pings_start_and_success_or_fail_for_each_run(
         engine: Engine, env: dict[str, str], tmp_path: Path, receiver: Receiver) -> None:
     ok, bad = f"/{SECRET}/ok", f"/{SECRET}/bad"

@@ -83,6 +83,7 @@ def succeeded_slots(engine: Engine, after: datetime) -> list[datetime]:
             if r.status == "succeeded" and r.scheduled_for > after]
 
 
+@pytest.mark.slow(seconds=7)
 def test_sighup_refuses_a_bad_file_and_applies_a_good_one_from_the_next_slot(
         engine: Engine, env: dict[str, str], tmp_path: Path, notify_socket: NotifySocket,
         spawn: Callable[..., Runner]) -> None:

@@ -60,6 +60,7 @@ def failing_alerts(engine: Engine) -> list[int]:
                                  .where(ops_alerts.c.event == "job_failing")).scalars())
 
 
+@pytest.mark.slow(seconds=10)
 def test_a_timed_out_slot_is_retried_once_the_lock_is_released(
         engine: Engine, env: dict[str, str], tmp_path: Path,
         spawn: Callable[..., Runner]) -> None:
@@ -93,6 +94,7 @@ def test_a_timed_out_slot_is_retried_once_the_lock_is_released(
     assert failing_alerts(engine) == []  # the timed-out run had its retry left
 
 
+@pytest.mark.slow(seconds=12)
 def test_two_runners_retry_a_failing_slot_once_per_attempt(
         engine: Engine, env: dict[str, str], tmp_path: Path,
         spawn: Callable[..., Runner]) -> None:

@@ -108,6 +108,7 @@ def with_password(url: str) -> str:
     return url
 
 
+@pytest.mark.slow(seconds=22)
 def test_every_slot_runs_exactly_once_across_runners(
         engine: Engine, db_url: str, env: dict[str, str], tmp_path: Path,
         spawn: Callable[..., Runner]) -> None:
@@ -173,6 +174,7 @@ def hold(engine: Engine, db_url: str) -> Iterator[RunHold]:
         yield held
 
 
+@pytest.mark.slow(seconds=7)
 def test_sigkill_mid_run_another_runner_retries_the_slot_without_a_second_email(
         engine: Engine, env: dict[str, str], tmp_path: Path,
         spawn: Callable[..., Runner], hold: RunHold) -> None:
@@ -216,6 +218,7 @@ def test_sigkill_mid_run_another_runner_retries_the_slot_without_a_second_email(
     assert not [r for r in slot_runs(engine) if r.status == "missed"]
 
 
+@pytest.mark.slow(seconds=3)
 def test_sigterm_mid_run_exits_0_and_marks_the_run_interrupted(
         engine: Engine, env: dict[str, str], tmp_path: Path,
         spawn: Callable[..., Runner], hold: RunHold) -> None:
@@ -250,6 +253,7 @@ def test_sigterm_mid_run_exits_0_and_marks_the_run_interrupted(
     assert "runner-stopping" in events
 
 
+@pytest.mark.slow(seconds=2)
 def test_the_runner_delivers_the_outbox_on_its_interval(
         engine: Engine, env: dict[str, str], tmp_path: Path,
         spawn: Callable[..., Runner]) -> None:

@@ -554,7 +554,7 @@ print(json.dumps({"sent": sent}))
 """
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=7)
 def test_batches_outlasting_their_lease_send_each_email_once(engine: Engine,
                                                              cli_env: dict[str, str],
                                                              tmp_path: Path) -> None:
