@@ -69,10 +69,10 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from sqlalchemy.engine import Engine
 
-from console.runlog import FIELDS_ATTR, event_extra
 from jobs.db import first_line
 from jobs.errors import ConfigError, JobRunningError, OpsError, UnreachableError, UsageError
 from jobs.humanize import plural
+from jobs.log_events import FIELDS_ATTR, event_extra
 from jobs.metrics import CONTENT_TYPE, exposition, registry
 from jobs.presence import runner_alive
 from jobs.records import RunParams, RunReport, RunStatus, Trigger, parse_day

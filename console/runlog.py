@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any, ClassVar, Literal, TextIO
 
 from console.formatting import terminal_safe
+from jobs.log_events import EVENT_ATTR, FIELDS_ATTR
 from jobs.redaction import scrub
 from jobs.timeutil import iso_z, utc_now
 
@@ -97,17 +98,6 @@ class RunLog:
 
     def error(self, event: str, **fields: Any) -> None:
         self.event(event, "error", **fields)
-
-
-# A `logging` record that is an event of its own, not a message: `extra=event_extra(...)`.
-EVENT_ATTR = "runlog_event"
-FIELDS_ATTR = "runlog_fields"
-
-
-def event_extra(event: str, **fields: Any) -> dict[str, Any]:
-    """`extra=` for a logging call that RunLogHandler writes as `event` with these fields
-    (the HTTP access log: method, path, status...), instead of `log` with a message."""
-    return {EVENT_ATTR: event, FIELDS_ATTR: fields}
 
 
 class RunLogHandler(logging.Handler):

@@ -33,6 +33,7 @@ from jobs.db import (
     transaction,
 )
 from jobs.errors import ExitCode, JobRunningError, OpsError
+from jobs.log_events import event_extra
 from jobs.presence import is_alive, silent_or_stopped
 from jobs.records import (
     ClaimStatus,
@@ -139,8 +140,10 @@ def _try_lock(conn: Connection, job_id: str, run_id: int, now: datetime,
             .where(ops_job_state.c.job_id == job_id, ops_job_state.c.active_run_id == holder)
             .values(active_run_id=run_id)
         ).rowcount
-        if took:
-            log.warning("job %s: took over the lock of dead run %s", job_id, holder)
+        if took:  # the same event as a runner's sweep writes for a dead run it ends
+            log.warning("job %s: took over the lock of dead run %s", job_id, holder,
+                        extra=event_extra("run-interrupted", job=job_id, run_id=int(holder),
+                                          reason="its runner stopped heartbeating"))
             return None
     return int(holder)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -20,7 +21,7 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
-from console.runlog import RunLog
+from console.runlog import RunLog, RunLogHandler
 from console.runner import ClaimedRun, RunnerState, SlotRunner, Tick, serve
 from jobs import runs
 from jobs.cron import CronSchedule
@@ -408,6 +409,32 @@ def test_stale_run_is_interrupted_and_its_slot_retried_once(
     assert record is not None and "heartbeat" in (record.error or "")
     [event] = h.events("run-interrupted")
     assert event["run_id"] == dead_run
+
+
+def test_a_slot_that_takes_over_a_dead_runs_lock_logs_it_as_run_interrupted(
+        engine: Engine, settings: Settings) -> None:
+    # A runner's sweep is not the only one to end a dead run: the next slot's claim that
+    # finds the run holding the job's lock does too, and the runner's log says so the same
+    # way (an operator looking for interruptions finds both).
+    s = job_settings(settings, "0 * * * *")
+    slot = utc(2026, 11, 28, 9)
+    dead_run = _dead_runner_claims(engine, s, slot)
+    later = utc(2026, 11, 28, 10)
+    stream = io.StringIO()
+    handler = RunLogHandler(RunLog(stream, "json"))
+    root = logging.getLogger()
+    root.addHandler(handler)  # as a runner routes the jobs' logging into its log
+    try:
+        claim = runs.claim_slot(engine, s, JOB, later, runner_id="runner-alive", started_by="runner@test",
+                                clock=lambda: later)
+    finally:
+        root.removeHandler(handler)
+    assert claim.status == "claimed"
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(e["event"], e.get("run_id"), e.get("job")) for e in events] == [
+        ("run-interrupted", dead_run, JOB)]
+    record = runs.get_run(engine, dead_run)
+    assert record is not None and record.status == "interrupted"
 
 
 def test_stale_run_outside_grace_is_not_retried(engine: Engine, settings: Settings,
