@@ -106,8 +106,9 @@ class RunHold:
     On PostgreSQL the test holds a row lock on a tenant in the middle before any run
     starts, so a run waits there, inside that tenant's transaction, for as long as the test
     likes. On SQLite, which has no row locks, the run is long by volume instead:
-    `n_volume` tenants, enough to outlast what the test watches on a quiet machine (2,000
-    take about 2.3 s there); a loaded machine only makes the run longer."""
+    `n_volume` tenants, enough to outlast what the test watches on a fast, quiet machine
+    (2,000 took 1.8-2.3 s on two machines, the first progress write coming at one second);
+    a loaded machine only makes the run longer."""
 
     def __init__(self, engine: Engine, db_url: str, n_volume: int,
                  expire_date: datetime) -> None:

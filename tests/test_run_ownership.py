@@ -43,7 +43,9 @@ STALE_AFTER = 3.0
 # Where no process dies: on SQLite a long run's writes can hold off a heartbeat for seconds
 # on a loaded machine, and a run judged dead is not what those tests are about.
 STALE_AFTER_ALIVE = 15.0
-N_PROGRESS = 2_000
+# Long enough to go on for seconds after its first progress write (see N_VOLUME in
+# tests/test_runner_processes.py: 2,000 can end 0.8 s after it).
+N_PROGRESS = 5_000
 
 
 def write_config(path: Path, schedules: dict[str, str],
@@ -285,7 +287,7 @@ def test_a_slow_cli_run_racing_slots_of_its_job_keeps_its_lock(
 # --- a dead runner's run is stale at once ------------------------------------------------------
 
 
-@pytest.mark.slow(seconds=7)
+@pytest.mark.slow(seconds=8)
 def test_a_killed_runners_run_shows_as_stale_and_the_next_trigger_interrupts_it(
         engine: Engine, env: dict[str, str], tmp_path: Path, runners: list[Runner],
         hold_run: Callable[[int, datetime], RunHold]) -> None:

@@ -159,9 +159,11 @@ def test_every_slot_runs_exactly_once_across_runners(
     assert after.returncode == 1  # no runner alive any more
 
 
-# SQLite keeps a run going by volume (tests/row_gate.py): enough tenants that a quiet
-# machine takes over a second before the run's first progress write shows.
-N_VOLUME = 2_000
+# SQLite keeps a run going by volume (tests/row_gate.py): enough tenants that the run goes
+# on for seconds after its first progress write (at one second), for the test to see it
+# and stop the runner mid-run. 2,000 took 1.8 s on a faster machine even at -n 8, and the
+# test missed the 0.8 s between that write and the end in 2 runs of 5.
+N_VOLUME = 5_000
 
 
 def running_run(engine: Engine) -> Any:
@@ -174,7 +176,7 @@ def hold(engine: Engine, db_url: str) -> Iterator[RunHold]:
         yield held
 
 
-@pytest.mark.slow(seconds=7)
+@pytest.mark.slow(seconds=11)
 def test_sigkill_mid_run_another_runner_retries_the_slot_without_a_second_email(
         engine: Engine, env: dict[str, str], tmp_path: Path,
         spawn: Callable[..., Runner], hold: RunHold) -> None:
@@ -218,7 +220,7 @@ def test_sigkill_mid_run_another_runner_retries_the_slot_without_a_second_email(
     assert not [r for r in slot_runs(engine) if r.status == "missed"]
 
 
-@pytest.mark.slow(seconds=3)
+@pytest.mark.slow(seconds=4)
 def test_sigterm_mid_run_exits_0_and_marks_the_run_interrupted(
         engine: Engine, env: dict[str, str], tmp_path: Path,
         spawn: Callable[..., Runner], hold: RunHold) -> None:
