@@ -385,8 +385,9 @@ def spread_slow(items: Sequence[pytest.Item], workers: int) -> list[pytest.Item]
     So each run here gets slow tests whose seconds add up about evenly (longest first, each
     to the run with the fewest seconds so far), spaced over the first SPREAD of its short
     tests (which keep their collected order): none is left to start near the end, and while
-    some workers wait on a process the others keep the CPUs busy. Half the runs take their
-    slow tests shortest first, so that the longest waits do not all fall at the start.
+    some workers wait on a process the others keep the CPUs busy. Half the runs start with
+    the shorter half of their slow tests, so that the longest waits do not all fall at the
+    start, nor near the end of the spread.
     """
     sizes: list[int] = []
     left = len(items)
@@ -407,7 +408,7 @@ def spread_slow(items: Sequence[pytest.Item], workers: int) -> list[pytest.Item]
     for k, run in enumerate(runs):
         fill = [next(short) for _ in range(sizes[k] - len(run))]
         if k % 2:
-            run.reverse()
+            run[:] = run[len(run) // 2:] + run[:len(run) // 2]
         gap = len(fill) * SPREAD / max(len(run), 1)
         taken = 0
         for j, item in enumerate(run):

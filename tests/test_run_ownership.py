@@ -156,7 +156,7 @@ def as_utc(value: datetime) -> datetime:
 # --- a run started inside a runner is that runner's to end ---------------------------------
 
 
-@pytest.mark.slow(seconds=7)
+@pytest.mark.slow(seconds=10)
 def test_a_slow_http_run_outlives_the_runners_ticks_and_holds_its_lock(
         engine: Engine, env: dict[str, str], tmp_path: Path, runners: list[Runner],
         hold_run: Callable[[int, datetime], RunHold]) -> None:
@@ -209,7 +209,7 @@ except urllib.error.HTTPError as exc:
 """
 
 
-@pytest.mark.slow(seconds=7)
+@pytest.mark.slow(seconds=8)
 def test_a_slow_cli_run_racing_slots_of_its_job_keeps_its_lock(
         engine: Engine, env: dict[str, str], tmp_path: Path, runners: list[Runner],
         hold_run: Callable[[int, datetime], RunHold]) -> None:
@@ -287,7 +287,7 @@ def test_a_slow_cli_run_racing_slots_of_its_job_keeps_its_lock(
 # --- a dead runner's run is stale at once ------------------------------------------------------
 
 
-@pytest.mark.slow(seconds=8)
+@pytest.mark.slow(seconds=10)
 def test_a_killed_runners_run_shows_as_stale_and_the_next_trigger_interrupts_it(
         engine: Engine, env: dict[str, str], tmp_path: Path, runners: list[Runner],
         hold_run: Callable[[int, datetime], RunHold]) -> None:
