@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -801,6 +802,24 @@ def test_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=30) == 141
     assert err == ""
+
+
+def test_the_installed_command_collects_garbage_while_its_command_runs(tmp_path: Path) -> None:
+    # entry() starts with the collector off, for the imports; the command itself (a runner
+    # may run for days) must run with it on, the start-up's objects frozen out of its passes.
+    probe = ("import gc, sys\n"
+             "import console.cli as c\n"
+             "def report(ctx, args):\n"
+             "    print(gc.isenabled(), gc.get_freeze_count() > 0)\n"
+             "    return 0\n"
+             "c._handler = lambda args: report\n"
+             "raise SystemExit(c.entry())\n")
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'ops.sqlite3'}"}
+    proc = subprocess.run([sys.executable, "-c", probe, "jobs"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True"]
 
 
 def test_the_installed_command_closes_its_database_before_it_exits(tmp_path: Path) -> None:
