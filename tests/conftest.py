@@ -529,32 +529,27 @@ def _pg_schema_script() -> str | None:
 # constraint, default, trigger, type, function or sequence added, dropped or altered) adds,
 # removes or rewrites catalog rows, which changes their count or their xmin; statistics
 # (ANALYZE, VACUUM) add pg_statistic rows or set reltuples. ~1.5 ms on vacuumed catalogs.
-_SCHEMA_PRINT = sa.text("""
-WITH rels AS (SELECT oid, xmin, reltuples FROM pg_class
-              WHERE relnamespace = CAST(:schema AS regnamespace))
-SELECT concat_ws(' ',
-  (SELECT count(*) || '/' || sum(xmin::text::bigint) || '/' || count(*) FILTER (
-      WHERE reltuples >= 0) FROM rels),
-  (SELECT count(*) || '/' || sum(xmin::text::bigint) FROM pg_attribute
-   WHERE attrelid IN (SELECT oid FROM rels)),
-  (SELECT count(*) || '/' || sum(xmin::text::bigint) FROM pg_attrdef
-   WHERE adrelid IN (SELECT oid FROM rels)),
-  (SELECT count(*) || '/' || sum(xmin::text::bigint) FROM pg_index
-   WHERE indrelid IN (SELECT oid FROM rels)),
-  (SELECT count(*) || '/' || sum(xmin::text::bigint) FROM pg_constraint
-   WHERE connamespace = CAST(:schema AS regnamespace)),
-  (SELECT count(*) || '/' || sum(xmin::text::bigint) FROM pg_trigger
-   WHERE tgrelid IN (SELECT oid FROM rels)),
-  (SELECT count(*) || '/' || sum(xmin::text::bigint) FROM pg_rewrite
-   WHERE ev_class IN (SELECT oid FROM rels)),
-  (SELECT count(*) || '/' || sum(xmin::text::bigint) FROM pg_sequence
-   WHERE seqrelid IN (SELECT oid FROM rels)),
-  (SELECT count(*) FROM pg_statistic WHERE starelid IN (SELECT oid FROM rels)),
-  (SELECT count(*) || '/' || sum(xmin::text::bigint) FROM pg_type
-   WHERE typnamespace = CAST(:schema AS regnamespace)),
-  (SELECT count(*) || '/' || sum(xmin::text::bigint) FROM pg_proc
-   WHERE pronamespace = CAST(:schema AS regnamespace)))
-""")
+_OF_RELATIONS = (("pg_attribute", "attrelid"), ("pg_attrdef", "adrelid"),
+                 ("pg_index", "indrelid"), ("pg_trigger", "tgrelid"),
+                 ("pg_rewrite", "ev_class"), ("pg_sequence", "seqrelid"))
+_OF_SCHEMA = (("pg_constraint", "connamespace"), ("pg_type", "typnamespace"),
+              ("pg_proc", "pronamespace"))
+
+
+def _rows_print(catalog: str, where: str) -> str:
+    return f"(SELECT count(*) || '/' || sum(xmin::text::bigint) FROM {catalog} WHERE {where})"
+
+
+_SCHEMA_PRINT = sa.text(
+    "WITH rels AS (SELECT oid, xmin, reltuples FROM pg_class"
+    " WHERE relnamespace = CAST(:schema AS regnamespace))"
+    " SELECT concat_ws(' ', " + ", ".join([
+        "(SELECT count(*) || '/' || sum(xmin::text::bigint) || '/'"
+        " || count(*) FILTER (WHERE reltuples >= 0) FROM rels)",
+        *(_rows_print(c, f"{col} IN (SELECT oid FROM rels)") for c, col in _OF_RELATIONS),
+        *(_rows_print(c, f"{col} = CAST(:schema AS regnamespace)") for c, col in _OF_SCHEMA),
+        "(SELECT count(*) FROM pg_statistic WHERE starelid IN (SELECT oid FROM rels))",
+    ]) + ")")
 
 
 class _BuiltSchemas:
