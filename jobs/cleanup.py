@@ -16,6 +16,14 @@ How a batch finds its rows is what keeps a big table fast:
   a nested loop) per batch. No statement outlives its batch, so none holds back vacuum
   or needs more than the role's statement_timeout.
 
+On PostgreSQL the phases of different tables run side by side, each on its own
+connection: stale and orphaned cart items one after the other in one thread, orphaned order
+lines in another. A run is mostly the server's work, and the order-line search alone keeps
+one core busy for seconds (`bench/jobs_bench.py`); a phase waiting for the client or for
+its commit leaves the other phase the core. The two never touch the same rows or table. A
+phase that fails does not stop the other: the run fails once both are done, with every
+batch that committed counted. SQLite has one writer at a time, so there they run in turn.
+
 The run's items and summary are written in each batch's own transaction, so a run that is
 killed still shows what its committed batches deleted.
 
@@ -27,10 +35,13 @@ counted once, as stale, because that phase deletes it first.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -108,13 +119,14 @@ class Tally:
     def add_batch(self, rows: int, tenant_ids: Sequence[str] | None = None) -> None:
         """One DELETE's outcome: its row count, and the tenant of each row when known."""
         if rows:
+            known = len(self.deleted)
             if tenant_ids is None:
-                if None not in self.deleted:
-                    self.fresh.add(None)
                 self.deleted[None] += rows
             else:
-                self.fresh.update(set(tenant_ids).difference(self.deleted))
                 self.deleted.update(tenant_ids)
+            if len(self.deleted) > known:
+                # A Counter keeps its keys in the order they came: the newcomers are last.
+                self.fresh.update(list(self.deleted)[known:])
             self.batches += 1
 
 
@@ -163,6 +175,10 @@ class Ledger:
         self.ctx = ctx
         self.size = size
         self.tallies: dict[str, Tally] = {}
+        # Held by a phase from counting its batch to the batch's commit: the summary every
+        # batch writes then only counts committed batches, and phases side by side never
+        # write the run's row at once (no waits on its lock inside the database).
+        self.lock = threading.Lock()
         self._names: dict[str, str] = {}
         self._stored_at = time.monotonic()
         self._rewrite_after = self.REWRITE_SECONDS
@@ -194,7 +210,7 @@ class Ledger:
         self._forget_fresh()
 
     def finish(self) -> None:
-        with transaction(self.ctx.engine) as conn:
+        with self.lock, transaction(self.ctx.engine) as conn:
             self._store(conn)
 
     def _store(self, conn: Connection) -> None:
@@ -226,17 +242,14 @@ def run(ctx: RunContext) -> dict[str, Any]:
     cutoff = ctx.now - timedelta(days=ctx.job.cart_retention_days)
     size = ctx.job.batch_size
     ledger = Ledger(ctx, size)
+    every = kinds(ctx.engine, cutoff)
+    for kind in every:  # in this order in the summary and the items, however they run
+        ledger.start(kind.action)
     try:
-        for kind in kinds(ctx.engine, cutoff):
-            if ctx.stop_requested:
-                break
-            tally = ledger.start(kind.action)
-            if ctx.dry_run:
-                _count(ctx, kind, size, tally)
-            elif kind.one_scan:
-                _delete_found(ctx, kind, size, tally, ledger)
-            else:
-                _delete_by_key(ctx, kind, size, tally, ledger)
+        if ctx.dry_run or is_sqlite(ctx.engine):
+            _run_in_turn(ctx, every, ledger)
+        else:
+            _run_side_by_side(ctx, _by_table(every), ledger)
     except Exception:
         # The batches committed so far are deleted for good: a failed run still says
         # what it deleted, per tenant, if the database lets it; then the failure stands.
@@ -245,6 +258,51 @@ def run(ctx: RunContext) -> dict[str, Any]:
         raise
     ledger.finish()
     return ledger.summary()
+
+
+def _run_in_turn(ctx: RunContext, todo: Sequence[Kind], ledger: Ledger) -> None:
+    size = ctx.job.batch_size
+    for kind in todo:
+        if ctx.stop_requested:
+            return
+        tally = ledger.tallies[kind.action]
+        if ctx.dry_run:
+            _count(ctx, kind, size, tally)
+        elif kind.one_scan:
+            _delete_found(ctx, kind, size, tally, ledger)
+        else:
+            _delete_by_key(ctx, kind, size, tally, ledger)
+
+
+def _by_table(todo: Sequence[Kind]) -> list[list[Kind]]:
+    """The kinds grouped by the table they delete from, each group in the given order."""
+    groups: dict[str, list[Kind]] = {}
+    for kind in todo:
+        groups.setdefault(kind.table.name, []).append(kind)
+    return list(groups.values())
+
+
+def _run_side_by_side(ctx: RunContext, groups: list[list[Kind]], ledger: Ledger) -> None:
+    """Each group in its own thread (the first in this one), its kinds in turn. The
+    threads run in copies of this one's context: the run's timeout (RunDeadline.guard)
+    reaches their connections too. The first failure is raised once all have ended."""
+    first, *others = groups
+    with ThreadPoolExecutor(max_workers=max(1, len(others)),
+                            thread_name_prefix="cleanup") as pool:
+        running = [pool.submit(contextvars.copy_context().run, _run_in_turn, ctx, group, ledger)
+                   for group in others]
+        failure: BaseException | None = None
+        try:
+            _run_in_turn(ctx, first, ledger)
+        except Exception as exc:
+            failure = exc
+        for phase in running:
+            if failure is None:
+                failure = phase.exception()
+            else:
+                phase.exception()  # waited for all the same
+    if failure is not None:
+        raise failure
 
 
 def _tenant_column(kind: Kind) -> Any:
@@ -290,13 +348,15 @@ def _delete_by_key(ctx: RunContext, kind: Kind, size: int, tally: Tally, ledger:
     with _batches(ctx.engine) as conn:
         while not ctx.stop_requested:
             find_bound, remove = following if params else first
-            with conn.begin():
+            with conn.begin() as tx:
                 bound = conn.execute(find_bound, params).first()
                 if bound is None:
                     return
                 result = conn.execute(remove, {**params, **_key_bind(kind, "upto", bound)})
-                _add(tally, result, kind, sqlite)
-                ledger.committing(conn)
+                with ledger.lock:
+                    _add(tally, result, kind, sqlite)
+                    ledger.committing(conn)
+                    tx.commit()
             params = _key_bind(kind, "after", bound)
 
 
@@ -414,10 +474,12 @@ def _delete_found(ctx: RunContext, kind: Kind, size: int, tally: Tally, ledger: 
         for after in range(0, found, size):
             if ctx.stop_requested:
                 return
-            with conn.begin():
-                _add(tally, conn.execute(stmt, {"after": after, "upto": after + size}), kind,
-                     sqlite=False)
-                ledger.committing(conn)
+            with conn.begin() as tx:
+                result = conn.execute(stmt, {"after": after, "upto": after + size})
+                with ledger.lock:
+                    _add(tally, result, kind, sqlite=False)
+                    ledger.committing(conn)
+                    tx.commit()
 
 
 def _ctid(table: Table) -> ColumnElement[Any]:

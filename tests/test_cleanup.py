@@ -352,11 +352,14 @@ def test_an_orphan_changed_after_it_was_found_is_counted_only_when_deleted(
 
     def change_the_last_after_first_batch(conn: Any, cursor: Any, statement: str,
                                           *args: Any) -> None:
-        # Before the next statement after the first batch; on SQLite before the next
+        # After the first batch: on PostgreSQL just before the phase's next DELETE, in the
+        # phase's own thread (the cart phases run beside it); on SQLite before the next
         # BEGIN IMMEDIATE, when no transaction holds the write lock.
         if not deletes or changed.is_set():
             return
         if is_sqlite(engine) and not statement.startswith("BEGIN IMMEDIATE"):
+            return
+        if not is_sqlite(engine) and "DELETE FROM order_products" not in statement:
             return
         changed.set()
         with engine.begin() as c:
@@ -522,6 +525,54 @@ def test_a_run_that_fails_midway_still_records_what_it_deleted(
     assert len(cart_ids(engine)) == 0 and len(order_product_ids(engine)) == 3
 
 
+
+def test_cart_phases_go_on_while_the_order_line_phase_waits(
+        engine: Engine, settings: Settings) -> None:
+    """On PostgreSQL the phases of different tables run side by side: while another client
+    holds a row lock on an orphaned order line, the run deletes every stale and orphaned
+    cart item, and records them; once the lock goes, the order lines go too."""
+    if is_sqlite(engine):
+        pytest.skip("SQLite runs the phases in turn (one writer); it has no row locks")
+    t = add_tenant(engine, id="t-a", name="Tenant a")
+    p = add_product(engine, t)
+    for i in range(3):
+        _stale(engine, t, p, i)
+        _orphaned_line(engine, t, p, i)
+        _orphaned_cart(engine, t, p, i)
+    lock = engine.connect()
+    lock.execute(select(order_products.c.id).where(order_products.c.order_id == "gone-order-0")
+                 .with_for_update())
+    reports: list[RunReport] = []
+    run = threading.Thread(target=lambda: reports.append(trigger(engine,
+                                                                 with_batch_size(settings, 2))))
+    run.start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # the cart phases finish while the order-line phase waits for the lock
+            with engine.connect() as c:
+                summary = c.execute(select(ops_runs.c.summary)).scalar()
+            if (summary or {}).get("orphaned_cart_items") == 3:
+                break
+            assert run.is_alive() and time.monotonic() < deadline, summary
+            time.sleep(0.02)
+        assert cart_ids(engine) == set()
+        assert len(order_product_ids(engine)) == 3 and run.is_alive()
+        assert summary["stale_cart_items"] == 3 and summary["orphaned_order_products"] == 0
+    finally:
+        lock.rollback()
+        lock.close()
+        run.join(30)
+
+    (report,) = reports
+    assert report.status is RunStatus.SUCCEEDED, report.error
+    assert order_product_ids(engine) == set()
+    assert items_of(report) == [
+        (t, "stale_cart_items", "ok", {"deleted": 3}),
+        (None, "orphaned_order_products", "ok", {"deleted": 3}),
+        (t, "orphaned_cart_items", "ok", {"deleted": 3}),
+    ]
+
+
 @pytest.mark.parametrize("table", ["order_products", "cart_items"])
 def test_a_parent_inserted_while_the_phase_runs_keeps_its_rows(
         engine: Engine, db_url: str, settings: Settings, deletes: list[tuple[str, int]],
@@ -548,11 +599,14 @@ def test_a_parent_inserted_while_the_phase_runs_keeps_its_rows(
 
     def insert_the_parent_after_the_first_batch(conn: Any, cursor: Any, statement: str,
                                                 *args: Any) -> None:
-        # Before the statement that follows the first batch's commit; on SQLite before the
+        # After the first batch's commit: on PostgreSQL just before the phase's next DELETE,
+        # in the phase's own thread (another phase runs beside it); on SQLite before the
         # next BEGIN IMMEDIATE, when no transaction holds the write lock.
         if not deletes or inserted.is_set():
             return
         if is_sqlite(engine) and not statement.startswith("BEGIN IMMEDIATE"):
+            return
+        if not is_sqlite(engine) and f"DELETE FROM {table}" not in statement:
             return
         inserted.set()
         with other.begin() as c:
@@ -604,11 +658,22 @@ def test_between_batches_no_statement_of_the_run_holds_back_vacuum(
             return
         batches.append(statement)
         if len(batches) == 2:  # the first batch has committed; the second is yet to run
+            # The cart phases run beside this one, with nothing to delete: their session is
+            # let finish its statements; this phase's own session stays held here, so one
+            # that kept a statement or a snapshot open would still show after 10 s.
+            deadline = time.monotonic() + 10
             with cursor.connection.cursor() as own:  # this session is idle between batches
-                own.execute("SELECT pid, state, backend_xmin FROM pg_stat_activity "
-                            "WHERE pid = ANY(%s) AND pid <> pg_backend_pid() "
-                            "AND (state <> 'idle' OR backend_xmin IS NOT NULL)", (sessions,))
-                seen.append([tuple(row) for row in own.fetchall()])
+                while True:
+                    # The activity view is read once per transaction unless cleared.
+                    own.execute("SELECT pg_stat_clear_snapshot()")
+                    own.execute("SELECT pid, state, backend_xmin FROM pg_stat_activity "
+                                "WHERE pid = ANY(%s) AND pid <> pg_backend_pid() "
+                                "AND (state <> 'idle' OR backend_xmin IS NOT NULL)", (sessions,))
+                    busy = [tuple(row) for row in own.fetchall()]
+                    if not busy or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)
+            seen.append(busy)
 
     event.listen(engine, "connect", note_session)
     event.listen(engine, "before_cursor_execute", look_between_batches)
