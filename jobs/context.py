@@ -42,6 +42,9 @@ class ItemSink:
         self.items: list[ItemResult] = []
         self.errors = 0
         self.total: int | None = None
+        # The summary the job last wrote as it went (note/store): a run that fails or times
+        # out keeps it as its summary instead of ending with none.
+        self.noted_summary: dict[str, Any] | None = None
         self._flushed = 0
         self._last_flush = time.monotonic()
 
@@ -111,6 +114,8 @@ class ItemSink:
     def note(self, conn: Connection, summary: dict[str, Any] | None) -> None:
         """The run row's counts of the stored items and, when given, its summary so far,
         on `conn` inside its transaction. Only a run still `running` is touched."""
+        if summary is not None:
+            self.noted_summary = dict(summary)
         if self.run_id is None:
             return
         values: dict[str, Any] = {"processed": self._flushed, "errors": self.errors}

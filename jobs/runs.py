@@ -513,7 +513,7 @@ def execute(
         started_at=started, deadline=deadline,
     )
     status = RunStatus.SUCCEEDED
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] | None = None
     error: str | None = None
     error_code: ExitCode | None = None
     try:
@@ -537,6 +537,10 @@ def execute(
         cause = f" ({error.splitlines()[0]})" if error and status is RunStatus.FAILED else ""
         status, error_code = RunStatus.TIMED_OUT, None
         error = f"timed out after {timeout_text(job.timeout)}{cause}"
+    if summary is None:
+        # The job raised: the summary it wrote as it went says what its committed work
+        # did (cleanup's batches); the run's row holds it already and keeps it.
+        summary = dict(sink.noted_summary or {})
     if status is RunStatus.SUCCEEDED and sink.errors:
         status = RunStatus.PARTIAL
 

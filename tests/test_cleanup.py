@@ -521,7 +521,12 @@ def test_a_run_that_fails_midway_still_records_what_it_deleted(
     assert items_of(report) == [(t, "stale_cart_items", "ok", {"deleted": 3})]
     with engine.connect() as c:
         stored = c.execute(select(ops_run_items.c.tenant_id, ops_run_items.c.detail)).all()
+        summary = c.execute(select(ops_runs.c.summary)).scalar_one()
     assert [tuple(row) for row in stored] == [(t, {"deleted": 3})]
+    # The summary the batches wrote stays the run's: the failure does not wipe it.
+    assert summary == dict(report.summary) == {
+        "stale_cart_items": 3, "orphaned_order_products": 0, "orphaned_cart_items": 0,
+        "batches": 2, "batch_size": 2}
     assert len(cart_ids(engine)) == 0 and len(order_product_ids(engine)) == 3
 
 
@@ -571,6 +576,46 @@ def test_cart_phases_go_on_while_the_order_line_phase_waits(
         (None, "orphaned_order_products", "ok", {"deleted": 3}),
         (t, "orphaned_cart_items", "ok", {"deleted": 3}),
     ]
+
+
+
+def test_the_timeout_reaches_the_phase_that_runs_beside(engine: Engine,
+                                                        settings: Settings) -> None:
+    """The order-line phase runs in a thread of its own: a statement of it that waits for
+    a row lock is cancelled at the run's timeout like one of the run's own thread, and the
+    run ends timed out with the cart phases' batches counted."""
+    if is_sqlite(engine):
+        pytest.skip("SQLite runs the phases in turn (one writer); it has no row locks")
+    t = add_tenant(engine)
+    p = add_product(engine, t)
+    for i in range(3):
+        _stale(engine, t, p, i)
+        _orphaned_line(engine, t, p, i)
+    jobs = dict(settings.jobs)
+    jobs["cleanup"] = replace(jobs["cleanup"], batch_size=2, timeout=timedelta(seconds=1))
+    lock = engine.connect()
+    lock.execute(select(order_products.c.id).where(order_products.c.order_id == "gone-order-0")
+                 .with_for_update())
+    # Let go after 8 s, so a phase the timeout does not reach ends the run late, not never.
+    letting_go = threading.Timer(8, lock.rollback)
+    letting_go.start()
+    try:
+        started = time.monotonic()
+        report = trigger(engine, replace(settings, jobs=jobs))
+        took = time.monotonic() - started
+    finally:
+        letting_go.cancel()
+        letting_go.join()
+        lock.rollback()
+        lock.close()
+
+    assert report.status is RunStatus.TIMED_OUT, report.error
+    assert took < 5, took  # the lock was never released while the run lasted
+    assert report.summary["stale_cart_items"] == 3
+    assert report.summary["orphaned_order_products"] == 0
+    assert cart_ids(engine) == set() and len(order_product_ids(engine)) == 3
+    with engine.connect() as c:
+        assert c.execute(select(ops_runs.c.summary)).scalar_one() == dict(report.summary)
 
 
 @pytest.mark.parametrize("table", ["order_products", "cart_items"])
