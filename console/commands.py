@@ -18,7 +18,7 @@ from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from console.context import CliContext
 from console.formatting import terminal_safe
@@ -37,13 +37,15 @@ from jobs.humanize import (
     span,
     stamp,
 )
-from jobs.overview import STALE_REASON, Overview, load_overview
 from jobs.presence import Presence, who_am_i
 from jobs.records import ItemStatus, Progress, RunnerKind, RunParams, RunRecord, RunReport, parse_day
 from jobs.redaction import redact
 from jobs.runner_schedules import EffectiveSchedules
 from jobs.tenants import find_tenant
 from jobs.timeutil import iso, parse_timestamp, utc_now
+
+if TYPE_CHECKING:  # the listing commands' own module; a run never loads it
+    from jobs.overview import Overview
 
 ANALYTICS_DAYS = 14
 
@@ -78,7 +80,11 @@ def _parse_date(flag: str, text: str | None) -> date | None:
 
 # --- jobs ------------------------------------------------------------------------------------
 
-_STALE = f"stale ({STALE_REASON})"  # a `running` run whose process is gone
+def _stale() -> str:
+    """What a `running` run whose process is gone is shown as."""
+    from jobs.overview import STALE_REASON
+
+    return f"stale ({STALE_REASON})"
 
 
 def _warn_schedules(ctx: CliContext, schedules: EffectiveSchedules) -> None:
@@ -91,6 +97,8 @@ def _overview(ctx: CliContext, kinds: tuple[RunnerKind, ...] = (RunnerKind.RUNNE
     runs, the outbox's counts) and without the cache, which is never opened here. At the
     real time, whatever --now says: it decides which runners are alive now, and how long
     ago a run finished."""
+    from jobs.overview import load_overview
+
     overview = load_overview(ctx.engine, ctx.settings, None, utc_now(), kinds=kinds,
                              recent=0, with_outbox=False)
     _warn_schedules(ctx, overview.schedules)
@@ -133,7 +141,7 @@ def cmd_jobs(ctx: CliContext, args: argparse.Namespace) -> int:
             "-" if not slots
             else f"{slots[0].astimezone(tz):%Y-%m-%d %H:%M %Z} ({ago(slots[0], now)})",
             "never" if record is None
-            else f"{_STALE if view.is_stale(record) else record.status} "
+            else f"{_stale() if view.is_stale(record) else record.status} "
                  f"{ago(record.finished_at or record.created_at, overview.loaded_at)}",
             view.state,
         ))
@@ -481,7 +489,7 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
             ("JOB", "STATE", "RUNNING", "SCHEDULE"),
             [(view.job_id, view.state,
               "-" if view.running is None else f"run {view.running.run_id}"
-              + (f", {_STALE}" if view.is_stale(view.running) else ""),
+              + (f", {_stale()}" if view.is_stale(view.running) else ""),
               f"{view.schedule.expression} {view.schedule.timezone} "
               f"({overview.schedules.source_of(view.job_id)})") for view in overview.jobs],
         ))

@@ -118,7 +118,11 @@ def cents(value: Decimal | float | int | None) -> Decimal:
 
 def money(value: Decimal | float | int | None) -> int | float:
     """Rounded to cents, as the JSON number JavaScript would write (`1234.5`, `12`)."""
-    rounded = cents(value)
+    return json_number(cents(value))
+
+
+def json_number(rounded: Decimal) -> int | float:
+    """An amount already rounded to cents (`cents`), as JavaScript would write it."""
     return int(rounded) if rounded == rounded.to_integral_value() else float(rounded)
 
 
@@ -227,7 +231,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
                         "tenantId": tenant_id,
                         "date": day_text,
                         "orders": n_orders,
-                        "revenue": money(rounded),
+                        "revenue": json_number(rounded),  # rounded once, as totalled
                         "newCustomers": n_customers,
                         "productsSold": n_sold,
                         "generatedAt": generated_at,
@@ -314,6 +318,7 @@ __all__ = [
     "day_bounds",
     "day_statement",
     "days_for",
+    "json_number",
     "last_days",
     "latest_day",
     "money",

@@ -97,3 +97,13 @@ def test_a_database_behind_the_scripts_is_still_upgraded(db_url: str) -> None:
     ensure_schema(engine)
     assert current_revision(engine) == head_revision()
     engine.dispose()
+
+
+def test_a_run_does_not_load_the_listing_commands_overview(engine: Engine, env: dict[str, str],
+                                                           tmp_path: Path) -> None:
+    """`trigger` starts its job's work sooner without the overview (the jobs screen and the
+    listing commands' module): every run pays its import otherwise."""
+    code, modules = probe_modules(env, tmp_path, "preview", "cleanup", "--json")
+    assert code == 0
+    assert "jobs.cleanup" in modules  # the probe sees the job that ran
+    assert "jobs.overview" not in modules
