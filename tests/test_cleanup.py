@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from jobs import runs
 from jobs.db import (
@@ -180,6 +180,15 @@ def _orphaned_line(engine: Engine, tenant: str, product: str, i: int) -> None:
 
 def _orphaned_cart(engine: Engine, tenant: str, product: str, i: int) -> None:
     add_cart_item(engine, tenant, f"gone-product-{i}", FRESH)
+
+
+def lock_first_orphaned_line(engine: Engine) -> Connection:
+    """Another client's row lock on the orphaned line of `_orphaned_line(..., 0)`, held until
+    the returned connection rolls back: the order-line phase's first DELETE waits for it."""
+    lock = engine.connect()
+    lock.execute(select(order_products.c.id).where(order_products.c.order_id == "gone-order-0")
+                 .with_for_update())
+    return lock
 
 
 @pytest.mark.parametrize(("kind", "table", "make"), [
@@ -544,9 +553,7 @@ def test_cart_phases_go_on_while_the_order_line_phase_waits(
         _stale(engine, t, p, i)
         _orphaned_line(engine, t, p, i)
         _orphaned_cart(engine, t, p, i)
-    lock = engine.connect()
-    lock.execute(select(order_products.c.id).where(order_products.c.order_id == "gone-order-0")
-                 .with_for_update())
+    lock = lock_first_orphaned_line(engine)
     reports: list[RunReport] = []
     run = threading.Thread(target=lambda: reports.append(trigger(engine,
                                                                  with_batch_size(settings, 2))))
@@ -578,7 +585,6 @@ def test_cart_phases_go_on_while_the_order_line_phase_waits(
     ]
 
 
-
 def test_the_timeout_reaches_the_phase_that_runs_beside(engine: Engine,
                                                         settings: Settings) -> None:
     """The order-line phase runs in a thread of its own: a statement of it that waits for
@@ -593,9 +599,7 @@ def test_the_timeout_reaches_the_phase_that_runs_beside(engine: Engine,
         _orphaned_line(engine, t, p, i)
     jobs = dict(settings.jobs)
     jobs["cleanup"] = replace(jobs["cleanup"], batch_size=2, timeout=timedelta(seconds=1))
-    lock = engine.connect()
-    lock.execute(select(order_products.c.id).where(order_products.c.order_id == "gone-order-0")
-                 .with_for_update())
+    lock = lock_first_orphaned_line(engine)
     # Let go after 8 s, so a phase the timeout does not reach ends the run late, not never.
     letting_go = threading.Timer(8, lock.rollback)
     letting_go.start()
