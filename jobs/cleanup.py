@@ -69,7 +69,7 @@ from sqlalchemy import (
     table,
     tuple_,
 )
-from sqlalchemy.engine import Connection, CursorResult, Engine
+from sqlalchemy.engine import Connection, CursorResult, Engine, Transaction
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
@@ -175,10 +175,7 @@ class Ledger:
         self.ctx = ctx
         self.size = size
         self.tallies: dict[str, Tally] = {}
-        # Held by a phase from counting its batch to the batch's commit: the summary every
-        # batch writes then only counts committed batches, and phases side by side never
-        # write the run's row at once (no waits on its lock inside the database).
-        self.lock = threading.Lock()
+        self._lock = threading.Lock()  # see commit_batch
         self._names: dict[str, str] = {}
         self._stored_at = time.monotonic()
         self._rewrite_after = self.REWRITE_SECONDS
@@ -197,7 +194,18 @@ class Ledger:
             "batch_size": self.size,
         }
 
-    def committing(self, conn: Connection) -> None:
+    def commit_batch(self, conn: Connection, tx: Transaction, kind: Kind,
+                     result: CursorResult[*tuple[Any, ...]], sqlite: bool) -> None:
+        """A batch's DELETE has run in `tx`: count what it deleted, write the run's record
+        of it and commit. One phase at a time, from counting to the commit: the summary
+        every batch writes then counts committed batches only, and phases side by side never
+        write the run's row at once (no waits on its lock inside the database)."""
+        with self._lock:
+            _add(self.tallies[kind.action], result, kind, sqlite)
+            self._record(conn)
+            tx.commit()
+
+    def _record(self, conn: Connection) -> None:
         """Inside a batch's transaction, after its DELETE: the run's record of it."""
         if time.monotonic() - self._stored_at >= self._rewrite_after:
             self._store(conn)
@@ -210,7 +218,7 @@ class Ledger:
         self._forget_fresh()
 
     def finish(self) -> None:
-        with self.lock, transaction(self.ctx.engine) as conn:
+        with self._lock, transaction(self.ctx.engine) as conn:
             self._store(conn)
 
     def _store(self, conn: Connection) -> None:
@@ -265,13 +273,12 @@ def _run_in_turn(ctx: RunContext, todo: Sequence[Kind], ledger: Ledger) -> None:
     for kind in todo:
         if ctx.stop_requested:
             return
-        tally = ledger.tallies[kind.action]
         if ctx.dry_run:
-            _count(ctx, kind, size, tally)
+            _count(ctx, kind, size, ledger.tallies[kind.action])
         elif kind.one_scan:
-            _delete_found(ctx, kind, size, tally, ledger)
+            _delete_found(ctx, kind, size, ledger)
         else:
-            _delete_by_key(ctx, kind, size, tally, ledger)
+            _delete_by_key(ctx, kind, size, ledger)
 
 
 def _by_table(todo: Sequence[Kind]) -> list[list[Kind]]:
@@ -291,18 +298,15 @@ def _run_side_by_side(ctx: RunContext, groups: list[list[Kind]], ledger: Ledger)
                             thread_name_prefix="cleanup") as pool:
         running = [pool.submit(contextvars.copy_context().run, _run_in_turn, ctx, group, ledger)
                    for group in others]
-        failure: BaseException | None = None
+        failures: list[BaseException | None] = []
         try:
             _run_in_turn(ctx, first, ledger)
         except Exception as exc:
-            failure = exc
-        for phase in running:
-            if failure is None:
-                failure = phase.exception()
-            else:
-                phase.exception()  # waited for all the same
-    if failure is not None:
-        raise failure
+            failures.append(exc)
+        failures += [phase.exception() for phase in running]  # waits for each
+    for failure in failures:
+        if failure is not None:
+            raise failure
 
 
 def _tenant_column(kind: Kind) -> Any:
@@ -325,8 +329,7 @@ def _count(ctx: RunContext, kind: Kind, size: int, tally: Tally) -> None:
     tally.batches = math.ceil(total / size)
 
 
-def _delete_by_key(ctx: RunContext, kind: Kind, size: int, tally: Tally, ledger: Ledger
-                   ) -> None:
+def _delete_by_key(ctx: RunContext, kind: Kind, size: int, ledger: Ledger) -> None:
     """Batches walk the paging key: find the last key of the next `size` rows, then delete
     the rows between the previous batch's last key and it. Both statements read only this
     batch's rows, neither revisits earlier batches, and no DELETE is sent for nothing."""
@@ -353,10 +356,7 @@ def _delete_by_key(ctx: RunContext, kind: Kind, size: int, tally: Tally, ledger:
                 if bound is None:
                     return
                 result = conn.execute(remove, {**params, **_key_bind(kind, "upto", bound)})
-                with ledger.lock:
-                    _add(tally, result, kind, sqlite)
-                    ledger.committing(conn)
-                    tx.commit()
+                ledger.commit_batch(conn, tx, kind, result, sqlite)
             params = _key_bind(kind, "after", bound)
 
 
@@ -441,8 +441,7 @@ def _key_bind(kind: Kind, name: str, values: Sequence[Any]) -> dict[str, Any]:
     return {f"{name}_{i}": v for i, v in enumerate(values)}
 
 
-def _delete_found(ctx: RunContext, kind: Kind, size: int, tally: Tally, ledger: Ledger
-                  ) -> None:
+def _delete_found(ctx: RunContext, kind: Kind, size: int, ledger: Ledger) -> None:
     """Batches of rows found by one anti-join (PostgreSQL), deleted by their place.
 
     The search is one statement that writes every match's (ctid, id), numbered, into a
@@ -476,10 +475,7 @@ def _delete_found(ctx: RunContext, kind: Kind, size: int, tally: Tally, ledger: 
                 return
             with conn.begin() as tx:
                 result = conn.execute(stmt, {"after": after, "upto": after + size})
-                with ledger.lock:
-                    _add(tally, result, kind, sqlite=False)
-                    ledger.committing(conn)
-                    tx.commit()
+                ledger.commit_batch(conn, tx, kind, result, sqlite=False)
 
 
 def _ctid(table: Table) -> ColumnElement[Any]:

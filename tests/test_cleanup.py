@@ -178,6 +178,17 @@ def _orphaned_line(engine: Engine, tenant: str, product: str, i: int) -> None:
     add_order_product(engine, f"gone-order-{i}", product)
 
 
+def _stale_and_orphaned_lines(engine: Engine, **tenant: Any) -> tuple[str, str]:
+    """A tenant with a product, three stale cart items and three orphaned order lines
+    (`_stale`, `_orphaned_line` 0-2): (tenant id, product id)."""
+    t = add_tenant(engine, **tenant)
+    p = add_product(engine, t)
+    for i in range(3):
+        _stale(engine, t, p, i)
+        _orphaned_line(engine, t, p, i)
+    return t, p
+
+
 def _orphaned_cart(engine: Engine, tenant: str, product: str, i: int) -> None:
     add_cart_item(engine, tenant, f"gone-product-{i}", FRESH)
 
@@ -220,11 +231,8 @@ def test_five_rows_in_batches_of_two(engine: Engine, settings: Settings,
 
 
 def test_second_run_deletes_nothing(engine: Engine, settings: Settings) -> None:
-    t = add_tenant(engine)
-    p = add_product(engine, t)
+    t, p = _stale_and_orphaned_lines(engine)
     for i in range(3):
-        _stale(engine, t, p, i)
-        _orphaned_line(engine, t, p, i)
         _orphaned_cart(engine, t, p, i)
     first = trigger(engine, with_batch_size(settings, 2))
     assert first.summary["stale_cart_items"] == 3
@@ -458,11 +466,7 @@ def test_connections_go_back_to_the_pool_with_synchronous_commit_on(
     borrows a pooled connection afterwards may inherit that."""
     if is_sqlite(engine):
         pytest.skip("synchronous_commit is a PostgreSQL setting")
-    t = add_tenant(engine)
-    p = add_product(engine, t)
-    for i in range(3):
-        _stale(engine, t, p, i)
-        _orphaned_line(engine, t, p, i)
+    _stale_and_orphaned_lines(engine)
 
     assert trigger(engine, with_batch_size(settings, 2)).status is RunStatus.SUCCEEDED
 
@@ -509,11 +513,7 @@ def test_a_run_that_fails_midway_still_records_what_it_deleted(
         engine: Engine, settings: Settings, deletes: list[tuple[str, int]]) -> None:
     """Batches commit one by one: when a later phase fails, the run fails, and its items
     still say which tenants' rows the committed batches removed."""
-    t = add_tenant(engine)
-    p = add_product(engine, t)
-    for i in range(3):
-        _stale(engine, t, p, i)
-        _orphaned_line(engine, t, p, i)
+    t, _ = _stale_and_orphaned_lines(engine)
 
     def refuse_order_products(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if "DELETE FROM order_products" in statement:
@@ -547,11 +547,8 @@ def test_cart_phases_go_on_while_the_order_line_phase_waits(
     cart item, and records them; once the lock goes, the order lines go too."""
     if is_sqlite(engine):
         pytest.skip("SQLite runs the phases in turn (one writer); it has no row locks")
-    t = add_tenant(engine, id="t-a", name="Tenant a")
-    p = add_product(engine, t)
+    t, p = _stale_and_orphaned_lines(engine, id="t-a", name="Tenant a")
     for i in range(3):
-        _stale(engine, t, p, i)
-        _orphaned_line(engine, t, p, i)
         _orphaned_cart(engine, t, p, i)
     lock = lock_first_orphaned_line(engine)
     reports: list[RunReport] = []
@@ -592,11 +589,7 @@ def test_the_timeout_reaches_the_phase_that_runs_beside(engine: Engine,
     run ends timed out with the cart phases' batches counted."""
     if is_sqlite(engine):
         pytest.skip("SQLite runs the phases in turn (one writer); it has no row locks")
-    t = add_tenant(engine)
-    p = add_product(engine, t)
-    for i in range(3):
-        _stale(engine, t, p, i)
-        _orphaned_line(engine, t, p, i)
+    _stale_and_orphaned_lines(engine)
     jobs = dict(settings.jobs)
     jobs["cleanup"] = replace(jobs["cleanup"], batch_size=2, timeout=timedelta(seconds=1))
     lock = lock_first_orphaned_line(engine)
