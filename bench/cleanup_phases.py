@@ -53,13 +53,13 @@ def timed(fn: Callable[..., None], phases: list[Phase], t0: list[float]) -> Call
     return run
 
 
-def schema_built(url: str, schema: str) -> bool:
+def built(url: str, scale: float) -> bool:
+    """Whether jobs_bench.py has built this scale's data (and the database exists)."""
     try:
-        with jobs_bench.pg_connect(url, schema) as conn:
-            found = conn.execute("SELECT to_regclass('tpl_cart_items')").fetchone()
+        sizes = jobs_bench.built_sizes(url, jobs_bench.schema_for(scale))
     except psycopg.OperationalError:
         return False
-    return found is not None and found[0] is not None
+    return sizes == repr(jobs_bench.Sizes.at(scale))
 
 
 def in_turn(ctx: Any, groups: list[list[Any]], ledger: Any) -> None:
@@ -119,8 +119,8 @@ def main() -> int:
     os.chdir(tempfile.mkdtemp(prefix="cleanup-phases-"))
     totals: dict[tuple[str, bool], list[float]] = {}
     for scale in args.scale.split(","):
-        schema = f"jobs_x{float(scale):g}".replace(".", "_")  # as jobs_bench.py names it
-        if not schema_built(args.url, schema):
+        schema = jobs_bench.schema_for(float(scale))
+        if not built(args.url, float(scale)):
             raise SystemExit(f"no data for {scale}x: build it with "
                              f"`python bench/jobs_bench.py --scale {scale} --build-only`")
         for turn in modes:

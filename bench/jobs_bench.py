@@ -718,6 +718,11 @@ def ensure_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
+def schema_for(scale: float) -> str:
+    """The schema that holds a scale's data: jobs_x1, jobs_x0_5, ..."""
+    return f"jobs_x{scale:g}".replace(".", "_")
+
+
 def built_sizes(url: str, schema: str) -> str | None:
     with pg_connect(url) as conn:
         row = conn.execute("SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
@@ -783,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for scale in scales:
             sizes = Sizes.at(scale)
-            schema = f"jobs_x{scale:g}".replace(".", "_")
+            schema = schema_for(scale)
             log("")
             log(f"== scale {scale:g}x, schema {schema}: {sizes.tenants:,} tenants, "
                 f"{sizes.orders:,} orders ({sizes.day_orders:,} on {DAY}), {sizes.carts:,} cart "

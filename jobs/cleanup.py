@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any
 
 from sqlalchemy import (
@@ -126,7 +127,7 @@ class Tally:
                 self.deleted.update(tenant_ids)
             if len(self.deleted) > known:
                 # A Counter keeps its keys in the order they came: the newcomers are last.
-                self.fresh.update(list(self.deleted)[known:])
+                self.fresh.update(islice(self.deleted, known, None))
             self.batches += 1
 
 
@@ -269,7 +270,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
 
 def _run_in_turn(ctx: RunContext, todo: Sequence[Kind], ledger: Ledger) -> None:
-    size = ctx.job.batch_size
+    size = ledger.size
     for kind in todo:
         if ctx.stop_requested:
             return

@@ -540,7 +540,7 @@ def execute(
     if summary is None:
         # The job raised: the summary it wrote as it went says what its committed work
         # did (cleanup's batches); the run's row holds it already and keeps it.
-        summary = dict(sink.noted_summary or {})
+        summary = sink.noted_summary or {}
     if status is RunStatus.SUCCEEDED and sink.errors:
         status = RunStatus.PARTIAL
 

@@ -539,7 +539,6 @@ def test_a_run_that_fails_midway_still_records_what_it_deleted(
     assert len(cart_ids(engine)) == 0 and len(order_product_ids(engine)) == 3
 
 
-
 def test_cart_phases_go_on_while_the_order_line_phase_waits(
         engine: Engine, settings: Settings) -> None:
     """On PostgreSQL the phases of different tables run side by side: while another client
