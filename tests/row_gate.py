@@ -6,14 +6,24 @@ inside that tenant's transaction, until the test lets it go. PostgreSQL says who
 whom (`pg_blocking_pids`), so the test waits for that event instead of for a duration, and
 a run stays `running` as long as the test holds the lock, however loaded the machine.
 
-SQLite locks the whole file, which would stop the runner's heartbeats and ticks as well:
-there, tests keep a run going by volume (enough tenants to outlast what they watch).
+SQLite locks the whole file, which would stop the runner's heartbeats and ticks as well.
+There the test pauses the process that runs the run instead (SIGSTOP, then SIGCONT to let
+go), stepping it on until the run has written progress, and only at a moment it holds no
+write lock (the test's own `BEGIN IMMEDIATE` gets through): paused inside a write, it
+holds off the other processes' writes and even the test's reads (seen: a read waiting out
+its 30 s busy timeout). A run inside a process that must keep working meanwhile (a
+runner's HTTP run, watched through the runner's ticks) is kept going by volume instead:
+enough tenants to outlast what the test watches.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
@@ -21,7 +31,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.engine import Connection, Engine, RootTransaction
 
-from jobs.db import make_engine, tenants
+from jobs.db import make_engine, ops_runners, tenants
 from tests.conftest import wait_until
 
 # The tenants of a gated run (PostgreSQL), and the ones in its middle the gate may hold.
@@ -30,6 +40,11 @@ GATE_IDS = [f"t{i:05d}" for i in range(5, 15)]
 
 # A run writes its progress (`processed`) at most this often (jobs.context.ItemSink).
 FLUSH_SECONDS = 1.0
+
+# The tenants of a paused run (SQLite): enough that the run is still going when the test
+# first sees it running (it polls every few milliseconds), ~2 s of work on a quiet machine;
+# from then on the test steps it on a few milliseconds at a time.
+N_PAUSED = 1_000
 
 
 class RowGate:
@@ -100,20 +115,88 @@ def add_tenants(engine: Engine, n: int, expire_date: datetime) -> None:
         ])
 
 
+class ProcessPause:
+    """SIGSTOP and SIGCONT for the process running a run on SQLite, and the step between."""
+
+    STEP_SECONDS = 0.02
+
+    def __init__(self, db_path: str) -> None:
+        self.db_path = db_path
+        self.pid: int | None = None
+
+    def stop(self, pid: int) -> None:
+        """Stopped with every thread (the kernel says so), at a moment it holds no write
+        lock on the file: continued and stopped again until so."""
+        self.pid = pid
+        for _ in range(5_000):
+            os.kill(pid, signal.SIGSTOP)
+            wait_until(f"process {pid} stopped", lambda: _all_stopped(pid), 30)
+            if self._lock_free():
+                return
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.001)
+        raise AssertionError(f"process {pid} never paused outside a write transaction")
+
+    def step(self) -> None:
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGCONT)
+        time.sleep(self.STEP_SECONDS)
+        self.stop(self.pid)
+
+    def cont(self) -> None:
+        if self.pid is not None:
+            with suppress(ProcessLookupError):  # killed by the test meanwhile
+                os.kill(self.pid, signal.SIGCONT)
+            self.pid = None
+
+    def _lock_free(self) -> bool:
+        conn = sqlite3.connect(self.db_path, timeout=0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError:  # "database is locked": a write is in progress
+            return False
+        finally:
+            conn.close()
+
+
+def _all_stopped(pid: int) -> bool:
+    """Every thread of `pid` stopped (state T), or the process gone."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                stat = f.read()
+        except FileNotFoundError:
+            continue
+        if stat[stat.rfind(")") + 2] not in "TtZX":
+            return False
+    return True
+
+
 class RunHold:
     """Keeps an expiry-checker run over the tenants it adds going until the test lets go.
 
     On PostgreSQL the test holds a row lock on a tenant in the middle before any run
     starts, so a run waits there, inside that tenant's transaction, for as long as the test
-    likes. On SQLite, which has no row locks, the run is long by volume instead:
-    `n_volume` tenants, enough to outlast what the test watches on a fast, quiet machine
-    (2,000 took 1.8-2.3 s on two machines, the first progress write coming at one second);
-    a loaded machine only makes the run longer."""
+    likes. On SQLite, which has no row locks, the test pauses the process running the run
+    (N_PAUSED tenants) once it has written progress; with `n_volume`, for a run whose
+    process must go on working, the run is long by volume instead: that many tenants,
+    enough to outlast what the test watches on a fast, quiet machine (2,000 took 1.8-2.3 s
+    on two machines, the first progress write coming at one second); a loaded machine
+    only makes the run longer."""
 
-    def __init__(self, engine: Engine, db_url: str, n_volume: int,
-                 expire_date: datetime) -> None:
+    def __init__(self, engine: Engine, db_url: str, expire_date: datetime,
+                 n_volume: int | None = None) -> None:
+        self.engine = engine
         self.gate = RowGate(db_url) if engine.dialect.name == "postgresql" else None
-        self.n = N_GATED if self.gate else n_volume
+        self.pause = (ProcessPause(str(engine.url.database))
+                      if self.gate is None and n_volume is None else None)
+        self.n = N_GATED if self.gate else n_volume or N_PAUSED
         add_tenants(engine, self.n, expire_date)
         if self.gate:
             self.gate.hold(GATE_IDS[0])
@@ -128,23 +211,63 @@ class RunHold:
 
     def in_progress(self, running: Callable[[], Any]) -> Any:
         """The run `running()` reads, once it has written progress (processed > 0), read
-        before it ends."""
-        if self.gate is None:
+        before it ends. On SQLite without volume its process is paused from then until
+        `let_go`, between two of its write transactions."""
+        if self.gate is not None:
+            run, _ = hold_run_with_progress(self.gate, GATE_IDS, running)
+            return run
+        if self.pause is None:
             return wait_until("a run in progress", lambda: (
                 (run := running()) is not None and run.processed > 0 and run), 60)
-        run, _ = hold_run_with_progress(self.gate, GATE_IDS, running)
-        return run
+        run = _poll("a run started", running, 60)
+        self.pause.stop(self._pid_of(run))
+        # Its first progress write comes with the first tenant it finishes once
+        # FLUSH_SECONDS have passed since it started. Until then a step every quarter of a
+        # second lets its heartbeats through (a process silent for stale_after is dead to
+        # the others); from then on, steps back to back.
+        started = run.started_at if run.started_at.tzinfo else run.started_at.replace(tzinfo=UTC)
+        due = started + timedelta(seconds=FLUSH_SECONDS)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            run = running()
+            if run is None:
+                raise AssertionError(f"the run ended before it wrote progress: {self.n} "
+                                     "tenants are too few for this machine")
+            if run.processed > 0:
+                return run
+            if (wait := (due - datetime.now(UTC)).total_seconds()) > 0:
+                time.sleep(min(0.25, wait))
+            self.pause.step()
+        raise AssertionError("the paused run wrote no progress in 60 s of steps")
+
+    def _pid_of(self, run: Any) -> int:
+        with self.engine.connect() as c:
+            return int(c.execute(select(ops_runners.c.pid).where(
+                ops_runners.c.id == run.runner_id)).scalar_one())
 
     def let_go(self) -> None:
         if self.gate:
             self.gate.close()
             self.gate = None
+        if self.pause:
+            self.pause.cont()
+
+
+def _poll(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    """wait_until, polling every few milliseconds: a run of N_PAUSED tenants is caught
+    early in its course."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.005)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @contextmanager
-def run_hold(engine: Engine, db_url: str, n_volume: int,
-             expire_date: datetime) -> Iterator[RunHold]:
-    hold = RunHold(engine, db_url, n_volume, expire_date)
+def run_hold(engine: Engine, db_url: str, expire_date: datetime,
+             n_volume: int | None = None) -> Iterator[RunHold]:
+    hold = RunHold(engine, db_url, expire_date, n_volume)
     try:
         yield hold
     finally:
