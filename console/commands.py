@@ -224,7 +224,7 @@ def cmd_trigger(ctx: CliContext, args: argparse.Namespace) -> int:
     def started(run_id: int | None) -> None:
         if not ctx.json:
             what = "previewing" if run_id is None else f"run {run_id}:"
-            ctx.err(f"{what} {job_id} at {iso(now)}")
+            ctx.err(f"{what} {job_id} at {stamp(now, zone=True)}")
 
     def execute(runner_id: str | None) -> RunReport:
         with _stop_on_signals(stop, ctx):

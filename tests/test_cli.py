@@ -312,8 +312,14 @@ def test_trigger_human_summary_and_item_error_exit_1(engine: Engine, env: dict[s
     add_tenant(engine, id="t-bad-mail", email="owner@gmail,com",
                expire_date=NOW - timedelta(hours=2))
     add_tenant(engine, id="t-good", expire_date=NOW - timedelta(hours=2))
-    proc = cli(env, "trigger", "expiry-checker", "--now", NOW_ARG, cwd=tmp_path)
+    # A --now with a fraction of a second: the run's line says it to the second, as the
+    # report does.
+    proc = cli(env, "trigger", "expiry-checker", "--now", "2026-11-28T00:30:00.250Z",
+               cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
+    assert re.fullmatch(r"run \d+: expiry-checker at 2026-11-28 00:30:00 UTC",
+                        proc.stderr.splitlines()[0]), proc.stderr
+    assert "now:       2026-11-28 00:30:00 UTC" in proc.stdout
     assert "Job completed with errors" in proc.stdout
     assert "expired=1" in proc.stdout
     bad = next(ln for ln in proc.stdout.splitlines() if ln.startswith("t-bad-mail"))
