@@ -181,6 +181,17 @@ def _parse_fields(expression: str) -> tuple[str, ...]:
             f"cron expression {expression!r} has {plural(len(fields), 'field')}; "
             "expected 5 (minute hour day-of-month month day-of-week) or 6 with seconds last"
         )
+    if len(fields) == 6 and fields[5] == "*":
+        # Quartz and Spring put the seconds first: their "*/5 * * * * *" (every 5 s) is
+        # here every second of every fifth minute, sixty runs in a row.
+        moved = " ".join((*fields[1:], fields[0]))
+        hint = ("write '*/1' in it for every second" if fields[0] == "*" else
+                f"with the seconds first (as Quartz and Spring write them) it is {moved!r} "
+                "here; write '*/1' in it for every second")
+        raise CronError(
+            f"cron expression {expression!r}: the second field (the last here) is '*', "
+            f"which fires every second of each minute it matches; {hint}"
+        )
     for index, value in enumerate(fields):
         if any(_HASH_OR_RANDOM.match(part) for part in value.split(",")):
             raise CronError(

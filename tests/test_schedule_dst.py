@@ -361,6 +361,13 @@ def test_describe(expression: str, tz: str, text: str) -> None:
         ("H * * * *", "hashed or random"),
         ("R * * * *", "hashed or random"),
         ("0 0 30 2 *", "never matches a real date"),
+        # Seconds first, as Quartz and Spring write them: here every second of a minute.
+        ("*/5 * * * * *", "second field (the last here) is '*', which fires every second "
+                          "of each minute it matches; with the seconds first (as Quartz "
+                          "and Spring write them) it is '* * * * * */5' here"),
+        ("0 */5 * * * *", "it is '*/5 * * * * 0' here"),
+        ("* * * * * *", "is '*', which fires every second of each minute it matches; "
+                        "write '*/1' in it for every second"),
     ],
 )
 def test_bad_expression_raises_cron_error(expression: str, reason: str) -> None:
