@@ -272,7 +272,9 @@ JOB_KEYS: dict[str, JobKey] = {
     for key in (
         JobKey("schedule", "cron", None,
                "5-field cron, a nickname (`@daily`, `@hourly`, …), or 6 fields with seconds "
-               "last (`* * * * * */2`: every 2 s)",
+               "last (`* * * * * */2`: every 2 s). A last field of `*` is refused: it fires "
+               "every second of each minute it matches, which is what Quartz's and Spring's "
+               "seconds-first `*/5 * * * * *` means here; `*/1` is every second",
                shown="see above"),
         JobKey("timezone", "timezone", "UTC",
                "IANA name; slots follow cron's DST rules in it (below)"),
