@@ -7,6 +7,7 @@ ASCII tables pass `missing="-"`."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -141,9 +142,21 @@ def compact(detail: Mapping[str, Any]) -> str:
 
 def item_note(item: ItemResult, skip: tuple[str, ...] = ()) -> str:
     """An item's detail for a table row, without what the row already shows: values that
-    repeat its tenant id (analytics' `tenantId`) go, so the figures come first."""
+    repeat its tenant id (analytics' `tenantId`) go, so the figures come first. Moments
+    are cut to the second in UTC (`2026-11-30T15:06:01Z`): the row is narrow, and the JSON
+    and the detail pane keep them whole."""
     return " ".join(
-        f"{k}={v}" for k, v in item.detail.items()
+        f"{k}={_note_value(v)}" for k, v in item.detail.items()
         if k not in skip and not isinstance(v, dict | list)
         and (item.tenant_id is None or v != item.tenant_id)
     )
+
+
+# What datetime.isoformat() writes for an aware moment, which is how details hold them.
+_ISO_MOMENT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)")
+
+
+def _note_value(value: Any) -> Any:
+    if isinstance(value, str) and _ISO_MOMENT.fullmatch(value):
+        return f"{as_utc(datetime.fromisoformat(value)):%Y-%m-%dT%H:%M:%SZ}"
+    return value

@@ -875,3 +875,25 @@ def test_item_note_leaves_out_only_what_the_row_shows() -> None:
     rows = ItemResult(None, "orphaned_order_products", ItemStatus.OK,
                       {"deleted": 3, "tenant": None, "nested": {"a": 1}})
     assert item_note(rows) == "deleted=3 tenant=None"
+
+
+def test_item_note_cuts_moments_to_the_second_in_utc(engine: Engine, env: dict[str, str],
+                                                     tmp_path: Path) -> None:
+    from console.formatting import item_note
+    from jobs.records import ItemResult, ItemStatus
+
+    item = ItemResult("t-1", "expired", ItemStatus.OK, {
+        "expire_date": "2026-11-30T15:06:01.625064+00:00", "grace_end": "2026-12-07T17:06:01+02:00",
+        "day": "2026-11-30", "note": "at 2026-11-30T15:06:01+00:00 or so"})
+    assert item_note(item) == ("expire_date=2026-11-30T15:06:01Z grace_end=2026-12-07T15:06:01Z "
+                               "day=2026-11-30 note=at 2026-11-30T15:06:01+00:00 or so")
+    # As the trigger's table shows it, while its JSON keeps the moment whole.
+    add_tenant(engine, id="t-late", expire_date=datetime(2026, 11, 27, 9, 15, 30, 250_000,
+                                                         tzinfo=UTC))
+    human = cli(env, "trigger", "expiry-checker", "--now", NOW_ARG, cwd=tmp_path)
+    assert human.returncode == 0, human.stderr
+    row = next(ln for ln in human.stdout.splitlines() if ln.startswith("t-late"))
+    assert "expire_date=2026-11-27T09:15:30Z grace_end=2026-12-04T09:15:30Z" in row, row
+    shown = json.loads(cli(env, "show", "1", "--json", cwd=tmp_path).stdout)
+    assert shown["results"]["items"][0]["detail"]["expire_date"] == (
+        "2026-11-27T09:15:30.250000+00:00")
