@@ -182,13 +182,13 @@ def test_delivers_each_email_once_with_headers_and_both_parts(engine: Engine,
         assert list(body) == ["text/plain", "text/html"]
         assert body["text/plain"] == row.body_text.replace("\r\n", "\n")
         assert body["text/html"] == row.body_html.replace("\r\n", "\n")
-    shop1 = next(m for m in sink.messages if m["To"] == "owner1@example.com")
+    shop1 = next(m for m in sink.messages() if m["To"] == "owner1@example.com")
     assert header(shop1, "Subject") == "Your StoreFlow subscription for Shop Nº1 has expired"
     text = parts(shop1)["text/plain"]
     assert "Hello Shop Nº1," in text
     assert "Tuesday 24 November 2026, 00:00 UTC" in text  # expire_date in plain words
     assert "Tuesday 1 December 2026, 00:00 UTC" in text  # grace_end
-    shop3 = next(m for m in sink.messages if m["To"] == "owner3@example.com")
+    shop3 = next(m for m in sink.messages() if m["To"] == "owner3@example.com")
     assert header(shop3, "Subject") == "Your StoreFlow store Shop Nº3 has been suspended"
 
     for row in rows(engine):
@@ -223,7 +223,7 @@ def test_only_due_emails_are_sent(engine: Engine, settings: Settings) -> None:
     sink = Sink()
     with smtp_server(sink) as port:
         assert drain(engine, tuned(settings), port).sent == 1
-    assert [m["To"] for m in sink.messages] == ["owner-1@example.com"]
+    assert [m["To"] for m in sink.messages()] == ["owner-1@example.com"]
 
 
 def test_without_smtp_url_nothing_is_sent(engine: Engine, settings: Settings) -> None:
@@ -272,7 +272,7 @@ def test_server_down_records_backoff_then_delivers_when_back(engine: Engine,
         later = drain(engine, settings, port, now=NOW + timedelta(seconds=30))
         assert later.sent == 2
     assert len(sink.received) == 5
-    assert len({m["Message-ID"] for m in sink.messages}) == 5
+    assert len({m["Message-ID"] for m in sink.messages()}) == 5
     assert [r.attempts for r in rows(engine)] == [2, 2, 1, 1, 1]
     assert all(r.status == "sent" for r in rows(engine))
 
@@ -299,7 +299,7 @@ def test_permanent_rejection_fails_at_once_with_the_answer(engine: Engine,
     assert mail["owner-2@example.com"].status == "failed"
     assert mail["owner-2@example.com"].last_error == "554 5.7.1 message refused as spam"
     assert mail["owner-3@example.com"].status == "sent"  # the connection went on after a 5xx
-    assert [m["To"] for m in sink.messages] == ["owner-3@example.com"]
+    assert [m["To"] for m in sink.messages()] == ["owner-3@example.com"]
 
 
 def test_temporary_rejection_is_retried_later(engine: Engine, settings: Settings) -> None:
@@ -323,7 +323,7 @@ def test_temporary_rejection_is_retried_later(engine: Engine, settings: Settings
         assert row.next_attempt_at == NOW + timedelta(seconds=60)
         assert drain(engine, settings, port, now=NOW + timedelta(seconds=59)).sent == 0
         assert drain(engine, settings, port, now=NOW + timedelta(seconds=60)).sent == 1
-    assert sorted(m["To"] for m in sink.messages) == ["owner-1@example.com",
+    assert sorted(m["To"] for m in sink.messages()) == ["owner-1@example.com",
                                                       "owner-2@example.com"]
     assert by_recipient(engine)["owner-1@example.com"].status == "sent"
 
@@ -377,7 +377,7 @@ def test_retry_puts_dead_and_failed_back(engine: Engine, settings: Settings) -> 
             assert (row.status, row.attempts, row.next_attempt_at) == ("pending", 0, later)
         reject.clear()
         assert drain(engine, settings, port, now=later).sent == 2
-    assert sorted(m["To"] for m in sink.messages) == [
+    assert sorted(m["To"] for m in sink.messages()) == [
         "owner-1@example.com", "owner-2@example.com", "owner-3@example.com"]
 
 
@@ -409,7 +409,7 @@ def test_two_senders_racing_send_every_email_exactly_once(engine: Engine,
             t.join(60)
     assert errors == []
     assert results["a"].sent + results["b"].sent == 200
-    ids = Counter(m["Message-ID"] for m in sink.messages)
+    ids = Counter(m["Message-ID"] for m in sink.messages())
     assert len(sink.received) == 200
     assert set(ids.values()) == {1}
     assert set(ids) == {sender.message_id(k) for k in keys}
@@ -427,7 +427,7 @@ def test_rows_claimed_by_another_sender_are_left_alone(engine: Engine,
     sink = Sink()
     with smtp_server(sink) as port:
         assert drain(engine, settings, port).sent == 2
-        assert sorted(m["To"] for m in sink.messages) == ["owner-3@example.com",
+        assert sorted(m["To"] for m in sink.messages()) == ["owner-3@example.com",
                                                           "owner-4@example.com"]
         # Its lease runs out (the sender died): the rows can be claimed again.
         assert drain(engine, settings, port, now=NOW + sender.LEASE).sent == 2
@@ -448,7 +448,7 @@ def test_skip_locked_does_not_wait_for_a_claim_in_progress(engine: Engine,
                       .with_for_update())
         assert drain(engine, tuned(settings), port).sent == 2
         tx.rollback()
-    assert sorted(m["To"] for m in sink.messages) == ["owner-2@example.com",
+    assert sorted(m["To"] for m in sink.messages()) == ["owner-2@example.com",
                                                       "owner-3@example.com"]
 
 
@@ -481,7 +481,7 @@ def test_crash_between_accepted_and_marked_sends_again_once(engine: Engine,
         # Lease over: sent again, exactly once more, then marked.
         assert drain(engine, settings, port, now=NOW + sender.LEASE).sent == 1
         assert drain(engine, settings, port, now=NOW + 2 * sender.LEASE).sent == 0
-    ids = Counter(m["Message-ID"] for m in sink.messages)
+    ids = Counter(m["Message-ID"] for m in sink.messages())
     assert ids == {sender.message_id(keys[0]): 2, sender.message_id(keys[1]): 1}
     assert [r.status for r in rows(engine)] == ["sent", "sent"]
 
@@ -519,7 +519,7 @@ def test_a_claim_taken_over_mid_batch_is_neither_sent_nor_marked(engine: Engine,
     with smtp_server(sink) as port:
         result = drain(engine, tuned(settings), port, stop=stop, on_accepted=meanwhile)
     # Row 1 was in flight when it was taken: it went out (and counts), row 2 did not.
-    assert [m["To"] for m in sink.messages] == ["owner-1@example.com", "owner-3@example.com"]
+    assert [m["To"] for m in sink.messages()] == ["owner-1@example.com", "owner-3@example.com"]
     assert result.sent == 2
     assert [(r.id, r.status, r.claimed_by) for r in rows(engine)] == [
         (1, "pending", "other"), (2, "pending", "other"), (3, "sent", None),
@@ -577,7 +577,7 @@ def test_batches_outlasting_their_lease_send_each_email_once(engine: Engine,
     for p, (_out, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err
     sent = [json.loads(out)["sent"] for out, _err in outputs]
-    ids = Counter(m["Message-ID"] for m in sink.messages)
+    ids = Counter(m["Message-ID"] for m in sink.messages())
     assert ids == {sender.message_id(k): 1 for k in keys}
     assert len(sink.received) == n
     assert sum(sent) == n and min(sent) > 0  # both sent: the takeover did happen
@@ -673,7 +673,7 @@ def test_script_and_newline_in_tenant_names(engine: Engine, settings: Settings) 
         assert drain(engine, tuned(settings), port).sent == 2
     assert sorted(r.rcpt_tos for r in sink.received) == [("newline@example.com",),
                                                           ("script@example.com",)]
-    script = next(m for m in sink.messages if m["To"] == "script@example.com")
+    script = next(m for m in sink.messages() if m["To"] == "script@example.com")
     body = parts(script)
     assert "Hello <script>alert('x')</script> & Sons," in body["text/plain"]
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; Sons" in body["text/html"]
@@ -682,7 +682,7 @@ def test_script_and_newline_in_tenant_names(engine: Engine, settings: Settings) 
         "Your StoreFlow subscription for <script>alert('x')</script> & Sons has expired")
 
     raw = next(r.data for r in sink.received if r.rcpt_tos == ("newline@example.com",))
-    newline = next(m for m in sink.messages if m["To"] == "newline@example.com")
+    newline = next(m for m in sink.messages() if m["To"] == "newline@example.com")
     assert header(newline, "Subject") == (
         "Your StoreFlow subscription for Line one Bcc: victim@example.com has expired")
     assert newline["Bcc"] is None
