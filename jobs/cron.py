@@ -181,17 +181,6 @@ def _parse_fields(expression: str) -> tuple[str, ...]:
             f"cron expression {expression!r} has {plural(len(fields), 'field')}; "
             "expected 5 (minute hour day-of-month month day-of-week) or 6 with seconds last"
         )
-    if len(fields) == 6 and fields[5] == "*":
-        # Quartz and Spring put the seconds first: their "*/5 * * * * *" (every 5 s) is
-        # here every second of every fifth minute, sixty runs in a row.
-        moved = " ".join((*fields[1:], fields[0]))
-        hint = ("write '*/1' in it for every second" if fields[0] == "*" else
-                f"with the seconds first (as Quartz and Spring write them) it is {moved!r} "
-                "here; write '*/1' in it for every second")
-        raise CronError(
-            f"cron expression {expression!r}: the second field (the last here) is '*', "
-            f"which fires every second of each minute it matches; {hint}"
-        )
     for index, value in enumerate(fields):
         if any(_HASH_OR_RANDOM.match(part) for part in value.split(",")):
             raise CronError(
@@ -207,7 +196,28 @@ def _parse_fields(expression: str) -> tuple[str, ...]:
         croniter(joined, _PROBE_START, ret_type=datetime).get_next()
     except CroniterBadDateError:
         raise CronError(f"cron expression {expression!r} never matches a real date") from None
+    if len(fields) == 6 and fields[5] == "*":
+        raise CronError(f"cron expression {expression!r}: {_every_second(fields)}")
     return fields
+
+
+def _every_second(fields: tuple[str, ...]) -> str:
+    """Why a last (seconds) field of `*` is refused. Quartz and Spring put the seconds
+    first: their "*/5 * * * * *" (every 5 s) is here every second of every fifth minute,
+    sixty runs in a row. The same fields with the first moved last are offered when they
+    make a schedule here."""
+    why = ("the seconds field (the last here) is '*', which fires every second of each "
+           "minute it matches")
+    moved = " ".join((*fields[1:], fields[0]))
+    if fields[0] != "*":
+        try:
+            _parse_fields(moved)
+        except CronError:
+            pass
+        else:
+            why += (f"; with the seconds first (as Quartz and Spring write them) it is "
+                    f"{moved!r} here")
+    return why + "; write '*/1' in it for every second"
 
 
 def _explain(fields: tuple[str, ...], exc: CroniterError) -> str:

@@ -153,10 +153,14 @@ def item_note(item: ItemResult, skip: tuple[str, ...] = ()) -> str:
 
 
 # What datetime.isoformat() writes for an aware moment, which is how details hold them.
-_ISO_MOMENT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)")
+_ISO_MOMENT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)",
+                         re.ASCII)
 
 
 def _note_value(value: Any) -> Any:
     if isinstance(value, str) and _ISO_MOMENT.fullmatch(value):
-        return f"{as_utc(datetime.fromisoformat(value)):%Y-%m-%dT%H:%M:%SZ}"
+        try:
+            return f"{as_utc(datetime.fromisoformat(value)):%Y-%m-%dT%H:%M:%SZ}"
+        except (ValueError, OverflowError):  # the shape of a moment, not one (Feb 30)
+            pass
     return value

@@ -19,6 +19,7 @@ enough tenants to outlast what the test watches.
 from __future__ import annotations
 
 import os
+import select as selectmodule
 import signal
 import sqlite3
 import time
@@ -116,41 +117,66 @@ def add_tenants(engine: Engine, n: int, expire_date: datetime) -> None:
 
 
 class ProcessPause:
-    """SIGSTOP and SIGCONT for the process running a run on SQLite, and the step between."""
+    """SIGSTOP and SIGCONT for the process running a run on SQLite, and the step between.
+
+    Signals go through a pidfd opened when the process is first paused: a pid the fork
+    server has reaped may be reused, a pidfd never names another process."""
 
     STEP_SECONDS = 0.02
+    STOP_SECONDS = 30.0
 
     def __init__(self, db_path: str) -> None:
         self.db_path = db_path
         self.pid: int | None = None
+        self._pidfd: int | None = None
 
     def stop(self, pid: int) -> None:
         """Stopped with every thread (the kernel says so), at a moment it holds no write
         lock on the file: continued and stopped again until so."""
-        self.pid = pid
-        for _ in range(5_000):
-            os.kill(pid, signal.SIGSTOP)
-            wait_until(f"process {pid} stopped", lambda: _all_stopped(pid), 30)
+        if self._pidfd is None:
+            self.pid, self._pidfd = pid, os.pidfd_open(pid)
+        deadline = time.monotonic() + self.STOP_SECONDS
+        while time.monotonic() < deadline:
+            self._signal(signal.SIGSTOP)
+            _poll(f"process {pid} stopped", lambda: self._gone() or _all_stopped(pid),
+                  self.STOP_SECONDS, every=0.001)
+            if self._gone():
+                raise AssertionError(f"process {pid}, running the run, exited")
             if self._lock_free():
                 return
-            os.kill(pid, signal.SIGCONT)
+            self._signal(signal.SIGCONT)
             time.sleep(0.001)
-        raise AssertionError(f"process {pid} never paused outside a write transaction")
+        raise AssertionError(f"process {pid} never paused outside a write transaction "
+                             f"in {self.STOP_SECONDS:g} s")
 
     def step(self) -> None:
         assert self.pid is not None
-        os.kill(self.pid, signal.SIGCONT)
+        if self._gone():
+            raise AssertionError(f"process {self.pid}, running the run, exited")
+        self._signal(signal.SIGCONT)
         time.sleep(self.STEP_SECONDS)
         self.stop(self.pid)
 
     def cont(self) -> None:
-        if self.pid is not None:
+        if self._pidfd is not None:
             with suppress(ProcessLookupError):  # killed by the test meanwhile
-                os.kill(self.pid, signal.SIGCONT)
-            self.pid = None
+                self._signal(signal.SIGCONT)
+            os.close(self._pidfd)
+            self.pid = self._pidfd = None
+
+    def _signal(self, sig: signal.Signals) -> None:
+        assert self._pidfd is not None
+        signal.pidfd_send_signal(self._pidfd, sig)
+
+    def _gone(self) -> bool:
+        """Exited (a zombie, or reaped): its pidfd reads as ready."""
+        assert self._pidfd is not None
+        return bool(selectmodule.select([self._pidfd], [], [], 0)[0])
 
     def _lock_free(self) -> bool:
-        conn = sqlite3.connect(self.db_path, timeout=0, isolation_level=None)
+        # mode=rw: a wrong path fails instead of making an empty file whose lock is free.
+        conn = sqlite3.connect(f"file:{self.db_path}?mode=rw", uri=True, timeout=0,
+                               isolation_level=None)
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("ROLLBACK")
@@ -219,20 +245,24 @@ class RunHold:
         if self.pause is None:
             return wait_until("a run in progress", lambda: (
                 (run := running()) is not None and run.processed > 0 and run), 60)
-        run = _poll("a run started", running, 60)
-        self.pause.stop(self._pid_of(run))
+        first = _poll("a run started", running, 60)
+        self.pause.stop(self._pid_of(first))
         # Its first progress write comes with the first tenant it finishes once
         # FLUSH_SECONDS have passed since it started. Until then a step every quarter of a
         # second lets its heartbeats through (a process silent for stale_after is dead to
         # the others); from then on, steps back to back.
-        started = run.started_at if run.started_at.tzinfo else run.started_at.replace(tzinfo=UTC)
+        started = first.started_at if first.started_at.tzinfo else first.started_at.replace(
+            tzinfo=UTC)
         due = started + timedelta(seconds=FLUSH_SECONDS)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             run = running()
-            if run is None:
-                raise AssertionError(f"the run ended before it wrote progress: {self.n} "
-                                     "tenants are too few for this machine")
+            if run is None or run.id != first.id:
+                # Not the paused process's run any more: it ended, or another process
+                # judged it dead (its heartbeats held off too long) and took the job on.
+                raise AssertionError(f"run {first.id} stopped running before it wrote "
+                                     f"progress (now: {run}); {self.n} tenants too few, or "
+                                     "its process was paused past stale_after")
             if run.processed > 0:
                 return run
             if (wait := (due - datetime.now(UTC)).total_seconds()) > 0:
@@ -253,14 +283,14 @@ class RunHold:
             self.pause.cont()
 
 
-def _poll(what: str, check: Callable[[], Any], timeout: float) -> Any:
+def _poll(what: str, check: Callable[[], Any], timeout: float, every: float = 0.005) -> Any:
     """wait_until, polling every few milliseconds: a run of N_PAUSED tenants is caught
-    early in its course."""
+    early in its course, and a stopped process within a millisecond."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := check():
             return value
-        time.sleep(0.005)
+        time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 

@@ -884,9 +884,11 @@ def test_item_note_cuts_moments_to_the_second_in_utc(engine: Engine, env: dict[s
 
     item = ItemResult("t-1", "expired", ItemStatus.OK, {
         "expire_date": "2026-11-30T15:06:01.625064+00:00", "grace_end": "2026-12-07T17:06:01+02:00",
-        "day": "2026-11-30", "note": "at 2026-11-30T15:06:01+00:00 or so"})
+        "day": "2026-11-30", "note": "at 2026-11-30T15:06:01+00:00 or so",
+        "odd": "2026-02-30T00:00:00+00:00", "last": "9999-12-31T23:59:59-05:00"})
     assert item_note(item) == ("expire_date=2026-11-30T15:06:01Z grace_end=2026-12-07T15:06:01Z "
-                               "day=2026-11-30 note=at 2026-11-30T15:06:01+00:00 or so")
+                               "day=2026-11-30 note=at 2026-11-30T15:06:01+00:00 or so "
+                               "odd=2026-02-30T00:00:00+00:00 last=9999-12-31T23:59:59-05:00")
     # As the trigger's table shows it, while its JSON keeps the moment whole.
     add_tenant(engine, id="t-late", expire_date=datetime(2026, 11, 27, 9, 15, 30, 250_000,
                                                          tzinfo=UTC))

@@ -295,7 +295,9 @@ def test_a_killed_runners_run_shows_as_stale_and_the_next_trigger_interrupts_it(
     runners.append(runner)
     victim = hold.in_progress(lambda: running(engine, JOB))
     runner.stop(signal.SIGKILL)
-    hold.let_go()  # the killed run's transaction, never committed, rolls back
+    # PostgreSQL: the killed run's transaction, never committed, rolls back; SQLite: it
+    # was paused between two of its transactions.
+    hold.let_go()
     # No runner is left to sweep: the run stays `running` in history, but every face
     # must say it is stale as soon as its runner counts as dead.
     # Watched in the database (a `status` process per poll is slow on a loaded machine);

@@ -362,12 +362,17 @@ def test_describe(expression: str, tz: str, text: str) -> None:
         ("R * * * *", "hashed or random"),
         ("0 0 30 2 *", "never matches a real date"),
         # Seconds first, as Quartz and Spring write them: here every second of a minute.
-        ("*/5 * * * * *", "second field (the last here) is '*', which fires every second "
+        ("*/5 * * * * *", "seconds field (the last here) is '*', which fires every second "
                           "of each minute it matches; with the seconds first (as Quartz "
                           "and Spring write them) it is '* * * * * */5' here"),
         ("0 */5 * * * *", "it is '*/5 * * * * 0' here"),
         ("* * * * * *", "is '*', which fires every second of each minute it matches; "
                         "write '*/1' in it for every second"),
+        # Fields that are no schedule once moved: no rewrite offered.
+        ("0 0 25 * * *", "each minute it matches; write '*/1' in it for every second"),
+        # Other faults are named first.
+        ("*/5 61 * * * *", "hour field '61': out of range"),
+        ("H * * * * *", "hashed or random"),
     ],
 )
 def test_bad_expression_raises_cron_error(expression: str, reason: str) -> None:
