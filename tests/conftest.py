@@ -208,15 +208,17 @@ def _server_log(path: str | None = None) -> str:
     return f"\nfork server's stderr:\n{text[-4000:]}" if text else ""
 
 
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
-    """Poll `check` until it returns something true, and return that; fail after `timeout`
-    seconds. How tests wait for an event in another process: never a fixed sleep."""
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 30,
+               every: float = 0.05) -> Any:
+    """Poll `check` every `every` seconds until it returns something true, and return that;
+    fail after `timeout` seconds. How tests wait for an event in another process: never a
+    fixed sleep."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
-        time.sleep(0.05)
+        time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 

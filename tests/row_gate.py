@@ -33,6 +33,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Connection, Engine, RootTransaction
 
 from jobs.db import make_engine, ops_runners, tenants
+from jobs.timeutil import as_utc
 from tests.conftest import wait_until
 
 # The tenants of a gated run (PostgreSQL), and the ones in its middle the gate may hold.
@@ -96,7 +97,7 @@ def hold_run_with_progress(gate: RowGate, gate_ids: list[str],
             return run, current
         # The run writes its progress on the first tenant it finishes once FLUSH_SECONDS
         # have passed since it started; step it on only then, so the gate lasts.
-        started = run.started_at if run.started_at.tzinfo else run.started_at.replace(tzinfo=UTC)
+        started = as_utc(run.started_at)
         wait_until("the run's first progress write due", lambda s=started: datetime.now(UTC)
                    >= s + timedelta(seconds=FLUSH_SECONDS), 30)
         gate.hold(following)
@@ -133,13 +134,17 @@ class ProcessPause:
     def stop(self, pid: int) -> None:
         """Stopped with every thread (the kernel says so), at a moment it holds no write
         lock on the file: continued and stopped again until so."""
-        if self._pidfd is None:
-            self.pid, self._pidfd = pid, os.pidfd_open(pid)
+        self.pid, self._pidfd = pid, os.pidfd_open(pid)
+        self._stop()
+
+    def _stop(self) -> None:
+        pid = self.pid
+        assert pid is not None
         deadline = time.monotonic() + self.STOP_SECONDS
         while time.monotonic() < deadline:
             self._signal(signal.SIGSTOP)
-            _poll(f"process {pid} stopped", lambda: self._gone() or _all_stopped(pid),
-                  self.STOP_SECONDS, every=0.001)
+            wait_until(f"process {pid} stopped", lambda: self._gone() or _all_stopped(pid),
+                       self.STOP_SECONDS, every=0.001)
             if self._gone():
                 raise AssertionError(f"process {pid}, running the run, exited")
             if self._lock_free():
@@ -155,7 +160,7 @@ class ProcessPause:
             raise AssertionError(f"process {self.pid}, running the run, exited")
         self._signal(signal.SIGCONT)
         time.sleep(self.STEP_SECONDS)
-        self.stop(self.pid)
+        self._stop()
 
     def cont(self) -> None:
         if self._pidfd is not None:
@@ -245,15 +250,14 @@ class RunHold:
         if self.pause is None:
             return wait_until("a run in progress", lambda: (
                 (run := running()) is not None and run.processed > 0 and run), 60)
-        first = _poll("a run started", running, 60)
+        # Polled every few milliseconds: a run of N_PAUSED tenants is caught early on.
+        first = wait_until("a run started", running, 60, every=0.005)
         self.pause.stop(self._pid_of(first))
         # Its first progress write comes with the first tenant it finishes once
         # FLUSH_SECONDS have passed since it started. Until then a step every quarter of a
         # second lets its heartbeats through (a process silent for stale_after is dead to
         # the others); from then on, steps back to back.
-        started = first.started_at if first.started_at.tzinfo else first.started_at.replace(
-            tzinfo=UTC)
-        due = started + timedelta(seconds=FLUSH_SECONDS)
+        due = as_utc(first.started_at) + timedelta(seconds=FLUSH_SECONDS)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             run = running()
@@ -281,17 +285,6 @@ class RunHold:
             self.gate = None
         if self.pause:
             self.pause.cont()
-
-
-def _poll(what: str, check: Callable[[], Any], timeout: float, every: float = 0.005) -> Any:
-    """wait_until, polling every few milliseconds: a run of N_PAUSED tenants is caught
-    early in its course, and a stopped process within a millisecond."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @contextmanager

@@ -268,7 +268,7 @@ def test_the_runner_delivers_the_outbox_on_its_interval(
         statuses = c.execute(select(ops_email_outbox.c.status)).scalars().all()
     assert statuses == ["sent"] * 5
     assert sorted(m["To"] for m in sink.messages()) == [f"owner{i}@example.com"
-                                                      for i in range(5)]
+                                                        for i in range(5)]
     assert any(e["event"] == "outbox-drained" and e["sent"] >= 1 for e in runner.events())
     assert not [e for e in runner.events() if e["event"] == "smtp-not-configured"]
 
