@@ -118,7 +118,11 @@ class RunnerSchedules:
 
     @property
     def label(self) -> str:
-        return f"{self.runner.host} pid {self.runner.pid}"
+        return _label(self.runner)
+
+
+def _label(runner: RunnerInfo) -> str:
+    return f"{runner.host} pid {runner.pid}"
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,9 @@ class EffectiveSchedules:
     runners: tuple[RunnerSchedules, ...] = ()  # live runners with recorded schedules, newest first
     differs: tuple[str, ...] = ()  # jobs whose local configuration differs from the shown one
     disagree: tuple[str, ...] = ()  # jobs the live runners configure differently
+    # (job, runner, schedule) a live runner plans with that this version cannot parse
+    # (written by another version): that job is shown from the local configuration.
+    unreadable: tuple[tuple[str, str, str], ...] = ()
 
     def job(self, job_id: str) -> JobSchedule:
         return self.jobs[job_id]
@@ -142,8 +149,15 @@ class EffectiveSchedules:
         return "runner" if any(job_id in r.jobs for r in self.runners) else "local"
 
     def warnings(self) -> list[str]:
-        """At most one line for the local configuration and one for runners that disagree."""
+        """At most one line for the local configuration, one for runners that disagree and
+        one for schedules of live runners that this version cannot read."""
         lines: list[str] = []
+        if self.unreadable:
+            parts = [f"{job_id} ({who}: {schedule})" for job_id, who, schedule in self.unreadable]
+            lines.append("this version cannot read the schedule a live runner fires by, for "
+                         + "; ".join(parts) + "; showing the local configuration for "
+                         + ("it" if len({j for j, _, _ in self.unreadable}) == 1 else "them")
+                         + ", which may not be what fires")
         if self.differs:
             sources = sorted({r.config_source for r in self.runners})
             whose = "live runner's" if len(self.runners) == 1 else "live runners'"
@@ -194,23 +208,31 @@ def live_schedules(engine: Engine, settings: Settings, now: datetime,
     alive = [r for r in runners if r.alive and r.kind is RunnerKind.RUNNER]
     recorded: dict[str, dict[str, JobSchedule]] = {}
     sources: dict[str, str] = {}
+    unreadable: list[tuple[str, str, str]] = []
     if alive:
         with transaction(engine) as conn:
             rows = conn.execute(
                 select(ops_runner_schedules)
                 .where(ops_runner_schedules.c.runner_id.in_([r.id for r in alive]))
             ).all()
-        for row in rows:
+        labels = {r.id: _label(r) for r in alive}
+        for row in sorted(rows, key=lambda r: (r.job_id, labels[r.runner_id])):
             sources[row.runner_id] = row.config_source
+            if row.job_id not in local:
+                continue
             job = _job_schedule(row)
-            if job is not None and job.job_id in local:
+            if job is None:
+                unreadable.append((row.job_id, labels[row.runner_id],
+                                   f"{row.schedule} {row.timezone}"))
+            else:
                 recorded.setdefault(row.runner_id, {})[job.job_id] = job
     live = tuple(
         RunnerSchedules(r, sources[r.id], recorded[r.id])
         for r in sorted(alive, key=lambda r: r.started_at, reverse=True) if r.id in recorded
     )
     if not live:
-        return EffectiveSchedules("local", local, local, settings.source)
+        return EffectiveSchedules("local", local, local, settings.source,
+                                  unreadable=tuple(unreadable))
     shown: dict[str, JobSchedule] = {}
     disagree: list[str] = []
     for job_id in JOB_IDS:
@@ -220,7 +242,7 @@ def live_schedules(engine: Engine, settings: Settings, now: datetime,
             disagree.append(job_id)
     differs = tuple(j for j in JOB_IDS if shown[j].digest != local[j].digest)
     return EffectiveSchedules("runner", shown, local, settings.source, live, differs,
-                              tuple(disagree))
+                              tuple(disagree), tuple(unreadable))
 
 
 __all__ = [

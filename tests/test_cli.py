@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ from jobs.db import (
     make_engine,
     ops,
     ops_email_outbox,
+    ops_runner_schedules,
     ops_runners,
     ops_runs,
     order_products,
@@ -245,6 +247,32 @@ def test_jobs_warns_when_live_runners_disagree(
     finally:
         newer.stop()
         older.stop()
+
+
+def test_jobs_warns_of_a_live_runners_schedule_it_cannot_read(
+        engine: Engine, run_cli: Any, env: dict[str, str], tmp_path: Path) -> None:
+    """A runner of another version may fire by a schedule this one refuses (a seconds
+    field of `*` last): the job is shown from the local configuration, and says so."""
+    runner = start_runner(engine, write_schedules(tmp_path / "old.toml", "0 6 * * *"), env)
+    try:
+        with engine.begin() as c:
+            c.execute(ops_runner_schedules.update()
+                      .where(ops_runner_schedules.c.job_id == "cleanup")
+                      .values(schedule="*/5 * * * * *"))
+        code, out, err = run_cli("--config", str(tmp_path / "old.toml"), "jobs", "--json")
+        assert code == 0, err
+        by_job = {r["job"]: r for r in json.loads(out)}
+        assert by_job["cleanup"]["schedule_source"] == "local"
+        assert by_job["cleanup"]["schedule"] == "0 2 * * 0"  # the default: not the runner's
+        assert by_job["expiry-checker"]["schedule_source"] == "runner"
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert "cannot read the schedule a live runner fires by" in lines[0]
+        assert f"cleanup ({socket.gethostname()} pid {os.getpid()}: */5 * * * * * UTC)" \
+            in lines[0]
+        assert "showing the local configuration for it" in lines[0]
+    finally:
+        runner.stop()
 
 
 def test_jobs_paused_and_disabled_show_no_next_run(
