@@ -364,12 +364,15 @@ def _overdue_one(conn: Connection, settings: Settings, job_id: str, now: datetim
     marks = [t for t in (since, state.resumed_at, state.schedule_since) if t is not None]
     since = max(marks)
     after = job.overdue_after if job.overdue_after is not None else settings.alerts.overdue_after
-    if now - since <= period(job.schedule, now) + after:
+    due_by = since + period(job.schedule, now) + after
+    if now <= due_by:
         return False
+    # The episode starts when the job became overdue, not when a runner noticed: a runner
+    # started a day later must not show "overdue since 20s ago".
     changed = conn.execute(
         update(ops_job_state)
         .where(ops_job_state.c.job_id == job_id, ops_job_state.c.overdue_since.is_(None))
-        .values(overdue_since=now)
+        .values(overdue_since=due_by)
     ).rowcount
     if not changed or not job.alerts:
         return False

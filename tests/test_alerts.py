@@ -33,7 +33,7 @@ from jobs.db import (
 from jobs.errors import ConfigError
 from jobs.records import RunStatus, Trigger
 from jobs.settings import Overrides, Settings, load_settings
-from jobs.timeutil import utc_now
+from jobs.timeutil import as_utc, utc_now
 from tests.conftest import CliCall
 from tests.factories import add_tenant
 from tests.webhook_receiver import receiver
@@ -379,7 +379,8 @@ def test_overdue_fires_once_per_episode(engine: Engine, settings: Settings) -> N
     assert alerts.check_overdue(engine, settings, t0 + timedelta(hours=26, minutes=1)) == [JOB]
     assert alerts.check_overdue(engine, settings, t0 + timedelta(hours=30)) == []
     assert events(engine) == [("job_overdue", JOB)]
-    assert state(engine).overdue_since is not None
+    # Overdue since the job became overdue, not since the check that noticed it.
+    assert as_utc(state(engine).overdue_since) == t0 + timedelta(hours=26)
     assert state(engine).alert_state == "ok"  # overdue is not failing
     # Paused jobs are never overdue; a success ends the episode.
     runs.set_paused(engine, JOB, True, by="t", now=t0)
