@@ -49,7 +49,7 @@ from jobs.db import (
 from jobs.presence import Presence
 from jobs.settings import Overrides, Settings, load_settings
 from jobs.tenants import search_tenants
-from tests.factories import add_order, add_tenant
+from tests.factories import add_cart_item, add_order, add_order_product, add_product, add_tenant
 
 NOW = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 SIZE = (120, 36)
@@ -292,6 +292,29 @@ async def test_preview_writes_nothing_then_run_for_real_asks_again(
         assert isinstance(screen_of(app), RunDetailScreen)
     assert status_of(engine, a) == "expired" and status_of(engine, b) == "suspended"
     assert count(engine, ops_runs) == 1 and count(engine, ops_email_outbox) == 2
+
+
+async def test_long_actions_show_in_full_and_the_detail_column_gives_way(
+        engine: Engine, settings: Settings) -> None:
+    """cleanup's actions are twice as long as expiry's: the Action column widens to them
+    (as drawn, not only as stored) and the table still fits 120 columns."""
+    shop = add_tenant(engine, id="t-shop", name="Nordic Candles")
+    product = add_product(engine, shop)
+    add_order_product(engine, "an-order-long-gone", product)
+    add_cart_item(engine, shop, "a-product-long-gone", NOW - timedelta(days=1))
+    app = make_app(settings, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        app.screen.query_one("#jobs", DataTable).move_cursor(row=3)  # cleanup
+        await pilot.press("p")
+        await settle(app, pilot)
+        assert isinstance(screen_of(app), PreviewScreen)
+        items = app.screen.query_one("#items", DataTable)
+        drawn = [items.render_line(y).text for y in range(items.row_count + 1)]
+        assert any("orphaned_order_products" in line for line in drawn), drawn
+        assert any("orphaned_cart_items" in line for line in drawn), drawn
+        assert all(len(line) <= SIZE[0] for line in drawn)
+        assert all("…" not in line for line in drawn), drawn
 
 
 async def test_progress_bar_follows_the_run(engine: Engine, settings: Settings) -> None:

@@ -13,6 +13,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import var
 from textual.widgets import DataTable, Input, Label, Static
+from textual.widgets.data_table import ColumnKey
 
 from console.formatting import clip, item_note, status_text
 from console.tui.messages import ItemsLoaded
@@ -60,8 +61,10 @@ class ReportItems:
         return chosen[offset : offset + limit]
 
 
-COLUMNS = (("#", "seq", 5), ("Tenant", "tenant", 20), ("Id", "id", 10), ("Action", "action", 12),
-           ("Status", "status", 7), ("Error / detail", "info", 30))
+ACTION_MIN, ACTION_MAX = 12, 24  # the Action column grows to the longest action shown
+COLUMNS = (("#", "seq", 5), ("Tenant", "tenant", 20), ("Id", "id", 10),
+           ("Action", "action", ACTION_MIN), ("Status", "status", 7),
+           ("Error / detail", "info", 30))
 
 
 class ItemsView(Vertical):
@@ -128,10 +131,16 @@ class ItemsView(Vertical):
         event.stop()
         if event.generation != self.generation or event.offset != len(self.items):
             return  # an answer to a filter that has changed since
-        table = self.query_one("#items", DataTable)
+        table = self.query_one("#items", FitTable)
         start = len(self.items)
         self.items.extend(event.items)
         self.complete = event.complete
+        # cleanup's actions (orphaned_order_products) read as "orphaned_or…" at the width
+        # that suits expiry's; the free-text column gives up what this one takes.
+        longest = max((len(item.action) for item in event.items), default=0)
+        action = table.columns[ColumnKey("action")]
+        if min(longest, ACTION_MAX) > action.width:
+            table.set_width("action", min(longest, ACTION_MAX))
         table.add_rows(
             (_row(start + i, item) for i, item in enumerate(event.items)),
         )
@@ -204,7 +213,7 @@ def _row(seq: int, item: ItemResult) -> tuple[str | Text, ...]:
         str(seq + 1),
         clip(item.tenant_name or "—", 20),
         clip(item.tenant_id or "—", 10),
-        clip(item.action, 12),
+        clip(item.action, ACTION_MAX),
         status_text(str(item.status)),
         info,
     )
