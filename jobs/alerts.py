@@ -368,7 +368,8 @@ def _overdue_one(conn: Connection, settings: Settings, job_id: str, now: datetim
     if now <= due_by:
         return False
     # The episode starts when the job became overdue, not when a runner noticed: a runner
-    # started a day later must not show "overdue since 20s ago".
+    # started a day later must not show "overdue since 20s ago". (The period is the one at
+    # `now`; for a schedule with uneven gaps, e.g. weekdays only, the moment is approximate.)
     changed = conn.execute(
         update(ops_job_state)
         .where(ops_job_state.c.job_id == job_id, ops_job_state.c.overdue_since.is_(None))

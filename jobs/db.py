@@ -361,7 +361,8 @@ ops_job_state = Table(
     # Alert state, shared by every runner: alerts fire on changes of it, never once per
     # failing run. `failing_since` is set while the job is failing; `overdue_since` while
     # an overdue episode is open (ended by the next success): the moment the job became
-    # overdue (its last success, plus its period, plus overdue_after).
+    # overdue (where its counting starts, the last success, resume or schedule change,
+    # plus its period plus overdue_after).
     Column("alert_state", String(16), nullable=False, server_default="ok"),
     Column("failing_since", UTCDateTime, nullable=True),
     Column("overdue_since", UTCDateTime, nullable=True),

@@ -126,6 +126,16 @@ def _label(runner: RunnerInfo) -> str:
 
 
 @dataclass(frozen=True)
+class Unreadable:
+    """Schedules of one job that live runners recorded and this version cannot parse
+    (written by another version), and which runners recorded them."""
+
+    job_id: str
+    schedule: str  # as recorded, with its timezone
+    runners: tuple[str, ...]  # their labels
+
+
+@dataclass(frozen=True)
 class EffectiveSchedules:
     """The schedules to show for each job, and where they come from."""
 
@@ -136,28 +146,22 @@ class EffectiveSchedules:
     runners: tuple[RunnerSchedules, ...] = ()  # live runners with recorded schedules, newest first
     differs: tuple[str, ...] = ()  # jobs whose local configuration differs from the shown one
     disagree: tuple[str, ...] = ()  # jobs the live runners configure differently
-    # (job, runner, schedule) a live runner plans with that this version cannot parse
-    # (written by another version): that job is shown from the local configuration.
-    unreadable: tuple[tuple[str, str, str], ...] = ()
+    # Live runners' schedules this version cannot parse: such a runner's plan for the job
+    # is unknown here, so the job is shown from another runner's or the local configuration.
+    unreadable: tuple[Unreadable, ...] = ()
 
     def job(self, job_id: str) -> JobSchedule:
         return self.jobs[job_id]
 
     def source_of(self, job_id: str) -> ScheduleSource:
-        """Where the job's shown schedule comes from (a runner that recorded a schedule this
-        version cannot read leaves that job on the local configuration)."""
+        """Where the job's shown schedule comes from (a job that no live runner recorded in
+        a form this version can read is shown from the local configuration)."""
         return "runner" if any(job_id in r.jobs for r in self.runners) else "local"
 
     def warnings(self) -> list[str]:
         """At most one line for the local configuration, one for runners that disagree and
-        one for schedules of live runners that this version cannot read."""
+        one for schedules of live runners that this version cannot read, in that order."""
         lines: list[str] = []
-        if self.unreadable:
-            parts = [f"{job_id} ({who}: {schedule})" for job_id, who, schedule in self.unreadable]
-            lines.append("this version cannot read the schedule a live runner fires by, for "
-                         + "; ".join(parts) + "; showing the local configuration for "
-                         + ("it" if len({j for j, _, _ in self.unreadable}) == 1 else "them")
-                         + ", which may not be what fires")
         if self.differs:
             sources = sorted({r.config_source for r in self.runners})
             whose = "live runner's" if len(self.runners) == 1 else "live runners'"
@@ -175,6 +179,15 @@ class EffectiveSchedules:
                     parts.append(f"{job_id} ({', '.join(f'{who}: {w}' for who, w in plans)})")
             lines.append("live runners disagree about " + "; ".join(parts)
                          + "; each fires its own slots, showing the newest runner's")
+        if self.unreadable:
+            parts = []
+            for u in self.unreadable:
+                readable = [r for r in self.runners if u.job_id in r.jobs]
+                shown = f"{readable[0].label}'s" if readable else "the local configuration"
+                parts.append(f"{u.job_id} ({', '.join(u.runners)}: {u.schedule}; "
+                             f"showing {shown})")
+            lines.append("this version cannot read the schedule live runners recorded for "
+                         + "; ".join(parts) + "; what they fire may differ from what is shown")
         return lines
 
     def _describe(self, job_ids: Sequence[str]) -> str:
@@ -208,7 +221,7 @@ def live_schedules(engine: Engine, settings: Settings, now: datetime,
     alive = [r for r in runners if r.alive and r.kind is RunnerKind.RUNNER]
     recorded: dict[str, dict[str, JobSchedule]] = {}
     sources: dict[str, str] = {}
-    unreadable: list[tuple[str, str, str]] = []
+    unreadable: dict[tuple[str, str], list[str]] = {}  # (job, schedule) -> runners
     if alive:
         with transaction(engine) as conn:
             rows = conn.execute(
@@ -216,23 +229,25 @@ def live_schedules(engine: Engine, settings: Settings, now: datetime,
                 .where(ops_runner_schedules.c.runner_id.in_([r.id for r in alive]))
             ).all()
         labels = {r.id: _label(r) for r in alive}
-        for row in sorted(rows, key=lambda r: (r.job_id, labels[r.runner_id])):
+        for row in sorted(rows, key=lambda r: labels[r.runner_id]):
             sources[row.runner_id] = row.config_source
             if row.job_id not in local:
                 continue
             job = _job_schedule(row)
             if job is None:
-                unreadable.append((row.job_id, labels[row.runner_id],
-                                   f"{row.schedule} {row.timezone}"))
+                unreadable.setdefault((row.job_id, f"{row.schedule} {row.timezone}"),
+                                      []).append(labels[row.runner_id])
             else:
                 recorded.setdefault(row.runner_id, {})[job.job_id] = job
+    unread = tuple(Unreadable(job_id, schedule, tuple(who))
+                   for (job_id, schedule), who in sorted(
+                       unreadable.items(), key=lambda kv: (JOB_IDS.index(kv[0][0]), kv[0][1])))
     live = tuple(
         RunnerSchedules(r, sources[r.id], recorded[r.id])
         for r in sorted(alive, key=lambda r: r.started_at, reverse=True) if r.id in recorded
     )
     if not live:
-        return EffectiveSchedules("local", local, local, settings.source,
-                                  unreadable=tuple(unreadable))
+        return EffectiveSchedules("local", local, local, settings.source, unreadable=unread)
     shown: dict[str, JobSchedule] = {}
     disagree: list[str] = []
     for job_id in JOB_IDS:
@@ -242,7 +257,7 @@ def live_schedules(engine: Engine, settings: Settings, now: datetime,
             disagree.append(job_id)
     differs = tuple(j for j in JOB_IDS if shown[j].digest != local[j].digest)
     return EffectiveSchedules("runner", shown, local, settings.source, live, differs,
-                              tuple(disagree), tuple(unreadable))
+                              tuple(disagree), unread)
 
 
 __all__ = [
@@ -250,6 +265,7 @@ __all__ = [
     "JobSchedule",
     "RunnerSchedules",
     "ScheduleSource",
+    "Unreadable",
     "config_digest",
     "live_schedules",
     "record_reload",

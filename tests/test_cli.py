@@ -252,14 +252,18 @@ def test_jobs_warns_when_live_runners_disagree(
 def test_jobs_warns_of_a_live_runners_schedule_it_cannot_read(
         engine: Engine, run_cli: Any, env: dict[str, str], tmp_path: Path) -> None:
     """A runner of another version may fire by a schedule this one refuses (a seconds
-    field of `*` last): the job is shown from the local configuration, and says so."""
-    runner = start_runner(engine, write_schedules(tmp_path / "old.toml", "0 6 * * *"), env)
+    field of `*` last): the job is shown from another runner's or the local
+    configuration, and a warning says so."""
+    config = write_schedules(tmp_path / "old.toml", "0 6 * * *")
+    label = f"{socket.gethostname()} pid {os.getpid()}"
+    old = start_runner(engine, config, env)
+    newer = None
     try:
         with engine.begin() as c:
             c.execute(ops_runner_schedules.update()
                       .where(ops_runner_schedules.c.job_id == "cleanup")
                       .values(schedule="*/5 * * * * *"))
-        code, out, err = run_cli("--config", str(tmp_path / "old.toml"), "jobs", "--json")
+        code, out, err = run_cli("--config", str(config), "jobs", "--json")
         assert code == 0, err
         by_job = {r["job"]: r for r in json.loads(out)}
         assert by_job["cleanup"]["schedule_source"] == "local"
@@ -267,12 +271,20 @@ def test_jobs_warns_of_a_live_runners_schedule_it_cannot_read(
         assert by_job["expiry-checker"]["schedule_source"] == "runner"
         lines = err.strip().splitlines()
         assert len(lines) == 1, err
-        assert "cannot read the schedule a live runner fires by" in lines[0]
-        assert f"cleanup ({socket.gethostname()} pid {os.getpid()}: */5 * * * * * UTC)" \
-            in lines[0]
-        assert "showing the local configuration for it" in lines[0]
+        assert "cannot read the schedule live runners recorded for cleanup " \
+            f"({label}: */5 * * * * * UTC; showing the local configuration)" in lines[0]
+
+        newer = start_runner(engine, config, env)  # one that can be read, for the same job
+        code, out, err = run_cli("--config", str(config), "jobs", "--json")
+        assert code == 0, err
+        assert {r["job"]: r for r in json.loads(out)}["cleanup"]["schedule_source"] == "runner"
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert f"cleanup ({label}: */5 * * * * * UTC; showing {label}'s)" in lines[0]
     finally:
-        runner.stop()
+        if newer is not None:
+            newer.stop()
+        old.stop()
 
 
 def test_jobs_paused_and_disabled_show_no_next_run(
