@@ -182,8 +182,9 @@ class EffectiveSchedules:
         if self.unreadable:
             parts = []
             for u in self.unreadable:
-                readable = [r for r in self.runners if u.job_id in r.jobs]
-                shown = f"{readable[0].label}'s" if readable else "the local configuration"
+                # The newest runner that recorded it readably is the one shown, as in jobs.
+                by = next((r for r in self.runners if u.job_id in r.jobs), None)
+                shown = "the local configuration" if by is None else f"{by.label}'s"
                 parts.append(f"{u.job_id} ({', '.join(u.runners)}: {u.schedule}; "
                              f"showing {shown})")
             lines.append("this version cannot read the schedule live runners recorded for "

@@ -139,10 +139,9 @@ class ItemsView(Vertical):
         self.complete = event.complete
         # cleanup's actions (orphaned_order_products) read as "orphaned_or…" at the width
         # that suits expiry's; the free-text column gives up what this one takes.
-        longest = max((len(item.action) for item in event.items), default=0)
-        action = table.columns[ColumnKey("action")]
-        if min(longest, ACTION_MAX) > action.width:
-            table.set_width("action", min(longest, ACTION_MAX))
+        width = min(max((len(item.action) for item in event.items), default=0), ACTION_MAX)
+        if width > table.columns[ColumnKey("action")].width:
+            table.set_width("action", width)
         table.add_rows(
             (_row(start + i, item) for i, item in enumerate(event.items)),
         )
