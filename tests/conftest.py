@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import functools
 import gc
+import itertools
 import json
 import locale
 import logging
@@ -395,12 +396,15 @@ def spread_slow(items: Sequence[pytest.Item], workers: int) -> list[pytest.Item]
 
     xdist's worksteal deals the list out as contiguous runs, one per worker, each
     len(left) // workers_left long, and later moves tests only from the ends of those runs.
-    So each run here gets slow tests whose seconds add up about evenly (longest first, each
-    to the run with the fewest seconds so far), spaced over the first SPREAD of its short
-    tests (which keep their collected order): none is left to start near the end, and while
-    some workers wait on a process the others keep the CPUs busy. Half the runs start with
-    the shorter half of their slow tests, so that the longest waits do not all fall at the
-    start, nor near the end of the spread.
+    So each run gets slow tests whose seconds add up about evenly (longest first, each to
+    the run with the fewest seconds so far), and the short tests dealt out in turn, so that
+    every run has its share of each module: the console's tests, which keep a CPU busy for a
+    second or two each, are not left together in the last runs while the first ones wait on
+    processes. Each run's slow tests are spaced over the first SPREAD of its short tests,
+    the runs' spacings staggered by 1/workers of a gap: at any moment about as many workers
+    wait on a process as at any other, instead of all of them at the start and none later.
+    Half the runs start with the shorter half of their slow tests, so that the longest waits
+    do not all fall together.
     """
     sizes: list[int] = []
     left = len(items)
@@ -416,17 +420,21 @@ def spread_slow(items: Sequence[pytest.Item], workers: int) -> list[pytest.Item]
         k = min(room, key=lambda k: seconds[k])
         runs[k].append(item)
         seconds[k] += s
-    short = iter([i for i in items if _slow_seconds(i) is None])
+    fills: list[list[pytest.Item]] = [[] for _ in sizes]
+    dealing = itertools.cycle(range(len(sizes)))
+    for item in (i for i in items if _slow_seconds(i) is None):
+        k = next(k for k in dealing if len(fills[k]) + len(runs[k]) < sizes[k])
+        fills[k].append(item)
     order: list[pytest.Item] = []
-    for k, run in enumerate(runs):
-        fill = [next(short) for _ in range(sizes[k] - len(run))]
+    for k, (run, fill) in enumerate(zip(runs, fills, strict=True)):
         if k % 2:
             run[:] = run[len(run) // 2:] + run[:len(run) // 2]
         gap = len(fill) * SPREAD / max(len(run), 1)
         taken = 0
         for j, item in enumerate(run):
-            order.extend(fill[taken:round(j * gap)])
-            taken = max(taken, round(j * gap))
+            upto = round((j + k / len(runs)) * gap)
+            order.extend(fill[taken:upto])
+            taken = max(taken, upto)
             order.append(item)
         order.extend(fill[taken:])
     return order
