@@ -124,6 +124,7 @@ class ProcessPause:
     server has reaped may be reused, a pidfd never names another process."""
 
     STEP_SECONDS = 0.02
+    RESUME_SECONDS = 0.001  # the first time a stop catches it inside a write, doubling
     STOP_SECONDS = 30.0
 
     def __init__(self, db_path: str) -> None:
@@ -141,6 +142,7 @@ class ProcessPause:
         pid = self.pid
         assert pid is not None
         deadline = time.monotonic() + self.STOP_SECONDS
+        tries = 0
         while time.monotonic() < deadline:
             self._signal(signal.SIGSTOP)
             wait_until(f"process {pid} stopped", lambda: self._gone() or _all_stopped(pid),
@@ -150,7 +152,12 @@ class ProcessPause:
             if self._lock_free():
                 return
             self._signal(signal.SIGCONT)
-            time.sleep(0.001)
+            # Caught inside a write: let it go on for longer each time. On a loaded machine
+            # its threads may not be scheduled at all within a millisecond, and stopping it
+            # again at once keeps it stopped with the lock held, and every other process
+            # waiting on it (seen: 10 s, the other runner missing a slot meanwhile).
+            time.sleep(min(self.RESUME_SECONDS * 2 ** tries, self.STEP_SECONDS))
+            tries += 1
         raise AssertionError(f"process {pid} never paused outside a write transaction "
                              f"in {self.STOP_SECONDS:g} s")
 
