@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.engine import Connection, Engine, RootTransaction
 
-from jobs.db import make_engine, ops_runners, tenants
+from jobs.db import make_engine, ops_runners, ops_runs, tenants
 from jobs.timeutil import as_utc
 from tests.conftest import wait_until
 
@@ -247,19 +247,29 @@ class RunHold:
         """A run waits at the gate (always False on SQLite)."""
         return self.gate is not None and self.gate.waited_on(GATE_IDS[0])
 
-    def in_progress(self, running: Callable[[], Any]) -> Any:
+    def in_progress(self, running: Callable[[], Any], trigger: str = "schedule") -> Any:
         """The run `running()` reads, once it has written progress (processed > 0), read
         before it ends. On SQLite without volume its process is paused from then until
-        `let_go`, between two of its write transactions."""
+        `let_go`, between two of its write transactions: the process of the running run
+        with this `trigger`."""
         if self.gate is not None:
             run, _ = hold_run_with_progress(self.gate, GATE_IDS, running)
             return run
         if self.pause is None:
             return wait_until("a run in progress", lambda: (
                 (run := running()) is not None and run.processed > 0 and run), 60)
-        # Polled every few milliseconds: a run of N_PAUSED tenants is caught early on.
-        first = wait_until("a run started", running, 60, every=0.005)
-        self.pause.stop(self._pid_of(first))
+        # Polled every few milliseconds: a run of N_PAUSED tenants is caught early on. Read
+        # as a plain WAL reader, which never waits for a writer: the program's engine
+        # begins every transaction with BEGIN IMMEDIATE, and such a read can wait out a
+        # whole run of back-to-back tenant transactions (seen: all 1,000 tenants done in
+        # 1.6 s before one got through, and the test caught the next, empty, run instead).
+        run_id, pid = wait_until("a run started", lambda: self._started_run(trigger), 60,
+                                 every=0.005)
+        self.pause.stop(pid)
+        first = running()
+        if first is None or first.id != run_id:
+            raise AssertionError(f"paused the process of run {run_id}, but the run the "
+                                 f"test watches is {first}")
         # Its first progress write comes with the first tenant it finishes once
         # FLUSH_SECONDS have passed since it started. Until then a step every quarter of a
         # second lets its heartbeats through (a process silent for stale_after is dead to
@@ -281,10 +291,24 @@ class RunHold:
             self.pause.step()
         raise AssertionError("the paused run wrote no progress in 60 s of steps")
 
-    def _pid_of(self, run: Any) -> int:
-        with self.engine.connect() as c:
-            return int(c.execute(select(ops_runners.c.pid).where(
-                ops_runners.c.id == run.runner_id)).scalar_one())
+    def _started_run(self, trigger: str) -> tuple[int, int] | None:
+        """The running expiry-checker run with this trigger (its id, and the pid of the
+        process that runs it), read without taking SQLite's write lock; None while there
+        is none."""
+        assert self.pause is not None
+        conn = sqlite3.connect(f"file:{self.pause.db_path}?mode=rw", uri=True, timeout=1,
+                               isolation_level=None)
+        try:
+            row = conn.execute(
+                f"SELECT r.id, n.pid FROM {ops_runs.name} r"
+                f" JOIN {ops_runners.name} n ON n.id = r.runner_id"
+                " WHERE r.job_id = 'expiry-checker' AND r.status = 'running'"
+                " AND r.trigger = ? ORDER BY r.id DESC LIMIT 1", (trigger,)).fetchone()
+        except sqlite3.OperationalError:  # busy in WAL recovery: the next poll
+            return None
+        finally:
+            conn.close()
+        return (int(row[0]), int(row[1])) if row else None
 
     def let_go(self) -> None:
         if self.gate:

@@ -243,7 +243,7 @@ def test_a_slow_cli_run_racing_slots_of_its_job_keeps_its_lock(
         if found is True and proc.returncode == 4:
             continue
         manual = proc
-    run = hold.in_progress(manual_run)
+    run = hold.in_progress(manual_run, trigger="manual")
     assert run is not None and run.trigger == "manual"
 
     refused = cli(env, "trigger", JOB, cwd=tmp_path)
