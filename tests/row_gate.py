@@ -9,11 +9,11 @@ a run stays `running` as long as the test holds the lock, however loaded the mac
 SQLite locks the whole file, which would stop the runner's heartbeats and ticks as well.
 There the test pauses the process that runs the run instead (SIGSTOP, then SIGCONT to let
 go), stepping it on until the run has written progress, and only at a moment it holds no
-write lock (the test's own `BEGIN IMMEDIATE` gets through): paused inside a write, it
-holds off the other processes' writes and even the test's reads (seen: a read waiting out
-its 30 s busy timeout). A run inside a process that must keep working meanwhile (a
-runner's HTTP run, watched through the runner's ticks) is kept going by volume instead:
-enough tenants to outlast what the test watches.
+exclusive lock on the file (/proc/locks says): paused inside a write, it holds off the
+other processes' writes and even the test's reads (seen: a read waiting out its 30 s busy
+timeout, and readers stuck 10 s in SQLite's WAL retry loop). A run inside a process that
+must keep working meanwhile (a runner's HTTP run, watched through the runner's ticks) is
+kept going by volume instead: enough tenants to outlast what the test watches.
 """
 
 from __future__ import annotations
@@ -186,17 +186,32 @@ class ProcessPause:
         return bool(selectmodule.select([self._pidfd], [], [], 0)[0])
 
     def _lock_free(self) -> bool:
-        # mode=rw: a wrong path fails instead of making an empty file whose lock is free.
-        conn = sqlite3.connect(f"file:{self.db_path}?mode=rw", uri=True, timeout=0,
-                               isolation_level=None)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ROLLBACK")
-            return True
-        except sqlite3.OperationalError:  # "database is locked": a write is in progress
-            return False
-        finally:
-            conn.close()
+        """The process holds no exclusive lock on the database or its -shm file. SQLite
+        takes one only for a moment (a write transaction, a step of a checkpoint), and
+        other processes wait on it. Read from /proc/locks, never through SQLite: a probe
+        that opens a read on the file stalls, up to ~10 s in SQLite's WAL retry loop, on
+        a process stopped in the middle of writing its commit into the -shm index (seen:
+        the paused runner stopped in COMMIT, the test's probe and the other runner stuck
+        for 10-11 s, a slot missed)."""
+        assert self.pid is not None
+        files = set()
+        for path in (self.db_path, self.db_path + "-shm"):
+            with suppress(FileNotFoundError):
+                st = os.stat(path)
+                files.add((os.major(st.st_dev), os.minor(st.st_dev), st.st_ino))
+        with open("/proc/locks") as f:
+            for line in f:
+                # "12: POSIX  ADVISORY  WRITE 4321 fe:00:2148060 120 120"; a waiter's line
+                # has "->" after the number.
+                fields = line.split()
+                if len(fields) < 8 or fields[1] == "->" or fields[3] != "WRITE":
+                    continue
+                if int(fields[4]) != self.pid:
+                    continue
+                major, minor, inode = fields[5].split(":")
+                if (int(major, 16), int(minor, 16), int(inode)) in files:
+                    return False
+        return True
 
 
 def _all_stopped(pid: int) -> bool:
