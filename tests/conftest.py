@@ -375,18 +375,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_collection_finish(session: pytest.Session) -> None:
     """What the collection imported (Textual, SQLAlchemy, the program, the test modules and
     their items, ~100,000 objects) lives as long as the process: frozen out of the garbage
-    collector's full passes (gc.freeze), which otherwise walk all of it again and again
-    during the run and five times more at its end (pytest's last look for unraisable
-    exceptions). What the tests create is collected, and checked, as before.
-
-    The console's tests make and drop objects by the hundred thousand (widgets, styles,
-    segments of every frame): with the young generation collected every 10,000
-    allocations instead of every 700, they take ~12% less CPU (the console's four test
-    files with -n 6: 107-108 s of CPU against 121-123 s, three pairs back to back), and
-    each collection still finds everything unreachable."""
+    collector's passes (gc.freeze), which otherwise walk all of it again and again during
+    the run and five times more at its end (pytest's last look for unraisable
+    exceptions)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
+
+
+# During a test the collector runs only past a million new objects (a bound on memory,
+# not a schedule): the console's tests make and drop objects by the million (widgets,
+# styles, the segments of every frame), and collecting them every 700 allocations, each
+# pass walking everything the earlier tests left in caches, took 15-30% of their CPU.
+# After each test one full collection finds everything the test left unreachable (and
+# its `__del__`s run, as they would have), and what is still alive then is frozen, so
+# that no later pass walks it again.
+GC_THRESHOLD_IN_TEST = 1_000_000
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    before = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD_IN_TEST, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.collect()
+        gc.freeze()
 
 
 def _slow_seconds(item: pytest.Item) -> float | None:
