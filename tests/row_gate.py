@@ -36,6 +36,9 @@ from jobs.db import make_engine, ops_runners, ops_runs, tenants
 from jobs.timeutil import as_utc
 from tests.conftest import wait_until
 
+# The job whose runs a hold keeps going: the one that changes tenants one by one.
+JOB = "expiry-checker"
+
 # The tenants of a gated run (PostgreSQL), and the ones in its middle the gate may hold.
 N_GATED = 20
 GATE_IDS = [f"t{i:05d}" for i in range(5, 15)]
@@ -131,11 +134,18 @@ class ProcessPause:
         self.db_path = db_path
         self.pid: int | None = None
         self._pidfd: int | None = None
+        self._files: set[tuple[int, int, int]] = set()  # (major, minor, inode) of the file and its -shm
 
     def stop(self, pid: int) -> None:
         """Stopped with every thread (the kernel says so), at a moment it holds no write
         lock on the file: continued and stopped again until so."""
         self.pid, self._pidfd = pid, os.pidfd_open(pid)
+        # Which files /proc/locks names, found once: every step of the pause reads it.
+        self._files = set()
+        for path in (self.db_path, self.db_path + "-shm"):
+            with suppress(FileNotFoundError):
+                st = os.stat(path)
+                self._files.add((os.major(st.st_dev), os.minor(st.st_dev), st.st_ino))
         self._stop()
 
     def _stop(self) -> None:
@@ -194,11 +204,6 @@ class ProcessPause:
         the paused runner stopped in COMMIT, the test's probe and the other runner stuck
         for 10-11 s, a slot missed)."""
         assert self.pid is not None
-        files = set()
-        for path in (self.db_path, self.db_path + "-shm"):
-            with suppress(FileNotFoundError):
-                st = os.stat(path)
-                files.add((os.major(st.st_dev), os.minor(st.st_dev), st.st_ino))
         with open("/proc/locks") as f:
             for line in f:
                 # "12: POSIX  ADVISORY  WRITE 4321 fe:00:2148060 120 120"; a waiter's line
@@ -209,7 +214,7 @@ class ProcessPause:
                 if int(fields[4]) != self.pid:
                     continue
                 major, minor, inode = fields[5].split(":")
-                if (int(major, 16), int(minor, 16), int(inode)) in files:
+                if (int(major, 16), int(minor, 16), int(inode)) in self._files:
                     return False
         return True
 
@@ -317,8 +322,8 @@ class RunHold:
             row = conn.execute(
                 f"SELECT r.id, n.pid FROM {ops_runs.name} r"
                 f" JOIN {ops_runners.name} n ON n.id = r.runner_id"
-                " WHERE r.job_id = 'expiry-checker' AND r.status = 'running'"
-                " AND r.trigger = ? ORDER BY r.id DESC LIMIT 1", (trigger,)).fetchone()
+                " WHERE r.job_id = ? AND r.status = 'running' AND r.trigger = ?"
+                " ORDER BY r.id DESC LIMIT 1", (JOB, trigger)).fetchone()
         except sqlite3.OperationalError:  # busy in WAL recovery: the next poll
             return None
         finally:
