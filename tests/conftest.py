@@ -35,6 +35,7 @@ from typing import IO, Any, Protocol
 import pytest
 import redis
 import sqlalchemy as sa
+import textual._wait
 from sqlalchemy.engine import Engine
 
 from jobs.cache import Cache, RedisCache, TableCache
@@ -50,6 +51,21 @@ REQUIRE = os.environ.get("STOREFLOW_REQUIRE_SERVICES") == "1"
 RUN_TAG = uuid.uuid4().hex[:8]
 # This venv's own script: whichever `storeflow-ops` comes first on PATH may be another install.
 EXE = str(Path(sys.executable).with_name("storeflow-ops"))
+
+
+# Textual's Pilot, after every key it presses and every pause, waits for the process to go
+# idle: it sleeps in slices of SLEEP_GRANULARITY (20 ms) until one passes in which the
+# process used under SLEEP_IDLE (1 ms) of CPU, so every key costs at least 40 ms, most of
+# it asleep: 1,052 such waits were 48.7 s of test_tui.py's 62 s, its CPU 29 s. What a test
+# sees is decided by event-based waits (Pilot waits for the screen's message queues to
+# drain, `settle` for the workers and what they posted); the idle check only gives timers
+# and threads a turn, which a 2 ms slice with the same bar (5% of it) does as well.
+IDLE_SLICE = 0.002
+for _name in ("SLEEP_GRANULARITY", "SLEEP_IDLE"):
+    # A Textual that renamed them would wait 20 ms slices again, silently slower: say so.
+    assert hasattr(textual._wait, _name), f"textual._wait.{_name} is gone: see IDLE_SLICE"
+textual._wait.SLEEP_GRANULARITY = IDLE_SLICE
+textual._wait.SLEEP_IDLE = IDLE_SLICE / 20
 
 
 def cli(env: dict[str, str], *args: str, cwd: Path | None = None,
