@@ -44,7 +44,7 @@ from jobs.presence import Presence
 from jobs.registry import JOBS
 from jobs.settings import Overrides, Settings, load_settings
 from jobs.timeutil import utc_now
-from tests.conftest import EXE, cli
+from tests.conftest import cli, start
 from tests.factories import add_order, add_tenant
 
 TOKEN = "sf-ops-Token-0123456789abcdef"  # mixed case, so a case change is a different token
@@ -618,11 +618,10 @@ def test_a_real_runner_answers_the_seed_curl_commands(env: dict[str, str], engin
     expired = add_tenant(engine, expire_date=utc_now() - timedelta(days=1))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [EXE, "run", "--http", f"127.0.0.1:{port}"], cwd=tmp_path,
-        env={**env, "CRON_SECRET_TOKEN": TOKEN}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )
+    out_file, err_file = tmp_path / "runner.out", tmp_path / "runner.err"
+    with out_file.open("w") as out_w, err_file.open("w") as err_w:
+        proc = start(["run", "--http", f"127.0.0.1:{port}"],
+                     {**env, "CRON_SECRET_TOKEN": TOKEN}, tmp_path, stdout=out_w, stderr=err_w)
     try:
         deadline = time.monotonic() + 60
         health: Reply | None = None
@@ -632,7 +631,7 @@ def test_a_real_runner_answers_the_seed_curl_commands(env: dict[str, str], engin
                 break
             except OSError:
                 time.sleep(0.1)
-        assert health is not None, proc.communicate(timeout=30)
+        assert health is not None, (proc.poll(), err_file.read_text())
         assert health.status == 200 and health.body["status"] == "ok"
         runner_id = health.body["runner_id"]
 
@@ -648,7 +647,8 @@ def test_a_real_runner_answers_the_seed_curl_commands(env: dict[str, str], engin
         assert seed_curl(url + JOBS["cleanup"].endpoint, TOKEN.lower()).status == 401
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        proc.wait(60)
+    out, err = out_file.read_text(), err_file.read_text()
     assert proc.returncode == 0, err
     assert TOKEN not in out + err and TOKEN.lower() not in out + err
     # the access log, via the runner
@@ -663,11 +663,10 @@ def test_a_real_runners_json_log_has_request_fields_and_warns_once_without_smtp(
         env: dict[str, str], engine: Engine, tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [EXE, "run", "--http", f"127.0.0.1:{port}", "--log-format", "json"],
-        cwd=tmp_path, env={**env, "CRON_SECRET_TOKEN": TOKEN}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )
+    err_file = tmp_path / "runner.err"
+    with err_file.open("w") as err_w:
+        proc = start(["run", "--http", f"127.0.0.1:{port}", "--log-format", "json"],
+                     {**env, "CRON_SECRET_TOKEN": TOKEN}, tmp_path, stderr=err_w)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
@@ -681,7 +680,8 @@ def test_a_real_runners_json_log_has_request_fields_and_warns_once_without_smtp(
         assert request(url + endpoint, "POST").status == 401
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(60)
+    err = err_file.read_text()
     assert proc.returncode == 0, err
     events = [json.loads(line) for line in err.splitlines()]
     served = [{k: e[k] for k in ("level", "method", "path", "status", "client")}

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +36,7 @@ from jobs.presence import Presence
 from jobs.registry import JOBS
 from jobs.settings import JOB_IDS, Settings
 from jobs.timeutil import utc_now
+from tests.conftest import start
 from tests.factories import add_tenant
 from tests.test_http import TOKEN, Served, State
 from tests.test_run_counts import history_counts
@@ -269,10 +268,8 @@ def test_run_metrics_serves_metrics_and_healthz_alone(engine: Engine, db_url: st
     log_path = tmp_path / "runner.log"
     with log_path.open("w") as log_file:
         # No CRON_SECRET_TOKEN: the metrics face needs none.
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "console.cli", "--config", str(config), "run",
-             "--metrics", f"127.0.0.1:{port}", "--log-format", "json"],
-            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log_file)
+        proc = start(["--config", str(config), "run", "--metrics", f"127.0.0.1:{port}",
+                      "--log-format", "json"], env, tmp_path, stderr=log_file)
         try:
             deadline = time.monotonic() + 60
             while True:

@@ -8,8 +8,6 @@ import json
 import logging
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +30,7 @@ from jobs.redaction import origin
 from jobs.registry import JOBS
 from jobs.settings import Overrides, Settings, load_settings
 from jobs.timeutil import utc_now
+from tests.conftest import start
 from tests.factories import add_tenant
 from tests.test_http import TOKEN, Served, State, bearer, request
 
@@ -206,10 +205,8 @@ def test_a_runner_pings_start_and_success_or_fail_for_each_run(
     add_tenant(engine)
     log_path = tmp_path / "runner.log"
     with log_path.open("w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "console.cli", "--config", str(config), "run",
-             "--log-format", "json"],
-            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log_file)
+        proc = start(["--config", str(config), "run", "--log-format", "json"], env, tmp_path,
+                     stderr=log_file)
         try:
             wait_until("two outcomes of each job", lambda: (
                 (receiver.paths(ok).count(ok) >= 2

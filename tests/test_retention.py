@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import threading
 import time
 from dataclasses import replace
@@ -32,7 +31,7 @@ from jobs.db import (
 )
 from jobs.presence import who_am_i
 from jobs.settings import JOB_IDS, HistoryConfig, Settings
-from tests.conftest import EXE, CliCall
+from tests.conftest import CliCall, start
 from tests.factories import add_alert, add_email, add_old_email, add_old_run
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -228,8 +227,7 @@ def test_a_runner_prunes_on_its_own_and_audits_it_as_the_runner(
     toml.write_text("".join(f"[jobs.{j}]\nenabled = false\n" for j in JOB_IDS)
                     + "[history]\nkeep_min_runs = 3\n[runner]\nheartbeat_interval = 0.5\n")
     log = (tmp_path / "runner.log").open("w")
-    runner = subprocess.Popen([EXE, "--config", str(toml), "run", "--log-format", "json"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=log)
+    runner = start(["--config", str(toml), "run", "--log-format", "json"], env, stderr=log)
     try:
         deadline = time.monotonic() + 60
         while not recent(engine) and time.monotonic() < deadline and runner.poll() is None:

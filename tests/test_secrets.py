@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import stat
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from jobs.errors import ConfigError
 from jobs.migrate import upgrade
 from jobs.redaction import has_secret, redact, scrub
 from jobs.sender import parse_smtp_url
-from tests.conftest import EXE, PG_URL, RUN_TAG, _pg, cli
+from tests.conftest import PG_URL, RUN_TAG, _pg, cli, start
 from tests.factories import add_tenant
 
 SECRETS = ("userinfo-S3cr3t", "query-S3cr3t", "redis-S3cr3t")
@@ -136,8 +135,7 @@ def test_the_runner_start_line_hides_both_passwords(pg_schema: str, tmp_path: Pa
            "DATABASE_URL": secret_url(pg_schema)}
     log = tmp_path / "runner.log"
     with log.open("w") as err:
-        proc = subprocess.Popen([EXE, "run", "--log-format", "json"], env=env, cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = start(["run", "--log-format", "json"], env, tmp_path, stderr=err)
         try:
             deadline = time.monotonic() + 60
             while "runner-started" not in log.read_text() and time.monotonic() < deadline:
