@@ -38,7 +38,7 @@ from tests.test_http import TOKEN, Reply, Served, State, bearer, free_port
 SLACK = 3.0  # seconds a loaded machine may add to a server-side timeout
 # The server's limits in the slow-client tests: the shipped ones (5 s idle, 10 s for a
 # body, console/http.py) scaled down, the same mechanisms and order (idle < body), so
-# each test waits 5 s instead of 12. The server reads them when it starts and each time it
+# the test waits 6 s instead of 12. The server reads them when it starts and each time it
 # waits for a body; the tests read them as served (console.http.X, not a copy).
 QUICK_IDLE_TIMEOUT = 2.0
 QUICK_BODY_TIMEOUT = 4.0
