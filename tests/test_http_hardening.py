@@ -51,11 +51,18 @@ def host(engine: Engine, settings: Settings) -> Iterator[State]:
         yield State(engine, replace(settings, cron_token=TOKEN), p.id, threading.Event())
 
 
+def _serving(host: State) -> Iterator[Served]:
+    """Served for a fixture's lifetime: what the fixtures below share."""
+    s = Served(host)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
 @pytest.fixture
 def served(host: State) -> Iterator[Served]:
-    s = Served(host)
-    yield s
-    s.close()
+    yield from _serving(host)
 
 
 @pytest.fixture
@@ -65,9 +72,7 @@ def served_quick(host: State, monkeypatch: pytest.MonkeyPatch) -> Iterator[Serve
     assert QUICK_BODY_TIMEOUT < console.http.BODY_TIMEOUT
     monkeypatch.setattr(console.http, "IDLE_TIMEOUT", QUICK_IDLE_TIMEOUT)
     monkeypatch.setattr(console.http, "BODY_TIMEOUT", QUICK_BODY_TIMEOUT)
-    s = Served(host)
-    yield s
-    s.close()
+    yield from _serving(host)
 
 
 def request(url: str, method: str = "GET", headers: dict[str, str] | None = None,
@@ -221,9 +226,7 @@ def test_idle_and_trickling_connections_are_closed(served_quick: Served) -> None
 @pytest.fixture
 def four_connections(monkeypatch: pytest.MonkeyPatch, host: State) -> Iterator[Served]:
     monkeypatch.setattr(console.http, "MAX_CONNECTIONS", 4)
-    s = Served(host)
-    yield s
-    s.close()
+    yield from _serving(host)
 
 
 def test_at_the_limit_an_idle_connection_makes_room_and_busy_ones_refuse(
